@@ -1,0 +1,35 @@
+// `reel`: the command-line front end. Each subcommand parses flags into plain structs and calls the library.
+#include <cstdio>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "common/error.h"
+
+int main(int argc, char** argv) {
+  auto logger = spdlog::stderr_color_mt("reel");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  CLI::App app{"Reel: runs CogVideoX-style video-diffusion pipelines on the devices you have"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "reel 0.1.0");
+  reel::cli::AddModelCommand(app);
+  reel::cli::AddGenerateCommand(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  } catch (const reel::Error& e) {
+    std::fprintf(stderr, "reel: error: %s\n", e.what());
+    return reel::ExitCodeFor(e.kind());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "reel: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,22 @@
+# Detects the optional GPU parts. The CPU build is complete without them and compiles none of their code.
+set(REEL_HAVE_CUDA OFF)
+if(NOT REEL_WITH_CUDA STREQUAL "OFF")
+  # A CUDA-enabled LibTorch defines CUDA libraries in its config; Debian's CPU LibTorch does not.
+  if(TORCH_CUDA_LIBRARIES OR CUDA_FOUND)
+    set(REEL_HAVE_CUDA ON)
+  elseif(REEL_WITH_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "REEL_WITH_CUDA=ON but the LibTorch found at ${Torch_DIR} has no CUDA support")
+  endif()
+endif()
+
+set(REEL_HAVE_NCCL OFF)
+if(NOT REEL_WITH_NCCL STREQUAL "OFF")
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS /usr/local/cuda/include /usr/local/cuda/targets/x86_64-linux/include)
+  find_library(NCCL_LIBRARY nccl HINTS /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
+  if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+    set(REEL_HAVE_NCCL ON)
+  elseif(REEL_WITH_NCCL STREQUAL "ON")
+    message(FATAL_ERROR "REEL_WITH_NCCL=ON but nccl.h/libnccl were not found under /usr/local/cuda")
+  endif()
+endif()
+message(STATUS "Reel optional parts: CUDA=${REEL_HAVE_CUDA} NCCL=${REEL_HAVE_NCCL}")

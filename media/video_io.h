@@ -1,0 +1,31 @@
+// Media I/O for Reel without LibTorch: encodes generated RGB frames to MP4/PNG and reads the I2V conditioning
+// image. Everything goes through FFmpeg's libraries; failures surface as one-line reel::Error messages.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+namespace reel {
+
+// Encodes frames x height x width x 3 interleaved RGB24 as H.264 (libx264, yuv420p, CRF 18) in an MP4 with
+// +faststart. The file appears only once complete. Bad output directory or odd height/width (yuv420p cannot
+// hold them): InvalidArgument naming --out; FFmpeg and file-system failures: IoError.
+void WriteMp4(const std::filesystem::path& out, const uint8_t* rgb, int frames, int height, int width, int fps);
+
+// Writes dir/frame_0000.png, frame_0001.png, ... losslessly. `dir` must already exist (InvalidArgument
+// naming --frames-dir otherwise); each file appears only once complete.
+void WritePngFrames(const std::filesystem::path& dir, const uint8_t* rgb, int frames, int height, int width);
+
+struct Image {
+  int height = 0;
+  int width = 0;
+  std::vector<uint8_t> rgb;  // height x width x 3, interleaved RGB24
+};
+
+// Decodes a still image (PNG, JPEG, BMP, WebP, ... detected by content, not by extension) and resizes it to
+// exactly height x width with Lanczos, as CogVideoX's I2V preprocessing does. Alpha is dropped.
+// Throws InvalidArgument("--image <path>: ...") for a missing, unreadable, non-image or video file.
+Image ReadImage(const std::filesystem::path& path, int height, int width);
+
+}  // namespace reel

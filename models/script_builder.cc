@@ -1,0 +1,61 @@
+#include "models/script_builder.h"
+
+#include <cmath>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace reel {
+
+uint64_t StableHash(const std::string& s, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+ScriptBuilder::ScriptBuilder(const std::string& class_name, uint64_t seed, torch::Dtype dtype)
+    : module_(class_name), gen_(at::make_generator<at::CPUGeneratorImpl>(seed)), dtype_(dtype) {}
+
+void ScriptBuilder::Register(const std::string& name, const torch::Tensor& t) {
+  module_.register_parameter(name, t.to(dtype_).contiguous(), /*is_buffer=*/false);
+  params_ += t.numel();
+}
+
+void ScriptBuilder::Normal(const std::string& name, std::vector<int64_t> shape, double std) {
+  torch::Tensor t = torch::randn(shape, gen_, torch::kFloat32);
+  t.mul_(std);
+  Register(name, t);
+}
+
+void ScriptBuilder::Constant(const std::string& name, std::vector<int64_t> shape, double value) {
+  Register(name, torch::full(shape, value, torch::kFloat32));
+}
+
+void ScriptBuilder::Linear(const std::string& name, int64_t in, int64_t out, bool bias) {
+  Normal(name + "_w", {out, in}, 1.0 / std::sqrt(static_cast<double>(in)));
+  if (bias) Normal(name + "_b", {out}, 0.02);
+}
+
+void ScriptBuilder::Norm(const std::string& name, int64_t dim, bool bias) {
+  Constant(name + "_w", {dim}, 1.0);
+  if (bias) Constant(name + "_b", {dim}, 0.0);
+}
+
+void ScriptBuilder::Conv(const std::string& name, int64_t in, int64_t out, std::vector<int64_t> kernel, bool bias) {
+  int64_t fan_in = in;
+  for (int64_t k : kernel) fan_in *= k;
+  std::vector<int64_t> shape = {out, in};
+  shape.insert(shape.end(), kernel.begin(), kernel.end());
+  Normal(name + "_w", shape, 1.0 / std::sqrt(static_cast<double>(fan_in)));
+  if (bias) Normal(name + "_b", {out}, 0.02);
+}
+
+torch::jit::Module ScriptBuilder::Finish() {
+  module_.define(source_);
+  module_.eval();
+  return module_;
+}
+
+}  // namespace reel

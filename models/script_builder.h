@@ -1,0 +1,45 @@
+// Builds one TorchScript module from generated source and seeded random weights: the unit a stage package stores.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+namespace reel {
+
+class ScriptBuilder {
+ public:
+  // Weights are drawn from a generator seeded with `seed`, created in float32 and stored as `dtype`, so a
+  // bf16 package holds the rounded values of the f32 package with the same seed.
+  ScriptBuilder(const std::string& class_name, uint64_t seed, torch::Dtype dtype);
+
+  void Normal(const std::string& name, std::vector<int64_t> shape, double std);
+  void Constant(const std::string& name, std::vector<int64_t> shape, double value);
+  // name_w [out, in] with std 1/sqrt(in) (keeps random activations bounded); name_b [out] if bias.
+  void Linear(const std::string& name, int64_t in, int64_t out, bool bias = true);
+  // name_w ones and, if bias, name_b zeros.
+  void Norm(const std::string& name, int64_t dim, bool bias = true);
+  // Convolution weight [out, in, k...] with std 1/sqrt(in·prod(k)), plus bias.
+  void Conv(const std::string& name, int64_t in, int64_t out, std::vector<int64_t> kernel, bool bias = true);
+  void Define(const std::string& source) { source_ += source; }
+
+  torch::jit::Module Finish();
+  int64_t params() const { return params_; }
+  int64_t bytes() const { return params_ * torch::elementSize(dtype_); }
+
+ private:
+  void Register(const std::string& name, const torch::Tensor& t);
+
+  torch::jit::Module module_;
+  torch::Generator gen_;
+  torch::Dtype dtype_;
+  std::string source_;
+  int64_t params_ = 0;
+};
+
+// A stable 64-bit hash (FNV-1a) to derive per-file seeds that do not depend on synthesis order.
+uint64_t StableHash(const std::string& s, uint64_t seed);
+
+}  // namespace reel

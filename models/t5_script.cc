@@ -1,0 +1,83 @@
+#include "models/t5_script.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace reel {
+
+void BuildT5Embed(const T5Config& c, ScriptBuilder& b) {
+  b.Normal("shared_w", {c.vocab_size, c.d_model}, 1.0);
+  b.Normal("rel_bias_w", {c.relative_buckets, c.num_heads}, 1.0);
+  // Bidirectional relative-position buckets as transformers' T5 computes them; shared by all blocks.
+  b.Define(fmt::format(R"(
+def forward(self, ids: Tensor) -> Tuple[Tensor, Tensor]:
+    h = torch.embedding(self.shared_w, ids)
+    L = ids.size(1)
+    pos = torch.arange(L)
+    rel = pos.unsqueeze(0) - pos.unsqueeze(1)
+    n = {buckets} // 2
+    max_exact = n // 2
+    buckets = (rel > 0).long() * n
+    a = rel.abs()
+    large = torch.log(a.clamp(min=1).float() / max_exact) / {log_ratio} * (n - max_exact)
+    large = (large.long() + max_exact).clamp(max=n - 1)
+    buckets = buckets + torch.where(a < max_exact, a, large)
+    bias = torch.embedding(self.rel_bias_w, buckets).permute(2, 0, 1).unsqueeze(0).float()
+    return h, bias
+)",
+                       fmt::arg("buckets", c.relative_buckets),
+                       fmt::arg("log_ratio", std::log(static_cast<double>(c.relative_max_distance) / (c.relative_buckets / 4)))));
+}
+
+namespace {
+std::string RmsNormSource(double eps) {
+  return fmt::format(R"(
+def rms(self, x: Tensor, w: Tensor) -> Tensor:
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + {eps})
+    return y.to(w.dtype) * w
+)",
+                     fmt::arg("eps", fmt::format("{:e}", eps)));
+}
+}  // namespace
+
+void BuildT5Block(const T5Config& c, ScriptBuilder& b) {
+  const int inner = c.num_heads * c.d_kv;
+  b.Norm("ln1", c.d_model, false);
+  for (const char* n : {"q", "k", "v"}) b.Linear(n, c.d_model, inner, false);
+  b.Linear("o", inner, c.d_model, false);
+  b.Norm("ln2", c.d_model, false);
+  b.Linear("wi0", c.d_model, c.d_ff, false);
+  b.Linear("wi1", c.d_model, c.d_ff, false);
+  b.Linear("wo", c.d_ff, c.d_model, false);
+  // T5 attention has no 1/sqrt(d) scaling; softmax runs in float32. The 226x226 scores are small: no chunking.
+  b.Define(RmsNormSource(c.eps) + fmt::format(R"(
+def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+    B = x.size(0)
+    L = x.size(1)
+    h = self.rms(x, self.ln1_w)
+    q = torch.linear(h, self.q_w).view(B, L, {heads}, {dkv}).transpose(1, 2)
+    k = torch.linear(h, self.k_w).view(B, L, {heads}, {dkv}).transpose(1, 2)
+    v = torch.linear(h, self.v_w).view(B, L, {heads}, {dkv}).transpose(1, 2)
+    s = torch.matmul(q, k.transpose(-1, -2)).float() + bias
+    p = torch.softmax(s, -1).to(v.dtype)
+    a = torch.matmul(p, v).transpose(1, 2).reshape(B, L, {inner})
+    x = x + torch.linear(a, self.o_w)
+    h = self.rms(x, self.ln2_w)
+    g = torch.gelu(torch.linear(h, self.wi0_w), approximate='tanh') * torch.linear(h, self.wi1_w)
+    return x + torch.linear(g, self.wo_w)
+)",
+                                              fmt::arg("heads", c.num_heads), fmt::arg("dkv", c.d_kv),
+                                              fmt::arg("inner", inner)));
+}
+
+void BuildT5Head(const T5Config& c, ScriptBuilder& b) {
+  b.Norm("final", c.d_model, false);
+  b.Define(RmsNormSource(c.eps) + R"(
+def forward(self, x: Tensor) -> Tensor:
+    return self.rms(x, self.final_w)
+)");
+}
+
+}  // namespace reel

@@ -1,0 +1,81 @@
+#include "runtime/scheduler.h"
+
+#include <cmath>
+
+namespace reel {
+
+DdimScheduler::DdimScheduler(const SchedulerSpec& spec) : spec_(spec) {
+  const int n = spec.num_train_timesteps;
+  std::vector<double> betas(n);
+  for (int i = 0; i < n; ++i) {
+    const double f = static_cast<double>(i) / (n - 1);
+    if (spec.beta_schedule == "scaled_linear") {
+      const double b = std::sqrt(spec.beta_start) + (std::sqrt(spec.beta_end) - std::sqrt(spec.beta_start)) * f;
+      betas[i] = b * b;
+    } else {
+      betas[i] = spec.beta_start + (spec.beta_end - spec.beta_start) * f;
+    }
+  }
+  alphas_cumprod_.resize(n);
+  double prod = 1.0;
+  for (int i = 0; i < n; ++i) {
+    prod *= 1.0 - betas[i];
+    alphas_cumprod_[i] = prod;
+  }
+  // SNR shift (divides the SNR by s), then the zero-terminal-SNR rescale, in CogVideoX's order.
+  const double s = spec.snr_shift_scale;
+  for (double& a : alphas_cumprod_) a = a / (s + (1.0 - s) * a);
+  if (spec.rescale_betas_zero_snr) {
+    const double r0 = std::sqrt(alphas_cumprod_.front());
+    const double rt = std::sqrt(alphas_cumprod_.back());
+    for (double& a : alphas_cumprod_) {
+      const double r = (std::sqrt(a) - rt) * r0 / (r0 - rt);
+      a = r * r;
+    }
+  }
+}
+
+std::vector<int> DdimScheduler::Timesteps(int steps) const {
+  const int n = spec_.num_train_timesteps;
+  std::vector<int> t;
+  if (spec_.timestep_spacing == "trailing") {
+    // round(arange(n, 0, -n/steps)) - 1, with numpy's round-half-to-even (nearbyint's default mode).
+    const double ratio = static_cast<double>(n) / steps;
+    for (int i = 0; i < steps; ++i) t.push_back(static_cast<int>(std::nearbyint(n - i * ratio)) - 1);
+  } else if (spec_.timestep_spacing == "leading") {
+    const int ratio = n / steps;
+    for (int i = steps - 1; i >= 0; --i) t.push_back(i * ratio);
+  } else {  // linspace
+    for (int i = steps - 1; i >= 0; --i)
+      t.push_back(static_cast<int>(std::nearbyint(steps == 1 ? 0.0 : (n - 1) * static_cast<double>(i) / (steps - 1))));
+  }
+  return t;
+}
+
+std::vector<DdimStep> DdimScheduler::Plan(int steps) const {
+  const double final_alpha = spec_.set_alpha_to_one ? 1.0 : alphas_cumprod_.front();
+  const int stride = spec_.num_train_timesteps / steps;
+  std::vector<DdimStep> plan;
+  for (int t : Timesteps(steps)) {
+    DdimStep s;
+    s.timestep = t;
+    s.prev_timestep = t - stride;
+    s.alpha_cumprod = alphas_cumprod_[t];
+    s.alpha_prev = s.prev_timestep >= 0 ? alphas_cumprod_[s.prev_timestep] : final_alpha;
+    // DDIM with eta = 0: x_prev = a·x_t + b·x̂0, a = √((1-ᾱ_prev)/(1-ᾱ_t)), b = √ᾱ_prev − √ᾱ_t·a.
+    const double sa = std::sqrt(s.alpha_cumprod), s1a = std::sqrt(1.0 - s.alpha_cumprod);
+    const double a = std::sqrt((1.0 - s.alpha_prev) / (1.0 - s.alpha_cumprod));
+    const double b = std::sqrt(s.alpha_prev) - sa * a;
+    if (spec_.prediction_type == "v_prediction") {  // x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v
+      s.c_sample = a + b * sa;
+      s.c_model = -b * s1a;
+    } else {  // epsilon: x̂0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t
+      s.c_sample = a + b / sa;
+      s.c_model = -b * s1a / sa;
+    }
+    plan.push_back(s);
+  }
+  return plan;
+}
+
+}  // namespace reel

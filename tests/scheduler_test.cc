@@ -1,0 +1,90 @@
+// The DDIM scheduler against values computed by hand from CogVideoX's settings (see ../shared/COGVIDEOX.md §6).
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+#include "runtime/scheduler.h"
+
+namespace reel {
+namespace {
+
+SchedulerSpec Spec(double snr_shift) {
+  SchedulerSpec s;
+  s.snr_shift_scale = snr_shift;
+  return s;
+}
+
+// Independent reference: the formulas written out step by step for one index.
+double ReferenceAlpha(int i, double s) {
+  auto raw = [](int k) {
+    double prod = 1.0;
+    for (int j = 0; j <= k; ++j) {
+      const double b = std::sqrt(0.00085) + (std::sqrt(0.012) - std::sqrt(0.00085)) * j / 999.0;
+      prod *= 1.0 - b * b;
+    }
+    return prod;
+  };
+  auto shifted = [&](int k) { double a = raw(k); return a / (s + (1 - s) * a); };
+  const double r0 = std::sqrt(shifted(0)), rt = std::sqrt(shifted(999)), r = std::sqrt(shifted(i));
+  const double x = (r - rt) * r0 / (r0 - rt);
+  return x * x;
+}
+
+TEST(Scheduler, AlphasMatchTheHandComputedValues) {
+  const DdimScheduler s5(Spec(1.0));
+  EXPECT_NEAR(s5.alphas_cumprod()[0], 0.99915, 1e-9);  // 1 - beta_start: unchanged by the rescale
+  EXPECT_NEAR(s5.alphas_cumprod()[499], 0.2424, 5e-4);
+  EXPECT_EQ(s5.alphas_cumprod()[999], 0.0);  // zero terminal SNR
+  const DdimScheduler s2(Spec(3.0));
+  EXPECT_NEAR(s2.alphas_cumprod()[0], 0.99745, 5e-5);
+  EXPECT_NEAR(s2.alphas_cumprod()[499], 0.0960, 5e-4);
+  for (int i : {0, 1, 250, 499, 750, 998, 999}) {
+    EXPECT_NEAR(s5.alphas_cumprod()[i], ReferenceAlpha(i, 1.0), 1e-12) << i;
+    EXPECT_NEAR(s2.alphas_cumprod()[i], ReferenceAlpha(i, 3.0), 1e-12) << i;
+  }
+  for (int i = 1; i < 1000; ++i) EXPECT_LT(s5.alphas_cumprod()[i], s5.alphas_cumprod()[i - 1]);
+}
+
+TEST(Scheduler, TrailingTimesteps) {
+  const DdimScheduler s(Spec(1.0));
+  const auto t50 = s.Timesteps(50);
+  ASSERT_EQ(t50.size(), 50u);
+  EXPECT_EQ(t50.front(), 999);
+  EXPECT_EQ(t50[1], 979);
+  EXPECT_EQ(t50[48], 39);
+  EXPECT_EQ(t50.back(), 19);
+  EXPECT_EQ(s.Timesteps(4), (std::vector<int>{999, 749, 499, 249}));
+  // 1000/3 steps: round(1000, 666.67, 333.33) - 1
+  EXPECT_EQ(s.Timesteps(3), (std::vector<int>{999, 666, 332}));
+  EXPECT_EQ(s.Timesteps(1), (std::vector<int>{999}));
+}
+
+TEST(Scheduler, DdimStepCoefficientsFollowVPrediction) {
+  const DdimScheduler s(Spec(1.0));
+  const auto plan = s.Plan(4);
+  ASSERT_EQ(plan.size(), 4u);
+  const auto& a = s.alphas_cumprod();
+  EXPECT_EQ(plan[0].timestep, 999);
+  EXPECT_EQ(plan[0].prev_timestep, 749);
+  EXPECT_EQ(plan[3].prev_timestep, -1);
+  EXPECT_EQ(plan[3].alpha_prev, 1.0);  // set_alpha_to_one
+  // A sample (x_t, v) and the textbook formulas: x0 = √ᾱ x − √(1−ᾱ) v, x_prev = a x + b x0.
+  const double x = 0.37, v = -1.25;
+  for (const auto& st : plan) {
+    const double at = a[st.timestep];
+    const double ap = st.prev_timestep >= 0 ? a[st.prev_timestep] : 1.0;
+    const double x0 = std::sqrt(at) * x - std::sqrt(1 - at) * v;
+    const double ca = std::sqrt((1 - ap) / (1 - at));
+    const double cb = std::sqrt(ap) - std::sqrt(at) * ca;
+    EXPECT_NEAR(st.c_sample * x + st.c_model * v, ca * x + cb * x0, 1e-12);
+  }
+  // At t = 999, ᾱ = 0 so x̂0 = −v and the step is x_prev = √ᾱ_prev·(−v) + √(1−ᾱ_prev)·x.
+  EXPECT_NEAR(plan[0].c_model, -std::sqrt(a[749]), 1e-12);
+  EXPECT_NEAR(plan[0].c_sample, std::sqrt(1 - a[749]), 1e-12);
+  // The last step returns x̂0 itself.
+  EXPECT_NEAR(plan[3].c_sample, std::sqrt(a[249]), 1e-12);
+  EXPECT_NEAR(plan[3].c_model, -std::sqrt(1 - a[249]), 1e-12);
+}
+
+}  // namespace
+}  // namespace reel
