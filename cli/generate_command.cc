@@ -1,4 +1,4 @@
-// `reel generate`: one job end to end in this process.
+// `reel generate`: one job end to end in this process, with memory strategies and the profiler.
 #include <unistd.h>
 
 #include <chrono>
@@ -13,12 +13,15 @@
 #include <torch/torch.h>
 
 #include "cli/commands.h"
+#include "cli/run_profiling.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/progress.h"
 #include "media/video_io.h"
 #include "models/synth.h"
 #include "package/job_request.h"
+#include "profiler/host_memory.h"
+#include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
 
 namespace reel::cli {
@@ -32,12 +35,53 @@ struct GenerateFlags {
   GenerateRequest request;
   std::optional<int> frames, height, width, steps, fps;  // unset: the model's defaults
   int threads = 0;
+  std::string device = "cpu", device_memory, offload = "none", dtype;
+  bool vae_slicing = false;
+  std::optional<std::string> vae_tiling;
+  ProfilingFlags profiling;
 };
+
+RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
+  RunOptions o;
+  for (const auto& [kind, value] : ParsePerStage(f.offload, "--offload"))
+    if (m.has_stage(kind)) o.offload[kind] = ParseOffload(value, "--offload");
+  if (!f.dtype.empty())
+    for (const auto& [kind, value] : ParsePerStage(f.dtype, "--dtype")) {
+      auto d = ParseDType(value);
+      if (!d || *d == DType::kI64)
+        throw InvalidArgument(fmt::format("--dtype {}: accepted f32, bf16 or f16, for all stages or as STAGE=DTYPE",
+                                          f.dtype));
+      if (m.has_stage(kind)) o.dtype[kind] = *d;
+    }
+  o.vae.slicing = f.vae_slicing;
+  if (f.vae_tiling) {
+    const std::string& t = *f.vae_tiling;
+    int tile = 256;
+    if (!t.empty()) {
+      try {
+        size_t used = 0;
+        tile = std::stoi(t, &used);
+        if (used != t.size()) tile = -1;
+      } catch (const std::exception&) {
+        tile = -1;
+      }
+    }
+    if (tile < 16 || tile % 8 != 0)
+      throw InvalidArgument(fmt::format("--vae-tiling {}: accepted a tile size in pixels, a multiple of 8, at least 16",
+                                        t));
+    o.vae.tile = tile;
+  }
+  return o;
+}
 
 void RunGenerate(GenerateFlags& f) {
   const auto start = std::chrono::steady_clock::now();
   GenerateRequest& r = f.request;
   if (f.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", f.threads));
+  if (f.device != "cpu")
+    throw InvalidArgument(fmt::format("--device {}: accepted cpu in this build (CUDA support is not compiled in)",
+                                      f.device));
+  const int64_t capacity = f.device_memory.empty() ? 0 : ParseSize(f.device_memory, "--device-memory");
   // Cheap checks first: nothing heavy is loaded for a request that will be refused.
   const fs::path out(f.out);
   if (out.extension() != ".mp4")
@@ -56,30 +100,42 @@ void RunGenerate(GenerateFlags& f) {
   r.steps = f.steps.value_or(manifest.defaults.steps);
   r.fps = f.fps.value_or(manifest.defaults.fps);
   ValidateRequest(manifest, r);
+  const RunOptions options = ParseRunOptions(f, manifest);
   Image image;
   if (!r.image.empty()) image = ReadImage(r.image, r.height, r.width);
+  RunProfiling profiling(f.profiling, manifest, r);  // opens the store and the metrics endpoint up front
 
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
-  const StagePackage package = StagePackage::Load(dir);
+  DeviceMemory::Get().SetCapacity(capacity);
+  StagePackage package = StagePackage::Load(dir);
   spdlog::info("generating {} frames {}x{} with {} ({} steps, guidance {}, seed {})", r.frames, r.width, r.height,
                manifest.name, r.steps, r.guidance, r.seed);
   Progress progress("denoise", r.steps);
   GenerateHooks hooks;
   hooks.on_step = [&](int done, int) { progress.Step(done); };
-  StageTimes times;
-  const Video video = Generate(package, r, image.rgb, hooks, &times);
-  progress.Finish();
-
-  WriteMp4(out, video.rgb.data(), video.frames, video.height, video.width, r.fps);
-  if (!f.frames_dir.empty()) {
-    fs::create_directories(f.frames_dir);
-    WritePngFrames(f.frames_dir, video.rgb.data(), video.frames, video.height, video.width);
+  Video video;
+  profiling.Start();
+  {
+    std::unique_ptr<Runtime> runtime;
+    try {
+      runtime = std::make_unique<Runtime>(package, options, profiling.observer());
+      video = runtime->Generate(r, image.rgb, hooks);
+    } catch (const Error& e) {
+      progress.Finish();
+      profiling.Finish(runtime.get(), package, capacity, &e, 0.0, "");
+      throw;
+    }
+    progress.Finish();
+    WriteMp4(out, video.rgb.data(), video.frames, video.height, video.width, r.fps);
+    if (!f.frames_dir.empty()) {
+      fs::create_directories(f.frames_dir);
+      WritePngFrames(f.frames_dir, video.rgb.data(), video.frames, video.height, video.width);
+    }
+    const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    profiling.Finish(runtime.get(), package, capacity, nullptr, total, f.out);
+    std::printf("wrote %s (%d frames, %dx%d) in %.1f s\n", f.out.c_str(), video.frames, video.width, video.height,
+                total);
   }
-  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("stage seconds: text {:.2f}, image {:.2f}, denoise {:.2f}, decode {:.2f}", times.text_encode,
-               times.image_encode, times.denoise, times.decode);
-  std::printf("wrote %s (%d frames, %dx%d) in %.1f s\n", f.out.c_str(), video.frames, video.width, video.height,
-              total);
 }
 
 }  // namespace
@@ -93,7 +149,7 @@ void AddGenerateCommand(CLI::App& app) {
   g->add_option("--prompt", r.prompt, "Text prompt")->required();
   g->add_option("--negative-prompt", r.negative_prompt, "Negative prompt (default empty)");
   g->add_option("--image", r.image, "Conditioning image (PNG/JPEG) for image-to-video models");
-  g->add_option("--frames", f->frames, "Frames, 4k+1 (default: the model's)");
+  g->add_option("--frames", f->frames, "Frames, 8k+1 (default: the model's)");
   g->add_option("--height", f->height, "Height in pixels, a multiple of 16");
   g->add_option("--width", f->width, "Width in pixels, a multiple of 16");
   g->add_option("--steps", f->steps, "Denoising steps");
@@ -103,6 +159,17 @@ void AddGenerateCommand(CLI::App& app) {
   g->add_option("--out", f->out, "Output .mp4 file")->required();
   g->add_option("--frames-dir", f->frames_dir, "Also write PNG frames into this directory");
   g->add_option("--threads", f->threads, "Intra-op CPU threads (0 = all cores)")->default_val(0);
+  g->add_option("--device", f->device, "Device: cpu")->default_val("cpu");
+  g->add_option("--device-memory", f->device_memory,
+                "Capacity of the (simulated) device, e.g. 12GiB; allocations beyond it fail as on a GPU");
+  g->add_option("--offload", f->offload,
+                "none|model|block:K|sequential, for all stages or per stage: denoiser=block:2,text_encoder=model")
+      ->default_val("none");
+  g->add_option("--dtype", f->dtype, "Weight dtype f32|bf16|f16, for all stages or per stage: denoiser=bf16");
+  g->add_flag("--vae-slicing", f->vae_slicing, "Decode latent frames in slices carrying the causal cache");
+  g->add_option("--vae-tiling", f->vae_tiling, "Decode in spatial tiles of T pixels (default 256) with blended seams")
+      ->expected(0, 1);
+  AddProfilingFlags(*g, f->profiling);
   g->callback([f] { RunGenerate(*f); });
 }
 

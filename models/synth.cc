@@ -211,7 +211,15 @@ fs::path ResolveModel(const std::string& model) {
   std::error_code ec;
   if (FindPreset(model)) {
     const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32");
-    if (fs::exists(dir / kManifestFileName, ec)) return dir;
+    if (fs::exists(dir / kManifestFileName, ec)) {
+      try {
+        LoadManifest(dir);
+        return dir;
+      } catch (const Error&) {
+        // Written by an older Reel: the cache is ours, so synthesize it afresh.
+        fs::remove_all(dir, ec);
+      }
+    }
     fs::create_directories(dir.parent_path(), ec);
     if (ec) throw IoError(fmt::format("model cache {}: {}", dir.parent_path().string(), ec.message()));
     SynthOptions o;

@@ -1,105 +1,236 @@
 #include "runtime/pipeline.h"
 
-#include <chrono>
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
 #include "common/error.h"
 #include "package/tokenizer.h"
+#include "profiler/host_memory.h"
+#include "runtime/device_memory.h"
 #include "runtime/scheduler.h"
 
 namespace reel {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Runs one TorchScript call; a failure inside it is the package's fault (shapes the manifest promised but the
-// module does not accept), so it is reported as BadPackage naming the file.
-template <typename Fn>
-auto CallPart(const StagePackage& p, StageKind k, size_t part, Fn&& fn) {
-  try {
-    torch::NoGradGuard no_grad;
-    return fn(p.stage(k).parts[part]);
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    throw BadPackage(fmt::format("package {}: {} failed on inputs shaped as the manifest says: {}", p.dir().string(),
-                                 p.manifest().stage(k).parts[part].file, msg.substr(0, msg.find('\n'))));
-  }
+// The interpreter's message ends with the error itself after a TorchScript traceback.
+std::string LastLine(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  const auto nl = s.rfind('\n');
+  return nl == std::string::npos ? s : s.substr(nl + 1);
 }
 
-std::map<std::string, int64_t> Symbols(const StagePackage& p, const JobShape& s) {
-  return s.symbols(p.manifest().vae);
-}
+// Uses a stage for the duration of a call unless the caller already began it (the denoising loop does).
+class StageUse {
+ public:
+  explicit StageUse(StageExecutor& e, bool& active) : e_(e), active_(active), owner_(!active) {
+    if (owner_) {
+      e_.Begin();
+      active_ = true;
+    }
+  }
+  ~StageUse() {
+    if (owner_) {
+      active_ = false;
+      try {
+        e_.End();
+      } catch (...) {
+      }
+    }
+  }
+  void Finish() {
+    if (owner_) {
+      owner_ = false;
+      active_ = false;
+      e_.End();
+    }
+  }
+
+ private:
+  StageExecutor& e_;
+  bool& active_;
+  bool owner_;
+};
+
+thread_local std::map<StageKind, bool> stage_active;
 
 }  // namespace
 
-torch::Tensor EncodeText(const StagePackage& p, const torch::Tensor& ids, int batch) {
+// Runs `fn` with allocations accounted to the device; a TorchScript failure is either the device running out of
+// memory (DeviceOutOfMemory naming the stage, strategy and bytes) or the package's fault (BadPackage).
+template <typename Fn>
+auto Runtime::OnDevice(StageKind k, Fn&& fn) {
+  DeviceScope device;
+  try {
+    return fn();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // The TorchScript interpreter rethrows what an allocation raised as std::runtime_error.
+    if (auto oom = TakeOutOfMemory()) {
+      executor(k).stats().peak_device_bytes = std::max(executor(k).stats().peak_device_bytes, DeviceMemory::Get().peak());
+      throw Error(ErrorKind::kDeviceOutOfMemory,
+                  fmt::format("device cpu (simulated, capacity {}): out of memory in stage {} (strategy {}): asked "
+                              "{} with {} in use, {} free",
+                              FormatBytes(oom->capacity), StageKindName(k), executor(k).offload().ToString(),
+                              FormatBytes(oom->requested), FormatBytes(oom->used),
+                              FormatBytes(oom->capacity - oom->used)));
+    }
+    throw BadPackage(fmt::format("package {}: stage {} failed on inputs shaped as the manifest says: {}",
+                                 package_.dir().string(), StageKindName(k), LastLine(e.what())));
+  }
+}
+
+Runtime::Runtime(StagePackage& package, const RunOptions& options, RunObserver* observer)
+    : package_(package), options_(options), observer_(observer) {
+  DeviceMemory::Get();
+  for (const auto& [kind, sm] : package_.manifest().stages) {
+    Offload off;
+    if (auto it = options_.offload.find(kind); it != options_.offload.end()) off = it->second;
+    executors_[kind] = std::make_unique<StageExecutor>(kind, package_.stage(kind), off, observer_);
+    if (auto it = options_.dtype.find(kind); it != options_.dtype.end() && it->second != sm.dtype) {
+      executors_[kind]->ConvertHost(ToTorch(it->second));
+      package_.SetStageDtype(kind, it->second);
+    }
+  }
+  for (auto& [kind, e] : executors_) OnDevice(kind, [&] { e->PlaceResident(); });
+}
+
+Runtime::~Runtime() = default;
+
+StageExecutor& Runtime::executor(StageKind k) {
+  auto it = executors_.find(k);
+  if (it == executors_.end())
+    throw BadPackage(fmt::format("package {}: has no {} stage", package_.dir().string(), StageKindName(k)));
+  return *it->second;
+}
+
+std::map<StageKind, StageStats> Runtime::stats() const {
+  std::map<StageKind, StageStats> out;
+  for (const auto& [k, e] : executors_) out[k] = e->stats();
+  return out;
+}
+
+std::map<StageKind, std::string> Runtime::strategies() const {
+  std::map<StageKind, std::string> out;
+  for (const auto& [k, e] : executors_) {
+    std::string s = e->offload().ToString();
+    if (k == StageKind::kVaeDecoder) {
+      if (options_.vae.slicing) s += "+slicing";
+      if (options_.vae.tile > 0) s += fmt::format("+tiling={}", options_.vae.tile);
+    }
+    out[k] = s;
+  }
+  return out;
+}
+
+torch::Tensor Runtime::EncodeText(const torch::Tensor& ids, int batch) {
   const auto k = StageKind::kTextEncoder;
   JobShape shape;
   shape.batch = batch;
   shape.text_tokens = static_cast<int>(ids.size(1));
-  const auto sym = Symbols(p, shape);
-  p.CheckTensor(k, false, 0, ids, sym);
-  const size_t n = p.stage(k).parts.size();
-  auto embedded = CallPart(p, k, 0, [&](torch::jit::Module m) { return m.forward({ids}).toTuple(); });
-  torch::Tensor h = embedded->elements()[0].toTensor();
-  const torch::Tensor bias = embedded->elements()[1].toTensor();
-  for (size_t i = 1; i + 1 < n; ++i)
-    h = CallPart(p, k, i, [&](torch::jit::Module m) { return m.forward({h, bias}).toTensor(); });
-  h = CallPart(p, k, n - 1, [&](torch::jit::Module m) { return m.forward({h}).toTensor(); });
-  p.CheckTensor(k, true, 0, h, sym);
-  return h;
+  const auto sym = shape.symbols(package_.manifest().vae);
+  package_.CheckTensor(k, false, 0, ids, sym);
+  StageExecutor& e = executor(k);
+  return OnDevice(k, [&] {
+    StageUse use(e, stage_active[k]);
+    torch::NoGradGuard no_grad;
+    const auto t0 = Clock::now();
+    auto embedded = e.Part(0).forward({ids}).toTuple();
+    torch::Tensor h = embedded->elements()[0].toTensor();
+    const torch::Tensor bias = embedded->elements()[1].toTensor();
+    e.stats().compute_seconds += Since(t0);
+    e.RunBlocks([&](torch::jit::Module& m) { h = m.forward({h, bias}).toTensor(); });
+    const auto t1 = Clock::now();
+    h = e.Part(e.num_parts() - 1).forward({h}).toTensor();
+    e.stats().compute_seconds += Since(t1);
+    use.Finish();
+    package_.CheckTensor(k, true, 0, h, sym);
+    return h;
+  });
 }
 
-torch::Tensor EncodeImage(const StagePackage& p, const torch::Tensor& image, const JobShape& shape) {
+torch::Tensor Runtime::EncodeImage(const torch::Tensor& image, const JobShape& shape) {
   const auto k = StageKind::kVaeEncoder;
-  const auto sym = Symbols(p, shape);
-  p.CheckTensor(k, false, 0, image, sym);
-  torch::Tensor moments = CallPart(p, k, 0, [&](torch::jit::Module m) { return m.forward({image}).toTensor(); });
-  p.CheckTensor(k, true, 0, moments, sym);
-  return moments;
+  const auto sym = shape.symbols(package_.manifest().vae);
+  package_.CheckTensor(k, false, 0, image, sym);
+  StageExecutor& e = executor(k);
+  return OnDevice(k, [&] {
+    StageUse use(e, stage_active[k]);
+    torch::NoGradGuard no_grad;
+    const auto t0 = Clock::now();
+    torch::Tensor moments = e.Part(0).forward({image}).toTensor();
+    e.stats().compute_seconds += Since(t0);
+    use.Finish();
+    package_.CheckTensor(k, true, 0, moments, sym);
+    return moments;
+  });
 }
 
-torch::Tensor Denoise(const StagePackage& p, const torch::Tensor& latents, const torch::Tensor& text,
-                      const torch::Tensor& timestep, const JobShape& shape) {
+torch::Tensor Runtime::DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text,
+                                   const torch::Tensor& timestep, const JobShape& shape) {
   const auto k = StageKind::kDenoiser;
-  const auto sym = Symbols(p, shape);
-  p.CheckTensor(k, false, 0, latents, sym);
-  p.CheckTensor(k, false, 1, text, sym);
-  p.CheckTensor(k, false, 2, timestep, sym);
-  const size_t n = p.stage(k).parts.size();
-  auto e = CallPart(p, k, 0, [&](torch::jit::Module m) { return m.forward({latents, text, timestep}).toTuple(); });
-  const auto& el = e->elements();
+  const auto sym = shape.symbols(package_.manifest().vae);
+  package_.CheckTensor(k, false, 0, latents, sym);
+  package_.CheckTensor(k, false, 1, text, sym);
+  package_.CheckTensor(k, false, 2, timestep, sym);
+  StageExecutor& e = executor(k);
+  torch::NoGradGuard no_grad;
+  auto t0 = Clock::now();
+  auto out = e.Part(0).forward({latents, text, timestep}).toTuple();
+  const auto& el = out->elements();
   torch::Tensor video = el[0].toTensor(), txt = el[1].toTensor();
   const torch::Tensor emb = el[2].toTensor(), cos = el[3].toTensor(), sin = el[4].toTensor();
-  for (size_t i = 1; i + 1 < n; ++i) {
-    auto out = CallPart(p, k, i, [&](torch::jit::Module m) { return m.forward({video, txt, emb, cos, sin}).toTuple(); });
-    video = out->elements()[0].toTensor();
-    txt = out->elements()[1].toTensor();
-  }
-  const int64_t f = latents.size(1), h = latents.size(3), w = latents.size(4);
-  torch::Tensor v = CallPart(p, k, n - 1, [&](torch::jit::Module m) {
-    return m.forward({video, emb, f, h, w}).toTensor();
+  e.stats().compute_seconds += Since(t0);
+  e.RunBlocks([&](torch::jit::Module& m) {
+    auto r = m.forward({video, txt, emb, cos, sin}).toTuple();
+    video = r->elements()[0].toTensor();
+    txt = r->elements()[1].toTensor();
   });
-  p.CheckTensor(k, true, 0, v, sym);
+  t0 = Clock::now();
+  const int64_t f = latents.size(1), h = latents.size(3), w = latents.size(4);
+  torch::Tensor v = e.Part(e.num_parts() - 1).forward({video, emb, f, h, w}).toTensor();
+  e.stats().compute_seconds += Since(t0);
+  package_.CheckTensor(k, true, 0, v, sym);
   return v;
 }
 
-torch::Tensor DecodeLatents(const StagePackage& p, const torch::Tensor& latents, const JobShape& shape) {
-  const auto k = StageKind::kVaeDecoder;
-  const auto sym = Symbols(p, shape);
-  p.CheckTensor(k, false, 0, latents, sym);
-  torch::Tensor video = CallPart(p, k, 0, [&](torch::jit::Module m) { return m.forward({latents}).toTensor(); });
-  p.CheckTensor(k, true, 0, video, sym);
-  return video;
+torch::Tensor Runtime::Denoise(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
+                               const JobShape& shape) {
+  const auto k = StageKind::kDenoiser;
+  return OnDevice(k, [&] {
+    StageUse use(executor(k), stage_active[k]);
+    torch::Tensor v = DenoiseStep(latents, text, timestep, shape);
+    use.Finish();
+    return v;
+  });
 }
 
-Video Generate(const StagePackage& package, const GenerateRequest& r, const std::vector<uint8_t>& image_rgb,
-               const GenerateHooks& hooks, StageTimes* times) {
-  const Manifest& m = package.manifest();
+torch::Tensor Runtime::DecodeLatents(const torch::Tensor& latents, const JobShape& shape) {
+  const auto k = StageKind::kVaeDecoder;
+  const auto sym = shape.symbols(package_.manifest().vae);
+  package_.CheckTensor(k, false, 0, latents, sym);
+  StageExecutor& e = executor(k);
+  return OnDevice(k, [&] {
+    StageUse use(e, stage_active[k]);
+    torch::NoGradGuard no_grad;
+    const auto t0 = Clock::now();
+    // Decoded pieces leave the device as they are produced, as a GPU run copies frames to the host.
+    torch::Tensor video = DecodeVae(e.Part(0), latents, options_.vae, [](const torch::Tensor& t) {
+      HostScope host;
+      return t.clone();
+    });
+    e.stats().compute_seconds += Since(t0);
+    use.Finish();
+    package_.CheckTensor(k, true, 0, video, sym);
+    return video;
+  });
+}
+
+Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& image_rgb, const GenerateHooks& hooks) {
+  const Manifest& m = package_.manifest();
   const bool cfg = r.guidance > 1.0;
   const int batch = cfg ? 2 : 1;
   JobShape shape;
@@ -110,13 +241,11 @@ Video Generate(const StagePackage& package, const GenerateRequest& r, const std:
   const auto sym = shape.symbols(m.vae);
   const int64_t f = sym.at("f"), h = sym.at("h"), w = sym.at("w");
   const int64_t lc = m.vae.latent_channels;
-  StageTimes local;
-  StageTimes& t = times ? *times : local;
   torch::NoGradGuard no_grad;
+  DeviceScope device;  // job tensors (embeddings, latents) live on the device between stages
 
   // Text: negative first, as diffusers concatenates [negative, positive].
-  auto t0 = Clock::now();
-  const auto tokenizer = MakeTokenizer(m.tokenizer, package.dir());
+  const auto tokenizer = MakeTokenizer(m.tokenizer, package_.dir());
   std::vector<int64_t> ids;
   if (cfg) ids = tokenizer->Encode(r.negative_prompt);
   const auto pos = tokenizer->Encode(r.prompt);
@@ -124,70 +253,70 @@ Video Generate(const StagePackage& package, const GenerateRequest& r, const std:
   const torch::Tensor id_tensor =
       torch::tensor(ids, torch::kInt64).view({batch, static_cast<int64_t>(m.tokenizer.max_length)});
   const auto text_dtype = ToTorch(m.stage(StageKind::kDenoiser).inputs.at(1).dtype);
-  const torch::Tensor text = EncodeText(package, id_tensor, batch).to(text_dtype);
-  t.text_encode = Since(t0);
+  const torch::Tensor text = EncodeText(id_tensor, batch).to(text_dtype);
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
   torch::Tensor image_latents;
   if (m.image_conditioned) {
-    t0 = Clock::now();
     // [H, W, 3] uint8 → [1, 3, 1, H, W] in [-1, 1].
-    torch::Tensor img = torch::from_blob(const_cast<uint8_t*>(image_rgb.data()), {r.height, r.width, 3}, torch::kUInt8)
-                            .permute({2, 0, 1})
-                            .to(torch::kFloat32)
-                            .div(127.5)
-                            .sub(1.0)
-                            .unsqueeze(0)
-                            .unsqueeze(2)
-                            .contiguous();
+    torch::Tensor img =
+        torch::from_blob(const_cast<uint8_t*>(image_rgb.data()), {r.height, r.width, 3}, torch::kUInt8)
+            .permute({2, 0, 1})
+            .to(torch::kFloat32)
+            .div(127.5)
+            .sub(1.0)
+            .unsqueeze(0)
+            .unsqueeze(2)
+            .contiguous();
     JobShape one = shape;
     one.batch = 1;
-    const torch::Tensor moments = EncodeImage(package, img, one);
+    const torch::Tensor moments = EncodeImage(img, one);
     const torch::Tensor mean = moments.narrow(1, 0, lc);
     const torch::Tensor logvar = moments.narrow(1, lc, lc).clamp(-30.0, 20.0);
     // A posterior sample, as CogVideoX-I2V uses (not the mean), scaled into the denoiser's latent space.
     const torch::Tensor sample = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen, torch::kFloat32);
     torch::Tensor first = (sample * m.vae.scaling_factor).permute({0, 2, 1, 3, 4});  // [1, 1, lc, h, w]
     image_latents = torch::cat({first, torch::zeros({1, f - 1, lc, h, w}, torch::kFloat32)}, 1);
-    t.image_encode = Since(t0);
   }
 
-  t0 = Clock::now();
   torch::Tensor latents = torch::randn({1, f, lc, h, w}, gen, torch::kFloat32);
   const DdimScheduler scheduler(m.scheduler);
   const auto plan = scheduler.Plan(r.steps);
   JobShape denoise_shape = shape;
   denoise_shape.batch = batch;
-  for (size_t i = 0; i < plan.size(); ++i) {
-    const auto& step = plan[i];
-    torch::Tensor input = latents;
-    if (image_latents.defined()) input = torch::cat({input, image_latents}, 2);
-    if (cfg) input = torch::cat({input, input}, 0);
-    const torch::Tensor timestep = torch::full({batch}, step.timestep, torch::kInt64);
-    torch::Tensor v = Denoise(package, input, text, timestep, denoise_shape);
-    if (cfg) {
-      const auto parts = v.chunk(2, 0);
-      v = parts[0] + r.guidance * (parts[1] - parts[0]);
+  const auto dk = StageKind::kDenoiser;
+  StageExecutor& de = executor(dk);
+  OnDevice(dk, [&] {
+    StageUse use(de, stage_active[dk]);
+    for (size_t i = 0; i < plan.size(); ++i) {
+      const auto t0 = Clock::now();
+      const auto& step = plan[i];
+      torch::Tensor input = latents;
+      if (image_latents.defined()) input = torch::cat({input, image_latents}, 2);
+      if (cfg) input = torch::cat({input, input}, 0);
+      const torch::Tensor timestep = torch::full({batch}, step.timestep, torch::kInt64);
+      torch::Tensor v = DenoiseStep(input, text, timestep, denoise_shape);
+      if (cfg) {
+        const auto parts = v.chunk(2, 0);
+        v = parts[0] + r.guidance * (parts[1] - parts[0]);
+      }
+      latents = latents * step.c_sample + v * step.c_model;
+      de.stats().step_seconds.push_back(Since(t0));
+      if (observer_) observer_->OnEvent(RunEvent{fmt::format("step {}", i), "step", "compute", t0, Clock::now()});
+      if (hooks.on_step) hooks.on_step(static_cast<int>(i + 1), static_cast<int>(plan.size()));
     }
-    latents = latents * step.c_sample + v * step.c_model;
-    if (hooks.on_step) hooks.on_step(static_cast<int>(i + 1), static_cast<int>(plan.size()));
-  }
-  t.denoise = Since(t0);
+    use.Finish();
+    return 0;
+  });
 
-  t0 = Clock::now();
   const torch::Tensor z = (latents.permute({0, 2, 1, 3, 4}) / m.vae.scaling_factor).contiguous();
   JobShape one = shape;
   one.batch = 1;
-  const torch::Tensor decoded = DecodeLatents(package, z, one);  // [1, 3, F, H, W]
-  t.decode = Since(t0);
+  const torch::Tensor decoded = DecodeLatents(z, one);  // [1, 3, F, H, W], on the host
 
-  const torch::Tensor frames = (decoded[0] * 0.5 + 0.5)
-                                   .clamp(0.0, 1.0)
-                                   .mul(255.0)
-                                   .round()
-                                   .to(torch::kUInt8)
-                                   .permute({1, 2, 3, 0})
-                                   .contiguous();
+  HostScope host;
+  const torch::Tensor frames =
+      (decoded[0] * 0.5 + 0.5).clamp(0.0, 1.0).mul(255.0).round().to(torch::kUInt8).permute({1, 2, 3, 0}).contiguous();
   Video out;
   out.frames = static_cast<int>(frames.size(0));
   out.height = static_cast<int>(frames.size(1));

@@ -1,12 +1,18 @@
-// Text/image-to-video generation in one process: tokenize, encode, denoise with CFG, decode.
+// Text/image-to-video generation in one process: tokenize, encode, denoise with CFG, decode; each stage placed
+// on the device by its memory strategy and accounted by the device's memory.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <vector>
 
 #include "package/job_request.h"
+#include "runtime/offload.h"
+#include "runtime/stage_executor.h"
 #include "runtime/stage_package.h"
+#include "runtime/vae_decode.h"
 
 namespace reel {
 
@@ -15,24 +21,49 @@ struct Video {
   std::vector<uint8_t> rgb;  // frames × height × width × 3
 };
 
-struct StageTimes {
-  double text_encode = 0, image_encode = 0, denoise = 0, decode = 0;
-};
-
 struct GenerateHooks {
   std::function<void(int done, int total)> on_step;  // after each denoising step
 };
 
-// Runs the request (validated by the caller with ValidateRequest) on `package`. `image_rgb` is the
-// conditioning image, already resized to height×width (empty for text-to-video).
-Video Generate(const StagePackage& package, const GenerateRequest& request, const std::vector<uint8_t>& image_rgb,
-               const GenerateHooks& hooks = {}, StageTimes* times = nullptr);
+struct RunOptions {
+  std::map<StageKind, Offload> offload;  // absent: none
+  std::map<StageKind, DType> dtype;      // absent: the package's dtype
+  VaeDecodeOptions vae;
+};
 
-// Individual stages, for tests and for workers that run one stage of a job.
-torch::Tensor EncodeText(const StagePackage& p, const torch::Tensor& ids, int batch);
-torch::Tensor EncodeImage(const StagePackage& p, const torch::Tensor& image, const JobShape& shape);
-torch::Tensor Denoise(const StagePackage& p, const torch::Tensor& latents, const torch::Tensor& text,
-                      const torch::Tensor& timestep, const JobShape& shape);
-torch::Tensor DecodeLatents(const StagePackage& p, const torch::Tensor& latents, const JobShape& shape);
+class Runtime {
+ public:
+  // Converts dtypes and places resident weights; throws DeviceOutOfMemory when they do not fit.
+  Runtime(StagePackage& package, const RunOptions& options, RunObserver* observer = nullptr);
+  ~Runtime();
+
+  // Runs a request validated by ValidateRequest. `image_rgb` is the conditioning image resized to height×width
+  // (empty for text-to-video).
+  Video Generate(const GenerateRequest& request, const std::vector<uint8_t>& image_rgb,
+                 const GenerateHooks& hooks = {});
+
+  // Individual stages, each placed and released per its strategy around the call.
+  torch::Tensor EncodeText(const torch::Tensor& ids, int batch);
+  torch::Tensor EncodeImage(const torch::Tensor& image, const JobShape& shape);
+  torch::Tensor Denoise(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
+                        const JobShape& shape);
+  torch::Tensor DecodeLatents(const torch::Tensor& latents, const JobShape& shape);
+
+  const StagePackage& package() const { return package_; }
+  StageExecutor& executor(StageKind k);
+  std::map<StageKind, StageStats> stats() const;
+  std::map<StageKind, std::string> strategies() const;
+
+ private:
+  torch::Tensor DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
+                            const JobShape& shape);
+  template <typename Fn>
+  auto OnDevice(StageKind k, Fn&& fn);
+
+  StagePackage& package_;
+  RunOptions options_;
+  RunObserver* observer_;
+  std::map<StageKind, std::unique_ptr<StageExecutor>> executors_;
+};
 
 }  // namespace reel

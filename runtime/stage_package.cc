@@ -67,6 +67,14 @@ const LoadedStage& StagePackage::stage(StageKind k) const {
   return it->second;
 }
 
+void StagePackage::SetStageDtype(StageKind k, DType dtype) {
+  auto& sm = manifest_.stages.at(k);
+  if (k == StageKind::kTextEncoder)
+    for (auto& t : sm.outputs)
+      if (t.dtype == sm.dtype) t.dtype = dtype;
+  sm.dtype = dtype;
+}
+
 void StagePackage::CheckTensor(StageKind k, bool output, size_t index, const torch::Tensor& t,
                                const std::map<std::string, int64_t>& symbols) const {
   const auto& sm = manifest_.stage(k);

@@ -26,6 +26,9 @@ class StagePackage {
   const Manifest& manifest() const { return manifest_; }
   const std::filesystem::path& dir() const { return dir_; }
   const LoadedStage& stage(StageKind k) const;
+  // Records that a stage's weights now run in `dtype` (the runtime converted them): its dtype and the dtype of
+  // outputs that follow the weights change in the contract.
+  void SetStageDtype(StageKind k, DType dtype);
 
   // Checks `t` against the manifest's contract at the given symbols (B, T, F, H, W, f, h, w); throws
   // BadPackage naming the stage, the tensor, the manifest's shape and the shape the TorchScript produced.

@@ -21,22 +21,23 @@ class StageShapes : public ::testing::Test {
     scratch_ = new ScratchDir("shapes");
   }
   static void TearDownTestSuite() { delete scratch_; }
-  static StagePackage Synth(const std::string& preset, std::optional<int> layers) {
+  static std::unique_ptr<StagePackage> Synth(const std::string& preset, std::optional<int> layers) {
     SynthOptions o;
     o.preset = preset;
     o.layers = layers;
     o.seed = 3;
     o.out = *scratch_ / (preset + "-pkg");
     SynthesizePackage(o);
-    return StagePackage::Load(o.out);
+    return std::make_unique<StagePackage>(StagePackage::Load(o.out));
   }
   static ScratchDir* scratch_;
 };
 ScratchDir* StageShapes::scratch_ = nullptr;
 
 TEST_F(StageShapes, Tiny) {
-  const StagePackage p = Synth("tiny", std::nullopt);
-  const auto& m = p.manifest();
+  auto pkg = Synth("tiny", std::nullopt);
+  Runtime p(*pkg, {});
+  const auto& m = p.package().manifest();
   EXPECT_EQ(m.stage(StageKind::kDenoiser).num_blocks(), 2);
   JobShape s;
   s.batch = 2;
@@ -45,41 +46,43 @@ TEST_F(StageShapes, Tiny) {
   s.width = 48;
   s.text_tokens = m.tokenizer.max_length;
   const torch::Tensor ids = torch::randint(3, 300, {2, s.text_tokens}, torch::kInt64);
-  const torch::Tensor text = EncodeText(p, ids, 2);
+  const torch::Tensor text = p.EncodeText(ids, 2);
   EXPECT_EQ(Sizes(text), (std::vector<int64_t>{2, 32, 64}));
   const torch::Tensor latents = torch::randn({2, 3, 16, 8, 6});
   const torch::Tensor t = torch::full({2}, 999, torch::kInt64);
-  const torch::Tensor v = Denoise(p, latents, text, t, s);
+  const torch::Tensor v = p.Denoise(latents, text, t, s);
   EXPECT_EQ(Sizes(v), (std::vector<int64_t>{2, 3, 16, 8, 6}));
   EXPECT_TRUE(torch::isfinite(v).all().item<bool>());
   s.batch = 1;
-  const torch::Tensor video = DecodeLatents(p, torch::randn({1, 16, 3, 8, 6}), s);
+  const torch::Tensor video = p.DecodeLatents(torch::randn({1, 16, 3, 8, 6}), s);
   EXPECT_EQ(Sizes(video), (std::vector<int64_t>{1, 3, 9, 64, 48}));
   // 17 frames: 5 latent frames, decoded in chunks of 2 with the causal cache.
   s.frames = 17;
-  EXPECT_EQ(Sizes(DecodeLatents(p, torch::randn({1, 16, 5, 8, 6}), s)), (std::vector<int64_t>{1, 3, 17, 64, 48}));
+  EXPECT_EQ(Sizes(p.DecodeLatents(torch::randn({1, 16, 5, 8, 6}), s)), (std::vector<int64_t>{1, 3, 17, 64, 48}));
 }
 
 TEST_F(StageShapes, TinyImageToVideo) {
-  const StagePackage p = Synth("tiny-i2v", std::nullopt);
+  auto pkg = Synth("tiny-i2v", std::nullopt);
+  Runtime p(*pkg, {});
   JobShape s;
   s.frames = 9;
   s.height = 32;
   s.width = 32;
-  s.text_tokens = p.manifest().tokenizer.max_length;
-  const torch::Tensor moments = EncodeImage(p, torch::rand({1, 3, 1, 32, 32}) * 2 - 1, s);
+  s.text_tokens = p.package().manifest().tokenizer.max_length;
+  const torch::Tensor moments = p.EncodeImage(torch::rand({1, 3, 1, 32, 32}) * 2 - 1, s);
   EXPECT_EQ(Sizes(moments), (std::vector<int64_t>{1, 32, 1, 4, 4}));
   s.batch = 2;
-  const torch::Tensor text = EncodeText(p, torch::randint(3, 300, {2, s.text_tokens}, torch::kInt64), 2);
-  const torch::Tensor v = Denoise(p, torch::randn({2, 3, 32, 4, 4}), text, torch::full({2}, 500, torch::kInt64), s);
+  const torch::Tensor text = p.EncodeText(torch::randint(3, 300, {2, s.text_tokens}, torch::kInt64), 2);
+  const torch::Tensor v = p.Denoise(torch::randn({2, 3, 32, 4, 4}), text, torch::full({2}, 500, torch::kInt64), s);
   EXPECT_EQ(Sizes(v), (std::vector<int64_t>{2, 3, 16, 4, 4}));
 }
 
 // The real widths and depths of CogVideoX-5B-I2V with one block per stack: T5 at 4096 wide over 226 tokens,
 // the 3072-wide transformer with learned positions and RoPE at 480x720, the full VAE.
 TEST_F(StageShapes, Cogvideox5bI2vOneLayer) {
-  const StagePackage p = Synth("cogvideox-5b-i2v", 1);
-  const auto& m = p.manifest();
+  auto pkg = Synth("cogvideox-5b-i2v", 1);
+  Runtime p(*pkg, {});
+  const auto& m = p.package().manifest();
   EXPECT_EQ(m.stage(StageKind::kDenoiser).config.at("inner_dim"), 3072);
   // Parameter counts from ../shared/COGVIDEOX.md §9: one transformer block and the two halves of the VAE.
   EXPECT_EQ(m.stage(StageKind::kDenoiser).parts[1].params, 132197632);
@@ -93,9 +96,9 @@ TEST_F(StageShapes, Cogvideox5bI2vOneLayer) {
   s.height = 480;
   s.width = 720;
   s.text_tokens = 226;
-  const torch::Tensor text = EncodeText(p, torch::randint(3, 300, {2, 226}, torch::kInt64), 2);
+  const torch::Tensor text = p.EncodeText(torch::randint(3, 300, {2, 226}, torch::kInt64), 2);
   EXPECT_EQ(Sizes(text), (std::vector<int64_t>{2, 226, 4096}));
-  const torch::Tensor v = Denoise(p, torch::randn({2, 1, 32, 60, 90}), text, torch::full({2}, 999, torch::kInt64), s);
+  const torch::Tensor v = p.Denoise(torch::randn({2, 1, 32, 60, 90}), text, torch::full({2}, 999, torch::kInt64), s);
   EXPECT_EQ(Sizes(v), (std::vector<int64_t>{2, 1, 16, 60, 90}));
   EXPECT_TRUE(torch::isfinite(v).all().item<bool>());
 
@@ -104,8 +107,8 @@ TEST_F(StageShapes, Cogvideox5bI2vOneLayer) {
   small.frames = 9;
   small.height = 64;
   small.width = 64;
-  EXPECT_EQ(Sizes(EncodeImage(p, torch::rand({1, 3, 1, 64, 64}), small)), (std::vector<int64_t>{1, 32, 1, 8, 8}));
-  EXPECT_EQ(Sizes(DecodeLatents(p, torch::randn({1, 16, 3, 8, 8}), small)), (std::vector<int64_t>{1, 3, 9, 64, 64}));
+  EXPECT_EQ(Sizes(p.EncodeImage(torch::rand({1, 3, 1, 64, 64}), small)), (std::vector<int64_t>{1, 32, 1, 8, 8}));
+  EXPECT_EQ(Sizes(p.DecodeLatents(torch::randn({1, 16, 3, 8, 8}), small)), (std::vector<int64_t>{1, 3, 9, 64, 64}));
 }
 
 TEST_F(StageShapes, SynthesisIsDeterministicFromTheSeed) {

@@ -1,0 +1,159 @@
+#include "cli/run_profiling.h"
+
+#include <spdlog/spdlog.h>
+
+#include <ctime>
+
+#include "common/atomic_file.h"
+#include "models/script_builder.h"
+#include "models/synth.h"
+#include "profiler/host_memory.h"
+#include "profiler/metrics.h"
+#include "profiler/profile_store.h"
+#include "profiler/sampler.h"
+#include "profiler/stage_profile.h"
+#include "profiler/trace.h"
+#include "runtime/device_memory.h"
+
+namespace reel::cli {
+
+namespace fs = std::filesystem;
+
+class RunProfiling::Observer : public RunObserver {
+ public:
+  explicit Observer(TraceRecorder* trace) : trace_(trace) {}
+  void OnEvent(const RunEvent& e) override {
+    if (trace_) trace_->Complete(e.name, e.category, e.track, e.start, e.end - e.start, {});
+  }
+
+ private:
+  TraceRecorder* trace_;
+};
+
+void AddProfilingFlags(CLI::App& cmd, ProfilingFlags& f) {
+  cmd.add_option("--report", f.report, "Write a JSON report of every stage's measured memory and times");
+  cmd.add_option("--trace", f.trace, "Write a Chrome/Perfetto trace of stages, steps, blocks and copies");
+  cmd.add_option("--metrics", f.metrics, "Serve Prometheus metrics on HOST:PORT during the run");
+  cmd.add_option("--profile-db", f.profile_db,
+                 "SQLite file that keeps every measurement (default: profiles.sqlite in the model cache)");
+  cmd.add_flag("--no-profile-db", f.no_profile_db, "Do not store the measurements");
+  cmd.add_option("--sample-ms", f.sample_ms, "Memory sampler period in milliseconds (0: off)")->default_val(10);
+}
+
+RunProfiling::RunProfiling(const ProfilingFlags& flags, const Manifest& manifest, const GenerateRequest& request)
+    : flags_(flags), manifest_(manifest), request_(request) {
+  if (flags_.sample_ms < 0)
+    throw InvalidArgument("--sample-ms " + std::to_string(flags_.sample_ms) + ": accepted 0 (off) or more");
+  for (const auto* path : {&flags_.report, &flags_.trace})
+    if (!path->empty()) {
+      const fs::path p(*path);
+      RequireWritableDirectory(p.has_parent_path() ? p.parent_path() : fs::path("."),
+                               path == &flags_.report ? "--report" : "--trace");
+    }
+  if (!flags_.trace.empty()) trace_ = std::make_unique<TraceRecorder>();
+  metrics_ = std::make_unique<Metrics>();
+  if (!flags_.metrics.empty()) {
+    metrics_->Serve(flags_.metrics);
+    spdlog::info("metrics on http://{}/metrics", flags_.metrics);
+  }
+  if (!flags_.no_profile_db) {
+    const fs::path db = flags_.profile_db.empty() ? ModelCacheDir() / "profiles.sqlite" : fs::path(flags_.profile_db);
+    if (flags_.profile_db.empty()) fs::create_directories(db.parent_path());
+    store_ = std::make_unique<ProfileStore>(db.string());
+  }
+  observer_ = std::make_unique<Observer>(trace_.get());
+  if (flags_.sample_ms > 0)
+    sampler_ = std::make_unique<MemorySampler>(std::chrono::milliseconds(flags_.sample_ms),
+                                             [] { return DeviceMemory::Get().used(); }, trace_.get());
+}
+
+RunProfiling::~RunProfiling() = default;
+
+RunObserver* RunProfiling::observer() { return observer_.get(); }
+
+void RunProfiling::Start() {
+  if (sampler_) sampler_->Start();
+}
+
+namespace {
+
+// Identifies a stage's weights: the package name and every part's file, parameter count and bytes.
+std::string StageDigest(const Manifest& m, const StageManifest& s) {
+  std::string key = m.name + "/" + StageKindName(s.kind);
+  for (const auto& p : s.parts) key += "|" + p.file + ":" + std::to_string(p.params) + ":" + std::to_string(p.bytes);
+  return fmt::format("{:016x}", StableHash(key, m.seed.value_or(0)));
+}
+
+}  // namespace
+
+void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t capacity, const Error* error,
+                          double total_seconds, const std::string& output) {
+  if (sampler_) sampler_->Stop();
+  const int64_t peak_rss = sampler_ ? sampler_->peak_host_rss_bytes() : HostPeakRssBytes();
+  RunReport report;
+  report.model = manifest_.name;
+  report.frames = request_.frames;
+  report.height = request_.height;
+  report.width = request_.width;
+  report.steps = request_.steps;
+  report.seed = request_.seed;
+  report.total_seconds = total_seconds;
+  report.output = output;
+  if (runtime) {
+    const auto stats = runtime->stats();
+    const auto strategies = runtime->strategies();
+    std::string failed;
+    if (error && error->kind() == ErrorKind::kDeviceOutOfMemory) {
+      // The message names the stage: "... out of memory in stage denoiser (strategy ...)".
+      const std::string msg = error->what();
+      const auto at = msg.find("in stage ");
+      if (at != std::string::npos) failed = msg.substr(at + 9, msg.find(' ', at + 9) - at - 9);
+    }
+    for (const auto& [kind, st] : stats) {
+      const bool ran = st.wall_seconds > 0 || StageKindName(kind) == failed;
+      if (!ran) continue;
+      const StageManifest& sm = package.manifest().stage(kind);
+      StageProfile p;
+      p.stage = StageKindName(kind);
+      p.stage_digest = StageDigest(manifest_, manifest_.stage(kind));
+      p.device_kind = "cpu";
+      p.device_name = capacity > 0 ? "cpu (simulated)" : "cpu";
+      p.device_capacity_bytes = capacity;
+      p.strategy = strategies.at(kind);
+      p.dtype = DTypeName(sm.dtype);
+      p.frames = request_.frames;
+      p.height = request_.height;
+      p.width = request_.width;
+      p.steps = request_.steps;
+      p.batch = request_.guidance > 1.0 ? 2 : 1;
+      p.outcome = StageKindName(kind) == failed ? "oom" : "ok";
+      if (p.outcome == "oom") p.error = error->what();
+      p.peak_device_bytes = st.peak_device_bytes;
+      p.peak_host_rss_bytes = peak_rss;
+      p.pinned_host_bytes = 0;  // the CPU device has no pinned memory
+      p.load_seconds = st.load_seconds;
+      p.copy_seconds = st.copy_seconds;
+      p.copied_bytes = st.copied_bytes;
+      p.compute_seconds = st.compute_seconds;
+      p.wall_seconds = st.wall_seconds;
+      p.step_seconds = st.step_seconds;
+      for (size_t i = 0; i < st.block_seconds.size(); ++i)
+        p.block_seconds.push_back(st.block_runs[i] ? st.block_seconds[i] / st.block_runs[i] : 0.0);
+      p.recorded_at = static_cast<int64_t>(std::time(nullptr));
+      report.stages.push_back(p);
+      if (store_) store_->Insert(p);
+      metrics_->RecordStage(p);
+    }
+  }
+  const auto& mem = DeviceMemory::Get();
+  metrics_->SetDeviceMemory("cpu", mem.used(), mem.peak(), capacity);
+  metrics_->SetHost(HostRssBytes(), 0, 0);
+  if (!error) {
+    metrics_->AddFrames(request_.frames);
+    metrics_->JobCompleted();
+  }
+  if (!flags_.report.empty()) WriteReport(report, flags_.report);
+  if (trace_) trace_->Write(flags_.trace);
+}
+
+}  // namespace reel::cli

@@ -1,0 +1,53 @@
+// The profiler around one `reel generate` run: --report, --trace, --metrics, the profile store and the
+// background memory sampler, fed from the runtime's stage statistics and events.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "common/error.h"
+#include "package/job_request.h"
+#include "runtime/pipeline.h"
+
+namespace reel {
+class TraceRecorder;
+class MemorySampler;
+class Metrics;
+class ProfileStore;
+}  // namespace reel
+
+namespace reel::cli {
+
+struct ProfilingFlags {
+  std::string report, trace, metrics, profile_db;
+  int sample_ms = 10;
+  bool no_profile_db = false;
+};
+void AddProfilingFlags(CLI::App& cmd, ProfilingFlags& flags);
+
+class RunProfiling {
+ public:
+  RunProfiling(const ProfilingFlags& flags, const Manifest& manifest, const GenerateRequest& request);
+  ~RunProfiling();
+  RunObserver* observer();
+  void Start();
+  // Records every stage that ran (with `error` for the one that failed), writes the report and trace, stores
+  // the measurements and updates the metrics.
+  void Finish(Runtime* runtime, const StagePackage& package, int64_t capacity, const Error* error,
+              double total_seconds, const std::string& output);
+
+ private:
+  class Observer;
+  ProfilingFlags flags_;
+  const Manifest& manifest_;
+  GenerateRequest request_;
+  std::unique_ptr<TraceRecorder> trace_;
+  std::unique_ptr<MemorySampler> sampler_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ProfileStore> store_;
+  std::unique_ptr<Observer> observer_;
+};
+
+}  // namespace reel::cli

@@ -1,0 +1,71 @@
+// The measurements every run leaves behind, kept in one SQLite file so later runs (and the planner) can look
+// up how a stage behaved on a device with a given strategy instead of guessing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "profiler/stage_profile.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace reel {
+
+// What a lookup matches on; an empty string or -1 matches anything.
+struct ProfileKey {
+  std::string stage_digest;
+  std::string device_kind;
+  int64_t device_capacity_bytes = -1;
+  int frames = -1;
+  int height = -1;
+  int width = -1;
+  std::string dtype;
+  std::string strategy;
+
+  // The exact key of a profile: every field set from it.
+  static ProfileKey Of(const StageProfile& p);
+};
+
+struct StoredProfile {
+  int64_t id = 0;
+  StageProfile profile;
+};
+
+class ProfileStore {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens or creates the file (WAL, so readers in other processes never block a writer). Throws IoError
+  // ("profile store <path>: ...") for a missing directory, a file that is not SQLite, or a newer schema.
+  explicit ProfileStore(const std::string& path);
+  ~ProfileStore();
+  ProfileStore(const ProfileStore&) = delete;
+  ProfileStore& operator=(const ProfileStore&) = delete;
+
+  // Validates, then stores in one transaction; returns the row id. Throws InvalidArgument for a bad profile,
+  // IoError when SQLite fails.
+  int64_t Insert(const StageProfile& p);
+  // Matching rows, newest (recorded_at, then id) first.
+  std::vector<StoredProfile> Find(const ProfileKey& key) const;
+  std::vector<StoredProfile> All() const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  class Statement;
+  void Exec(const char* sql) const;
+  [[noreturn]] void Fail(const std::string& doing) const;
+  std::vector<double> ParseSeconds(const std::string& text, int64_t id, const char* column) const;
+
+  std::string path_;
+  sqlite3* db_ = nullptr;
+  mutable std::mutex mu_;  // one connection, shared by the threads of this process
+  std::unique_ptr<Statement> insert_;
+  std::unique_ptr<Statement> find_;
+};
+
+}  // namespace reel

@@ -1,0 +1,129 @@
+#include "runtime/device_memory.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+
+#include <mutex>
+#include <unordered_map>
+
+namespace reel {
+
+namespace {
+
+thread_local int device_depth = 0;
+// Global, not per thread: an out-of-memory on the copy thread is reported by the compute thread.
+std::mutex oom_mutex;
+std::optional<OutOfMemory> last_oom;
+
+// LibTorch requires a CPU allocator's context to be its data pointer (raw_allocate asserts it), so the
+// bookkeeping of each live allocation lives in a table keyed by that pointer.
+struct Tracked {
+  int64_t bytes;
+  bool device;
+  c10::DeleterFnPtr free;
+};
+std::mutex table_mutex;
+std::unordered_map<void*, Tracked>& Table() {
+  static auto* table = new std::unordered_map<void*, Tracked>();
+  return *table;
+}
+
+void DeleteTracked(void* ptr) {
+  Tracked t;
+  {
+    std::lock_guard<std::mutex> lock(table_mutex);
+    auto it = Table().find(ptr);
+    if (it == Table().end()) return;
+    t = it->second;
+    Table().erase(it);
+  }
+  if (t.device)
+    DeviceMemory::Get().Release(t.bytes);
+  else
+    DeviceMemory::Get().AddHost(-t.bytes);
+  t.free(ptr);
+}
+
+// Wraps the default CPU allocator and records every allocation as device or host bytes.
+class TrackingAllocator final : public c10::Allocator {
+ public:
+  explicit TrackingAllocator(c10::Allocator* base) : base_(base) {}
+
+  c10::DataPtr allocate(size_t n) const override {
+    const bool device = device_depth > 0;
+    if (device && !DeviceMemory::Get().Reserve(static_cast<int64_t>(n)))
+      TORCH_CHECK(false, "reel device out of memory: tried to allocate ", n, " bytes");
+    c10::DataPtr inner;
+    try {
+      inner = base_->allocate(n);
+    } catch (...) {
+      if (device) DeviceMemory::Get().Release(static_cast<int64_t>(n));
+      throw;
+    }
+    void* data = inner.get();
+    if (data == nullptr || inner.get_context() != data) {
+      if (device) DeviceMemory::Get().Release(static_cast<int64_t>(n));
+      return inner;  // not a plain allocation of the default allocator: leave it untracked
+    }
+    const c10::DeleterFnPtr free = inner.get_deleter();
+    const c10::Device dev = inner.device();
+    inner.release_context();
+    {
+      std::lock_guard<std::mutex> lock(table_mutex);
+      Table()[data] = Tracked{static_cast<int64_t>(n), device, free};
+    }
+    if (!device) DeviceMemory::Get().AddHost(static_cast<int64_t>(n));
+    return c10::DataPtr(data, data, &DeleteTracked, dev);
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &DeleteTracked; }
+
+ private:
+  c10::Allocator* base_;
+};
+
+}  // namespace
+
+DeviceMemory& DeviceMemory::Get() {
+  static DeviceMemory* instance = [] {
+    static TrackingAllocator allocator(c10::GetDefaultCPUAllocator());
+    c10::SetCPUAllocator(&allocator, /*priority=*/100);
+    return new DeviceMemory();
+  }();
+  return *instance;
+}
+
+bool DeviceMemory::Reserve(int64_t bytes) {
+  const int64_t cap = capacity_;
+  int64_t now = used_.fetch_add(bytes) + bytes;
+  if (cap > 0 && now > cap) {
+    used_ -= bytes;
+    std::lock_guard<std::mutex> lock(oom_mutex);
+    last_oom = OutOfMemory{bytes, now - bytes, cap};
+    return false;
+  }
+  int64_t p = peak_;
+  while (now > p && !peak_.compare_exchange_weak(p, now)) {
+  }
+  return true;
+}
+
+DeviceScope::DeviceScope() {
+  DeviceMemory::Get();
+  ++device_depth;
+}
+DeviceScope::~DeviceScope() { --device_depth; }
+bool DeviceScope::active() { return device_depth > 0; }
+
+HostScope::HostScope() : saved_(device_depth) { device_depth = 0; }
+HostScope::~HostScope() { device_depth = saved_; }
+
+std::optional<OutOfMemory> TakeOutOfMemory() {
+  std::lock_guard<std::mutex> lock(oom_mutex);
+  auto o = last_oom;
+  last_oom.reset();
+  return o;
+}
+
+}  // namespace reel

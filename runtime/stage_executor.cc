@@ -1,0 +1,181 @@
+#include "runtime/stage_executor.h"
+
+
+#include "runtime/device_memory.h"
+
+namespace reel {
+
+namespace {
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+}  // namespace
+
+PlacedPart::PlacedPart(torch::jit::Module module, std::string file) : module_(std::move(module)), file_(std::move(file)) {
+  for (const auto& p : module_.named_parameters(/*recurse=*/false)) {
+    host_.emplace_back(p.name, p.value);
+    bytes_ += p.value.numel() * static_cast<int64_t>(p.value.element_size());
+  }
+}
+
+void PlacedPart::ToDevice() {
+  if (on_device_) return;
+  DeviceScope scope;
+  // Copies go into a list first so that an out-of-memory midway leaves the module on the host, whole.
+  std::vector<torch::Tensor> copies;
+  copies.reserve(host_.size());
+  for (const auto& [name, t] : host_) copies.push_back(t.clone());
+  for (size_t i = 0; i < host_.size(); ++i) module_.setattr(host_[i].first, copies[i]);
+  on_device_ = true;
+}
+
+void PlacedPart::ToHost() {
+  if (!on_device_) return;
+  for (const auto& [name, t] : host_) module_.setattr(name, t);
+  on_device_ = false;
+}
+
+void PlacedPart::ConvertHost(torch::Dtype dtype) {
+  HostScope host;
+  bytes_ = 0;
+  for (auto& [name, t] : host_) {
+    if (t.is_floating_point()) t = t.to(dtype);
+    module_.setattr(name, t);
+    bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+}
+
+StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer)
+    : kind_(kind), offload_(offload), observer_(observer) {
+  for (size_t i = 0; i < stage.parts.size(); ++i) {
+    parts_.emplace_back(stage.parts[i], stage.manifest->parts[i].file);
+    (stage.manifest->parts[i].role == "block" ? blocks_ : edges_).push_back(i);
+  }
+  // A stage without blocks can only be offloaded as a whole.
+  if (blocks_.empty() && (offload_.mode == OffloadMode::kBlock || offload_.mode == OffloadMode::kSequential))
+    offload_.mode = OffloadMode::kModel;
+  // K resident blocks covering the whole stack is model offload.
+  if (offload_.mode == OffloadMode::kBlock && static_cast<size_t>(offload_.blocks) >= blocks_.size())
+    offload_.mode = OffloadMode::kModel;
+}
+
+StageExecutor::~StageExecutor() {
+  try {
+    AwaitPrefetch();
+  } catch (...) {
+  }
+  for (auto& p : parts_) p.ToHost();  // the package outlives the run: leave no device bytes behind
+}
+
+int64_t StageExecutor::weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& p : parts_) n += p.bytes();
+  return n;
+}
+
+void StageExecutor::ConvertHost(torch::Dtype dtype) {
+  const auto t0 = Clock::now();
+  for (auto& p : parts_) p.ConvertHost(dtype);
+  stats_.load_seconds += Seconds(t0, Clock::now());
+}
+
+void StageExecutor::Emit(const std::string& name, const std::string& cat, const std::string& track,
+                         Clock::time_point s) {
+  if (observer_) observer_->OnEvent(RunEvent{name, cat, track, s, Clock::now()});
+}
+
+void StageExecutor::PlaceResident() {
+  if (offload_.mode != OffloadMode::kNone) return;
+  const auto t0 = Clock::now();
+  for (auto& p : parts_) p.ToDevice();
+  stats_.load_seconds += Seconds(t0, Clock::now());
+  Emit(std::string(StageKindName(kind_)) + " load", "load", "copy", t0);
+}
+
+void StageExecutor::Begin() {
+  began_ = Clock::now();
+  DeviceMemory::Get().ResetPeak();
+  if (offload_.mode == OffloadMode::kModel) {
+    for (auto& p : parts_) p.ToDevice();
+  } else if (offload_.mode != OffloadMode::kNone) {
+    for (size_t i : edges_) parts_[i].ToDevice();
+  }
+  stats_.load_seconds += Seconds(began_, Clock::now());
+  if (offload_.mode != OffloadMode::kNone) Emit(std::string(StageKindName(kind_)) + " place", "load", "copy", began_);
+}
+
+void StageExecutor::End() {
+  AwaitPrefetch();
+  if (offload_.mode != OffloadMode::kNone)
+    for (auto& p : parts_) p.ToHost();
+  stats_.wall_seconds += Seconds(began_, Clock::now());
+  stats_.peak_device_bytes = std::max(stats_.peak_device_bytes, DeviceMemory::Get().peak());
+  Emit(StageKindName(kind_), "stage", "compute", began_);
+}
+
+torch::jit::Module& StageExecutor::Part(size_t i) { return parts_.at(i).module(); }
+
+void StageExecutor::Load(size_t block) {
+  PlacedPart& p = parts_[blocks_[block]];
+  if (p.on_device()) return;
+  const auto t0 = Clock::now();
+  p.ToDevice();
+  stats_.copy_seconds += Seconds(t0, Clock::now());
+  stats_.copied_bytes += p.bytes();
+  Emit("copy block " + std::to_string(block), "copy", "copy", t0);
+}
+
+std::future<double> StageExecutor::Prefetch(size_t block) {
+  PlacedPart& p = parts_[blocks_[block]];
+  // The copy thread's allocations are device bytes, as the compute thread's are.
+  return std::async(std::launch::async, [this, &p, block] {
+    const auto start = Clock::now();
+    p.ToDevice();
+    const auto end = Clock::now();
+    if (observer_) observer_->OnEvent(RunEvent{"copy block " + std::to_string(block), "copy", "copy", start, end});
+    return Seconds(start, end);
+  });
+}
+
+void StageExecutor::AwaitPrefetch() {
+  if (!inflight_.valid()) return;
+  const auto w0 = Clock::now();
+  stats_.copy_seconds += inflight_.get();  // rethrows an out-of-memory from the copy thread here
+  stats_.wait_seconds += Seconds(w0, Clock::now());
+  stats_.copied_bytes += parts_[blocks_[inflight_block_]].bytes();
+}
+
+void StageExecutor::RunBlocks(const std::function<void(torch::jit::Module&)>& body) {
+  const size_t n = blocks_.size();
+  if (stats_.block_seconds.size() < n) {
+    stats_.block_seconds.resize(n, 0.0);
+    stats_.block_runs.resize(n, 0);
+  }
+  const bool streaming = offload_.mode == OffloadMode::kBlock || offload_.mode == OffloadMode::kSequential;
+  const size_t window = offload_.mode == OffloadMode::kBlock ? static_cast<size_t>(offload_.blocks) : 1;
+  for (size_t b = 0; b < n; ++b) {
+    PlacedPart& p = parts_[blocks_[b]];
+    if (streaming) {
+      // The prefetch started during the previous block (or the previous step's head) must land first.
+      AwaitPrefetch();
+      for (size_t j = b; j < n && j < b + window; ++j) Load(j);
+      if (offload_.mode == OffloadMode::kBlock) {
+        // block:K keeps K blocks resident and copies one more in while this one computes; after the last
+        // block, block 0 of the next step is copied in while the head and the next embed run.
+        const size_t next = b + window < n ? b + window : (b + 1 == n && window < n ? 0 : n);
+        if (next < n && !parts_[blocks_[next]].on_device()) {
+          inflight_ = Prefetch(next);
+          inflight_block_ = next;
+        }
+      }
+    }
+    const auto t0 = Clock::now();
+    body(p.module());
+    const auto t1 = Clock::now();
+    stats_.compute_seconds += Seconds(t0, t1);
+    stats_.block_seconds[b] += Seconds(t0, t1);
+    stats_.block_runs[b] += 1;
+    Emit("block " + std::to_string(b), "block", "compute", t0);
+    if (streaming) p.ToHost();
+  }
+}
+
+}  // namespace reel

@@ -1,0 +1,106 @@
+// Places one stage's weights on the device according to its offload strategy and runs its parts there:
+// resident (none), whole stage while it runs (model), a window of blocks with the next one prefetched on a copy
+// thread (block:K), or one block at a time with no overlap (sequential).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <future>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "runtime/offload.h"
+#include "runtime/stage_package.h"
+
+namespace reel {
+
+using Clock = std::chrono::steady_clock;
+
+// What a run reports as it goes: stage, step, block and copy intervals on named tracks ("compute", "copy").
+struct RunEvent {
+  std::string name;
+  std::string category;  // "stage", "step", "block", "copy", "load"
+  std::string track;
+  Clock::time_point start, end;
+};
+class RunObserver {
+ public:
+  virtual ~RunObserver() = default;
+  virtual void OnEvent(const RunEvent& e) = 0;
+};
+
+struct StageStats {
+  double load_seconds = 0;     // placing weights at activation (and converting dtype at start-up)
+  double copy_seconds = 0;     // block copies, on the copy thread for block:K
+  double wait_seconds = 0;     // compute thread waiting for a copy
+  double compute_seconds = 0;
+  double wall_seconds = 0;
+  int64_t copied_bytes = 0;
+  int64_t peak_device_bytes = 0;  // device peak while this stage was active
+  std::vector<double> step_seconds;
+  std::vector<double> block_seconds;  // summed per block index
+  std::vector<int> block_runs;
+};
+
+// One TorchScript part with its host weights; it can be placed on the device and taken off again.
+class PlacedPart {
+ public:
+  PlacedPart(torch::jit::Module module, std::string file);
+  void ToDevice();  // copies every weight into device memory (call inside the copying thread)
+  void ToHost();    // points the module back at the host weights; the device copies are freed
+  bool on_device() const { return on_device_; }
+  int64_t bytes() const { return bytes_; }
+  torch::jit::Module& module() { return module_; }
+  const std::string& file() const { return file_; }
+  void ConvertHost(torch::Dtype dtype);
+
+ private:
+  torch::jit::Module module_;
+  std::string file_;
+  std::vector<std::pair<std::string, torch::Tensor>> host_;
+  int64_t bytes_ = 0;
+  bool on_device_ = false;
+};
+
+class StageExecutor {
+ public:
+  StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer);
+  ~StageExecutor();
+
+  StageKind kind() const { return kind_; }
+  const Offload& offload() const { return offload_; }
+  // Places what the strategy keeps resident for the whole run (none: everything).
+  void PlaceResident();
+  // Before and after each use of the stage (one job's text encoding, its denoising loop, its decode).
+  void Begin();
+  void End();
+  // Runs `body` for the embed/module part (index 0), each block, and the head, placing blocks per strategy.
+  torch::jit::Module& Part(size_t i);
+  void RunBlocks(const std::function<void(torch::jit::Module&)>& body);
+  size_t num_parts() const { return parts_.size(); }
+  size_t num_blocks() const { return blocks_.size(); }
+  StageStats& stats() { return stats_; }
+  void ConvertHost(torch::Dtype dtype);
+  int64_t weight_bytes() const;
+
+ private:
+  void Emit(const std::string& name, const std::string& cat, const std::string& track, Clock::time_point s);
+  void Load(size_t block);  // synchronous copy to the device, on this thread
+  std::future<double> Prefetch(size_t block);  // copies a block on the copy thread; returns its seconds
+  void AwaitPrefetch();
+
+  StageKind kind_;
+  Offload offload_;
+  RunObserver* observer_;
+  std::vector<PlacedPart> parts_;
+  std::vector<size_t> blocks_;  // indices into parts_ of the blocks, in order
+  std::vector<size_t> edges_;   // embed/head or the single module
+  StageStats stats_;
+  Clock::time_point began_;
+  std::future<double> inflight_;
+  size_t inflight_block_ = 0;
+};
+
+}  // namespace reel

@@ -1,0 +1,169 @@
+// Memory strategies on the simulated device: every offload mode gives the same frames as `none`; the device's
+// accounting is exact for a module counted by hand and fails where a device of that size would; block:1 runs
+// under a capacity that `none` cannot.
+#include <gtest/gtest.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "models/synth.h"
+#include "runtime/device_memory.h"
+#include "runtime/pipeline.h"
+#include "tests/test_util.h"
+
+namespace reel {
+namespace {
+
+using reel::testing::ScratchDir;
+
+class RuntimeMemory : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    at::set_num_threads(2);
+    scratch_ = new ScratchDir("memory");
+    SynthOptions o;
+    o.preset = "tiny";
+    o.seed = 9;
+    o.out = *scratch_ / "tiny";
+    SynthesizePackage(o);
+  }
+  static void TearDownTestSuite() { delete scratch_; }
+  void TearDown() override { DeviceMemory::Get().SetCapacity(0); }
+
+  static GenerateRequest Request() {
+    GenerateRequest r;
+    r.prompt = "a red fox";
+    r.frames = 9;
+    r.height = 64;
+    r.width = 64;
+    r.steps = 2;
+    r.guidance = 6.0;
+    r.seed = 1;
+    r.fps = 8;
+    return r;
+  }
+  // Runs the tiny job with `options` under `capacity` (0 = unlimited) and returns the frames and device peak.
+  static std::pair<Video, int64_t> Run(const RunOptions& options, int64_t capacity = 0) {
+    StagePackage pkg = StagePackage::Load(*scratch_ / "tiny");
+    auto& mem = DeviceMemory::Get();
+    mem.SetCapacity(capacity);
+    const int64_t base = mem.used();
+    mem.ResetPeak();
+    Video v;
+    {
+      Runtime rt(pkg, options);
+      v = rt.Generate(Request(), {});
+    }
+    // TorchScript keeps the few constants it folds while optimising a graph on its first run (~200 bytes).
+    EXPECT_LE(mem.used() - base, 1024) << "the run left device bytes behind";
+    return {v, mem.peak() - base};
+  }
+  static RunOptions Offloaded(const std::string& mode) {
+    RunOptions o;
+    for (auto k : {StageKind::kTextEncoder, StageKind::kDenoiser, StageKind::kVaeDecoder})
+      o.offload[k] = ParseOffload(mode, "--offload");
+    return o;
+  }
+  static ScratchDir* scratch_;
+};
+ScratchDir* RuntimeMemory::scratch_ = nullptr;
+
+TEST_F(RuntimeMemory, EveryOffloadModeGivesIdenticalFrames) {
+  const auto [none, none_peak] = Run({});
+  ASSERT_EQ(none.frames, 9);
+  for (const std::string mode : {"model", "block:1", "block:2", "sequential"}) {
+    const auto [v, peak] = Run(Offloaded(mode));
+    EXPECT_EQ(v.rgb, none.rgb) << mode;
+    EXPECT_LT(peak, none_peak) << mode << " should need less device memory than none";
+  }
+  RunOptions sliced;
+  sliced.vae.slicing = true;
+  EXPECT_EQ(Run(sliced).first.rgb, none.rgb) << "VAE slicing must equal whole decoding";
+}
+
+TEST_F(RuntimeMemory, Bf16WeightsRunAndStayClose) {
+  const auto [f32, p32] = Run({});
+  RunOptions o;
+  for (auto k : {StageKind::kTextEncoder, StageKind::kDenoiser, StageKind::kVaeDecoder}) o.dtype[k] = DType::kBF16;
+  const auto [bf16, p16] = Run(o);
+  ASSERT_EQ(bf16.rgb.size(), f32.rgb.size());
+  double err = 0;
+  for (size_t i = 0; i < f32.rgb.size(); ++i) err += std::abs(int(f32.rgb[i]) - int(bf16.rgb[i]));
+  EXPECT_LT(err / f32.rgb.size(), 20.0) << "mean absolute 8-bit difference";
+  EXPECT_LT(p16, p32);
+}
+
+// A module whose bytes can be counted by hand: y = x·Wᵀ with W [256, 1024] f32 and x [64, 1024].
+TEST_F(RuntimeMemory, AccountingIsExactForAHandCountedModule) {
+  auto& mem = DeviceMemory::Get();
+  torch::jit::Module m("Hand");
+  m.register_parameter("w", torch::randn({256, 1024}), false);
+  m.define("def forward(self, x):\n    return torch.matmul(x, self.w.t())\n");
+  const int64_t weight = 256 * 1024 * 4, input = 64 * 1024 * 4, output = 64 * 256 * 4;
+  const int64_t base = mem.used();
+  mem.ResetPeak();
+  {
+    PlacedPart part(m, "hand.pt");
+    part.ToDevice();
+    EXPECT_EQ(mem.used() - base, weight);
+    torch::Tensor y;
+    {
+      DeviceScope device;
+      torch::NoGradGuard ng;
+      torch::Tensor x = torch::randn({64, 1024});
+      y = part.module().forward({x}).toTensor();
+    }
+    const int64_t counted = weight + input + output;
+    EXPECT_NEAR(static_cast<double>(mem.peak() - base), static_cast<double>(counted), 0.05 * counted);
+    EXPECT_GE(mem.peak() - base, counted);
+    part.ToHost();
+    y = torch::Tensor();
+  }
+  EXPECT_EQ(mem.used(), base);
+
+  // Capacity just below what the forward needs: the allocation of the output fails, nothing leaks.
+  PlacedPart part(m, "hand.pt");
+  mem.SetCapacity(base + weight + input + output - 1);
+  part.ToDevice();
+  {
+    DeviceScope device;
+    torch::NoGradGuard ng;
+    torch::Tensor x = torch::randn({64, 1024});
+    EXPECT_THROW(part.module().forward({x}), std::exception);
+    auto oom = TakeOutOfMemory();
+    ASSERT_TRUE(oom.has_value());
+    EXPECT_EQ(oom->requested, output);
+    EXPECT_EQ(oom->capacity, base + weight + input + output - 1);
+  }
+  part.ToHost();
+  EXPECT_EQ(mem.used(), base);
+  // With exactly enough, it runs.
+  mem.SetCapacity(base + weight + input + output);
+  part.ToDevice();
+  {
+    DeviceScope device;
+    torch::NoGradGuard ng;
+    torch::Tensor x = torch::randn({64, 1024});
+    EXPECT_NO_THROW(part.module().forward({x}));
+  }
+  part.ToHost();
+}
+
+TEST_F(RuntimeMemory, NoneRunsOutJustUnderItsPeakWhereBlockOffloadFits) {
+  const auto [none, none_peak] = Run({});
+  const int64_t cap = DeviceMemory::Get().used() + none_peak - 1;
+  try {
+    Run({}, cap);
+    FAIL() << "none must not fit one byte under its own peak";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kDeviceOutOfMemory);
+    EXPECT_NE(std::string(e.what()).find("out of memory in stage"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("(strategy none)"), std::string::npos) << e.what();
+  }
+  const auto [blocked, peak] = Run(Offloaded("block:1"), cap);
+  EXPECT_EQ(blocked.rgb, none.rgb);
+  EXPECT_LT(peak, none_peak);
+}
+
+}  // namespace
+}  // namespace reel

@@ -1,0 +1,147 @@
+// Memory strategies through `reel generate` as a user runs them: the device-OOM boundary on the tiny model, the
+// JSON report, the trace showing copies overlapping compute, the profile store, and bad strategy flags.
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/test_util.h"
+
+namespace reel {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using reel::testing::CommandResult;
+using reel::testing::Quote;
+using reel::testing::RunCommand;
+using reel::testing::ScratchDir;
+
+class StrategiesCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new ScratchDir("strategies");
+    ::setenv("REEL_CACHE_DIR", (*scratch_ / "cache").c_str(), 1);
+  }
+  static void TearDownTestSuite() { delete scratch_; }
+  static fs::path Tmp(const std::string& n) { return *scratch_ / n; }
+  static CommandResult Generate(const std::string& tag, const std::string& extra) {
+    return RunCommand(std::string(REEL_BINARY) +
+                      " generate --model tiny --prompt 'a red fox' --frames 9 --height 64 --width 64 --steps 2 "
+                      "--threads 2 --out " + Quote(Tmp(tag + ".mp4").string()) + " --report " +
+                      Quote(Tmp(tag + ".json").string()) + " --profile-db " + Quote(Tmp("profiles.sqlite").string()) +
+                      " " + extra);
+  }
+  static json Report(const std::string& tag) {
+    std::ifstream in(Tmp(tag + ".json"));
+    return json::parse(in);
+  }
+  static int64_t Peak(const json& report) {
+    int64_t peak = 0;
+    for (const auto& s : report["stages"]) peak = std::max(peak, s["peak_device_bytes"].get<int64_t>());
+    return peak;
+  }
+  static ScratchDir* scratch_;
+};
+ScratchDir* StrategiesCli::scratch_ = nullptr;
+
+TEST_F(StrategiesCli, NoneFailsJustUnderItsNeedAndBlockOneFits) {
+  auto r = Generate("none", "--offload none");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const int64_t need = Peak(Report("none"));
+  ASSERT_GT(need, 0);
+  const int64_t cap = need - 1;
+
+  r = Generate("none-capped", "--offload none --device-memory " + std::to_string(cap));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("reel: error: device cpu (simulated, capacity"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("out of memory in stage"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(Tmp("none-capped.mp4")));
+  const json failed = Report("none-capped");
+  bool saw_oom = false;
+  for (const auto& s : failed["stages"]) saw_oom |= s["outcome"] == "oom";
+  EXPECT_TRUE(saw_oom) << failed.dump(2);
+
+  r = Generate("block1", "--offload block:1 --device-memory " + std::to_string(cap) + " --trace " +
+                             Quote(Tmp("block1.trace.json").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json ok = Report("block1");
+  EXPECT_LT(Peak(ok), cap);
+  EXPECT_GT(Peak(ok), 0);
+  for (const auto& s : ok["stages"]) {
+    EXPECT_EQ(s["device_capacity_bytes"].get<int64_t>(), cap);
+    EXPECT_EQ(s["outcome"], "ok");
+  }
+
+  // The trace shows copies on their own track overlapping block compute.
+  std::ifstream in(Tmp("block1.trace.json"));
+  const json trace = json::parse(in);
+  std::map<int, std::string> tracks;
+  std::vector<std::pair<double, double>> copies, blocks;
+  for (const auto& e : trace["traceEvents"])
+    if (e["ph"] == "M" && e["name"] == "thread_name") tracks[e["tid"].get<int>()] = e["args"]["name"];
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] != "X") continue;
+    const double ts = e["ts"].get<double>(), end = ts + e["dur"].get<double>();
+    if (tracks[e["tid"].get<int>()] == "copy" && e["cat"] == "copy") copies.emplace_back(ts, end);
+    if (tracks[e["tid"].get<int>()] == "compute" && e["cat"] == "block") blocks.emplace_back(ts, end);
+  }
+  EXPECT_FALSE(copies.empty());
+  EXPECT_FALSE(blocks.empty());
+  bool overlap = false;
+  for (const auto& c : copies)
+    for (const auto& b : blocks) overlap |= c.first < b.second && b.first < c.second;
+  EXPECT_TRUE(overlap) << "a prefetched copy should overlap a block's compute";
+}
+
+TEST_F(StrategiesCli, EveryModeWritesTheSameVideoFrames) {
+  std::string reference;
+  for (const std::string mode : {"none", "model", "block:2", "sequential"}) {
+    const std::string tag = "eq-" + std::to_string(reference.size());
+    const fs::path frames = Tmp("frames-" + mode.substr(0, mode.find(':')));
+    auto r = Generate(tag + mode.substr(0, 1), "--offload " + mode + " --frames-dir " + Quote(frames.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::ifstream in(frames / "frame_0004.png", std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (reference.empty())
+      reference = ss.str();
+    else
+      EXPECT_EQ(ss.str(), reference) << mode;
+  }
+}
+
+TEST_F(StrategiesCli, BadStrategyFlagsAreRefused) {
+  struct Case {
+    std::string flags, expect;
+  };
+  const std::vector<Case> cases = {
+      {"--offload block:0", "--offload block:0: accepted none, model, block:K"},
+      {"--offload fast", "--offload fast: accepted none, model, block:K"},
+      {"--offload denoiser=block:2,vae=none", "'vae=none' is not STAGE=VALUE"},
+      {"--dtype int4", "--dtype int4: accepted f32, bf16 or f16"},
+      {"--vae-tiling 10", "--vae-tiling 10: accepted a tile size in pixels, a multiple of 8, at least 16"},
+      {"--device cuda:0", "--device cuda:0: accepted cpu"},
+      {"--device-memory 12XB", "--device-memory 12XB: accepted a size such as 12GiB"},
+      {"--sample-ms -5", "--sample-ms -5: accepted 0 (off) or more"},
+  };
+  for (const auto& c : cases) {
+    const auto r = Generate("bad", c.flags);
+    EXPECT_EQ(r.exit_code, 2) << c.flags << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in:\n" << r.output;
+    EXPECT_FALSE(fs::exists(Tmp("bad.mp4")));
+  }
+}
+
+TEST_F(StrategiesCli, MeasurementsLandInTheProfileStore) {
+  auto r = Generate("store", "--offload block:1 --vae-slicing");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto q = RunCommand("sqlite3 " + Quote(Tmp("profiles.sqlite").string()) +
+                            " \"select count(*) from stage_profiles where strategy like 'block:1%'\"");
+  ASSERT_EQ(q.exit_code, 0) << q.output;
+  EXPECT_GE(std::stoi(q.output), 2) << "text encoder and denoiser ran with block:1";
+}
+
+}  // namespace
+}  // namespace reel
