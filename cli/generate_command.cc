@@ -35,7 +35,7 @@ struct GenerateFlags {
   GenerateRequest request;
   std::optional<int> frames, height, width, steps, fps;  // unset: the model's defaults
   int threads = 0;
-  std::string device = "cpu", device_memory, offload = "none", dtype;
+  std::string device = "cpu", device_memory, offload = "none", dtype, weights, host_memory;
   bool vae_slicing = false;
   std::optional<std::string> vae_tiling;
   ProfilingFlags profiling;
@@ -53,6 +53,19 @@ RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
                                           f.dtype));
       if (m.has_stage(kind)) o.dtype[kind] = *d;
     }
+  if (!f.weights.empty())
+    for (const auto& [kind, value] : ParsePerStage(f.weights, "--weights")) {
+      if (value != "int8" && value != "float")
+        throw InvalidArgument(fmt::format("--weights {}: accepted int8 or float, for all stages or as STAGE=int8",
+                                          f.weights));
+      if (m.has_stage(kind)) o.int8[kind] = value == "int8";
+    }
+  if (!f.host_memory.empty()) {
+    o.host_budget = ParseSize(f.host_memory, "--host-memory");
+  } else {
+    // A safe share of what the machine has free now, so the run never pushes it into swap.
+    o.host_budget = MachineMemory().available_bytes / 4 * 3;
+  }
   o.vae.slicing = f.vae_slicing;
   if (f.vae_tiling) {
     const std::string& t = *f.vae_tiling;
@@ -104,6 +117,7 @@ void RunGenerate(GenerateFlags& f) {
   Image image;
   if (!r.image.empty()) image = ReadImage(r.image, r.height, r.width);
   RunProfiling profiling(f.profiling, manifest, r);  // opens the store and the metrics endpoint up front
+  profiling.set_host_budget(options.host_budget);
 
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   DeviceMemory::Get().SetCapacity(capacity);
@@ -166,6 +180,10 @@ void AddGenerateCommand(CLI::App& app) {
                 "none|model|block:K|sequential, for all stages or per stage: denoiser=block:2,text_encoder=model")
       ->default_val("none");
   g->add_option("--dtype", f->dtype, "Weight dtype f32|bf16|f16, for all stages or per stage: denoiser=bf16");
+  g->add_option("--weights", f->weights,
+                "Weight storage: float (the dtype) or int8 with per-channel scales, for all stages or STAGE=int8");
+  g->add_option("--host-memory", f->host_memory,
+                "Host RAM the weights may hold, e.g. 24GiB (default: 3/4 of the memory available at start)");
   g->add_flag("--vae-slicing", f->vae_slicing, "Decode latent frames in slices carrying the causal cache");
   g->add_option("--vae-tiling", f->vae_tiling, "Decode in spatial tiles of T pixels (default 256) with blended seams")
       ->expected(0, 1);

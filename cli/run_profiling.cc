@@ -102,6 +102,7 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
   if (runtime) {
     const auto stats = runtime->stats();
     const auto strategies = runtime->strategies();
+    const auto formats = runtime->weight_formats();
     std::string failed;
     if (error && error->kind() == ErrorKind::kDeviceOutOfMemory) {
       // The message names the stage: "... out of memory in stage denoiser (strategy ...)".
@@ -112,7 +113,6 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
     for (const auto& [kind, st] : stats) {
       const bool ran = st.wall_seconds > 0 || StageKindName(kind) == failed;
       if (!ran) continue;
-      const StageManifest& sm = package.manifest().stage(kind);
       StageProfile p;
       p.stage = StageKindName(kind);
       p.stage_digest = StageDigest(manifest_, manifest_.stage(kind));
@@ -120,7 +120,7 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
       p.device_name = capacity > 0 ? "cpu (simulated)" : "cpu";
       p.device_capacity_bytes = capacity;
       p.strategy = strategies.at(kind);
-      p.dtype = DTypeName(sm.dtype);
+      p.dtype = formats.at(kind);
       p.frames = request_.frames;
       p.height = request_.height;
       p.width = request_.width;
@@ -147,7 +147,7 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
   }
   const auto& mem = DeviceMemory::Get();
   metrics_->SetDeviceMemory("cpu", mem.used(), mem.peak(), capacity);
-  metrics_->SetHost(HostRssBytes(), 0, 0);
+  metrics_->SetHost(HostRssBytes(), 0, host_budget_);
   if (!error) {
     metrics_->AddFrames(request_.frames);
     metrics_->JobCompleted();

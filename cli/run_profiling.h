@@ -33,6 +33,7 @@ class RunProfiling {
   ~RunProfiling();
   RunObserver* observer();
   void Start();
+  void set_host_budget(int64_t bytes) { host_budget_ = bytes; }
   // Records every stage that ran (with `error` for the one that failed), writes the report and trace, stores
   // the measurements and updates the metrics.
   void Finish(Runtime* runtime, const StagePackage& package, int64_t capacity, const Error* error,
@@ -48,6 +49,7 @@ class RunProfiling {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ProfileStore> store_;
   std::unique_ptr<Observer> observer_;
+  int64_t host_budget_ = 0;
 };
 
 }  // namespace reel::cli

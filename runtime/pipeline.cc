@@ -95,7 +95,40 @@ Runtime::Runtime(StagePackage& package, const RunOptions& options, RunObserver* 
       package_.SetStageDtype(kind, it->second);
     }
   }
+  for (auto& [kind, e] : executors_)
+    if (auto it = options_.int8.find(kind); it != options_.int8.end() && it->second) e->QuantizeHost();
+  if (options_.host_budget > 0) {
+    const int64_t total = host_weight_bytes();
+    const int64_t te = executors_.count(StageKind::kTextEncoder) ? executor(StageKind::kTextEncoder).weight_bytes() : 0;
+    if (total > options_.host_budget) {
+      if (total - te > options_.host_budget) {
+        std::string parts;
+        for (const auto& [k, e] : executors_)
+          parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", StageKindName(k), FormatBytes(e->weight_bytes()));
+        throw InvalidArgument(fmt::format(
+            "--host-memory {}: the weights need {} on the host ({}); accepted at least {} (the text encoder is "
+            "released after it runs), or store weights smaller with --weights int8 or --dtype bf16",
+            FormatBytes(options_.host_budget), FormatBytes(total), parts, FormatBytes(total - te)));
+      }
+      release_text_encoder_ = true;
+    }
+  }
   for (auto& [kind, e] : executors_) OnDevice(kind, [&] { e->PlaceResident(); });
+}
+
+int64_t Runtime::host_weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& [k, e] : executors_) n += e->weight_bytes();
+  return n;
+}
+
+std::map<StageKind, std::string> Runtime::weight_formats() const {
+  std::map<StageKind, std::string> out;
+  for (const auto& [k, e] : executors_) {
+    auto it = options_.int8.find(k);
+    out[k] = it != options_.int8.end() && it->second ? "int8" : DTypeName(package_.manifest().stage(k).dtype);
+  }
+  return out;
 }
 
 Runtime::~Runtime() = default;
@@ -254,6 +287,11 @@ Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& im
       torch::tensor(ids, torch::kInt64).view({batch, static_cast<int64_t>(m.tokenizer.max_length)});
   const auto text_dtype = ToTorch(m.stage(StageKind::kDenoiser).inputs.at(1).dtype);
   const torch::Tensor text = EncodeText(id_tensor, batch).to(text_dtype);
+  if (release_text_encoder_) {
+    // It runs once per job: under a tight host budget its weights make room for the rest.
+    executor(StageKind::kTextEncoder).ReleaseHost();
+    release_text_encoder_ = false;
+  }
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
   torch::Tensor image_latents;

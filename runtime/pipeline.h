@@ -28,7 +28,11 @@ struct GenerateHooks {
 struct RunOptions {
   std::map<StageKind, Offload> offload;  // absent: none
   std::map<StageKind, DType> dtype;      // absent: the package's dtype
+  std::map<StageKind, bool> int8;        // weights stored as int8 with per-channel scales
   VaeDecodeOptions vae;
+  // Host bytes the weights may hold (0 = no limit). Over it, the text encoder's host weights are released after
+  // it runs when that brings the rest under; otherwise the run is refused before it starts.
+  int64_t host_budget = 0;
 };
 
 class Runtime {
@@ -53,6 +57,8 @@ class Runtime {
   StageExecutor& executor(StageKind k);
   std::map<StageKind, StageStats> stats() const;
   std::map<StageKind, std::string> strategies() const;
+  std::map<StageKind, std::string> weight_formats() const;  // "f32", "bf16", "int8"
+  int64_t host_weight_bytes() const;
 
  private:
   torch::Tensor DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
@@ -64,6 +70,7 @@ class Runtime {
   RunOptions options_;
   RunObserver* observer_;
   std::map<StageKind, std::unique_ptr<StageExecutor>> executors_;
+  bool release_text_encoder_ = false;
 };
 
 }  // namespace reel

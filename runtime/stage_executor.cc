@@ -11,7 +11,7 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 
 PlacedPart::PlacedPart(torch::jit::Module module, std::string file) : module_(std::move(module)), file_(std::move(file)) {
   for (const auto& p : module_.named_parameters(/*recurse=*/false)) {
-    host_.emplace_back(p.name, p.value);
+    host_.push_back(Weight{p.name, p.value, {}, p.value.scalar_type()});
     bytes_ += p.value.numel() * static_cast<int64_t>(p.value.element_size());
   }
 }
@@ -22,25 +22,66 @@ void PlacedPart::ToDevice() {
   // Copies go into a list first so that an out-of-memory midway leaves the module on the host, whole.
   std::vector<torch::Tensor> copies;
   copies.reserve(host_.size());
-  for (const auto& [name, t] : host_) copies.push_back(t.clone());
-  for (size_t i = 0; i < host_.size(); ++i) module_.setattr(host_[i].first, copies[i]);
+  for (const auto& w : host_) {
+    if (!w.scale.defined()) {
+      copies.push_back(w.value.clone());
+      continue;
+    }
+    // The int8 codes cross to the device (a quarter of the f32 bytes) and are expanded there.
+    const torch::Tensor codes = w.value.clone();
+    std::vector<int64_t> shape(codes.dim(), 1);
+    shape[0] = codes.size(0);
+    copies.push_back(codes.to(w.compute).mul_(w.scale.clone().view(shape).to(w.compute)));
+  }
+  for (size_t i = 0; i < host_.size(); ++i) module_.setattr(host_[i].name, copies[i]);
   on_device_ = true;
 }
 
 void PlacedPart::ToHost() {
   if (!on_device_) return;
-  for (const auto& [name, t] : host_) module_.setattr(name, t);
+  // A quantized weight has no host copy in its compute dtype: an empty tensor stands in until the next ToDevice.
+  for (const auto& w : host_) module_.setattr(w.name, w.scale.defined() ? torch::empty({0}, w.compute) : w.value);
   on_device_ = false;
 }
 
 void PlacedPart::ConvertHost(torch::Dtype dtype) {
   HostScope host;
   bytes_ = 0;
-  for (auto& [name, t] : host_) {
-    if (t.is_floating_point()) t = t.to(dtype);
-    module_.setattr(name, t);
-    bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+  for (auto& w : host_) {
+    if (w.value.is_floating_point()) {
+      w.value = w.value.to(dtype);
+      w.compute = dtype;
+    }
+    if (!on_device_) module_.setattr(w.name, w.value);
+    bytes_ += w.value.numel() * static_cast<int64_t>(w.value.element_size());
   }
+}
+
+void PlacedPart::QuantizeHost() {
+  HostScope host;
+  torch::NoGradGuard no_grad;
+  bytes_ = 0;
+  for (auto& w : host_) {
+    if (w.value.dim() >= 2 && w.value.is_floating_point() && !w.scale.defined()) {
+      const torch::Tensor f = w.value.to(torch::kFloat32).reshape({w.value.size(0), -1});
+      const torch::Tensor scale = f.abs().amax(1).clamp_min(1e-12) / 127.0;
+      w.value = (f / scale.unsqueeze(1)).round_().clamp_(-127, 127).to(torch::kInt8).view(w.value.sizes());
+      w.scale = scale;
+      if (!on_device_) module_.setattr(w.name, torch::empty({0}, w.compute));
+    }
+    bytes_ += w.value.numel() * static_cast<int64_t>(w.value.element_size());
+    if (w.scale.defined()) bytes_ += w.scale.numel() * 4;
+  }
+}
+
+void PlacedPart::ReleaseHost() {
+  HostScope host;
+  for (auto& w : host_) {
+    w.value = torch::empty({0}, w.value.scalar_type());
+    w.scale = torch::Tensor();
+    if (!on_device_) module_.setattr(w.name, w.value);
+  }
+  bytes_ = 0;
 }
 
 StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer)
@@ -75,6 +116,16 @@ void StageExecutor::ConvertHost(torch::Dtype dtype) {
   const auto t0 = Clock::now();
   for (auto& p : parts_) p.ConvertHost(dtype);
   stats_.load_seconds += Seconds(t0, Clock::now());
+}
+
+void StageExecutor::QuantizeHost() {
+  const auto t0 = Clock::now();
+  for (auto& p : parts_) p.QuantizeHost();
+  stats_.load_seconds += Seconds(t0, Clock::now());
+}
+
+void StageExecutor::ReleaseHost() {
+  for (auto& p : parts_) p.ReleaseHost();
 }
 
 void StageExecutor::Emit(const std::string& name, const std::string& cat, const std::string& track,

@@ -55,11 +55,22 @@ class PlacedPart {
   torch::jit::Module& module() { return module_; }
   const std::string& file() const { return file_; }
   void ConvertHost(torch::Dtype dtype);
+  // Stores every weight matrix and convolution kernel as int8 with one float32 scale per output channel;
+  // ToDevice dequantizes on the device into the compute dtype. Vectors (biases, norms) stay as they are.
+  void QuantizeHost();
+  // Drops the host weights of a stage that will not run again in this process (host budget).
+  void ReleaseHost();
 
  private:
+  struct Weight {
+    std::string name;
+    torch::Tensor value;  // the weight, or its int8 codes
+    torch::Tensor scale;  // per-output-channel scale when quantized
+    torch::Dtype compute = torch::kFloat32;
+  };
   torch::jit::Module module_;
   std::string file_;
-  std::vector<std::pair<std::string, torch::Tensor>> host_;
+  std::vector<Weight> host_;
   int64_t bytes_ = 0;
   bool on_device_ = false;
 };
@@ -83,7 +94,9 @@ class StageExecutor {
   size_t num_blocks() const { return blocks_.size(); }
   StageStats& stats() { return stats_; }
   void ConvertHost(torch::Dtype dtype);
-  int64_t weight_bytes() const;
+  void QuantizeHost();
+  void ReleaseHost();
+  int64_t weight_bytes() const;  // host bytes of the weights as stored
 
  private:
   void Emit(const std::string& name, const std::string& cat, const std::string& track, Clock::time_point s);

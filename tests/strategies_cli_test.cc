@@ -125,6 +125,9 @@ TEST_F(StrategiesCli, BadStrategyFlagsAreRefused) {
       {"--device cuda:0", "--device cuda:0: accepted cpu"},
       {"--device-memory 12XB", "--device-memory 12XB: accepted a size such as 12GiB"},
       {"--sample-ms -5", "--sample-ms -5: accepted 0 (off) or more"},
+      {"--weights int4", "--weights int4: accepted int8 or float"},
+      {"--host-memory 1KiB", "--host-memory 1.00 KiB: the weights need"},
+      {"--host-memory lots", "--host-memory lots: accepted a size such as 12GiB"},
   };
   for (const auto& c : cases) {
     const auto r = Generate("bad", c.flags);
