@@ -28,9 +28,10 @@ for c in "${CASES[@]}"; do
   $REEL model synth $synth --out "$pkg" >/dev/null
   read -r -a jobv <<<"$job"
   for r in $(seq "$REPS"); do
-    line=$($REEL generate --model "$pkg" --prompt "a red fox" "${jobv[@]}" --threads "$THREADS" \
-      --out "$WORK/out.mp4" 2>&1 | grep "stage seconds")
-    echo "$line" | sed -E 's/.*text ([0-9.]+), image [0-9.]+, denoise ([0-9.]+), decode ([0-9.]+).*/\1 \2 \3/' >>"$WORK/reel$i"
+    $REEL generate --model "$pkg" --prompt "a red fox" "${jobv[@]}" --threads "$THREADS" --no-profile-db \
+      --sample-ms 0 --out "$WORK/out.mp4" --report "$WORK/report.json" >/dev/null 2>&1
+    /usr/bin/python3 -c 'import json,sys; s={x["stage"]: x["wall_seconds"] for x in json.load(open(sys.argv[1]))["stages"]}
+print(s["text_encoder"], s["denoiser"], s["vae_decoder"])' "$WORK/report.json" >>"$WORK/reel$i"
     /usr/bin/python3 bench/py_pipeline.py --package "$pkg" "${jobv[@]}" --threads "$THREADS" |
       /usr/bin/python3 -c 'import json,sys; t=json.load(sys.stdin); print(t["text_encode"], t["denoise"], t["decode"])' >>"$WORK/py$i"
   done

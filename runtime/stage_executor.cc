@@ -84,6 +84,42 @@ void PlacedPart::ReleaseHost() {
   bytes_ = 0;
 }
 
+CopyWorker::CopyWorker() {
+  thread_ = std::thread([this] {
+    for (;;) {
+      std::packaged_task<double()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  });
+}
+
+CopyWorker::~CopyWorker() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::future<double> CopyWorker::Submit(std::function<double()> fn) {
+  std::packaged_task<double()> task(std::move(fn));
+  auto future = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+  return future;
+}
+
 StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer)
     : kind_(kind), offload_(offload), observer_(observer) {
   for (size_t i = 0; i < stage.parts.size(); ++i) {
@@ -96,6 +132,7 @@ StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload o
   // K resident blocks covering the whole stack is model offload.
   if (offload_.mode == OffloadMode::kBlock && static_cast<size_t>(offload_.blocks) >= blocks_.size())
     offload_.mode = OffloadMode::kModel;
+  if (offload_.mode == OffloadMode::kBlock) copier_ = std::make_unique<CopyWorker>();
 }
 
 StageExecutor::~StageExecutor() {
@@ -177,7 +214,7 @@ void StageExecutor::Load(size_t block) {
 std::future<double> StageExecutor::Prefetch(size_t block) {
   PlacedPart& p = parts_[blocks_[block]];
   // The copy thread's allocations are device bytes, as the compute thread's are.
-  return std::async(std::launch::async, [this, &p, block] {
+  return copier_->Submit([this, &p, block] {
     const auto start = Clock::now();
     p.ToDevice();
     const auto end = Clock::now();

@@ -4,8 +4,13 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <future>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -75,6 +80,22 @@ class PlacedPart {
   bool on_device_ = false;
 };
 
+// One long-lived copy thread per streaming stage: starting a thread per block would cost more than copying a
+// small block.
+class CopyWorker {
+ public:
+  CopyWorker();
+  ~CopyWorker();
+  std::future<double> Submit(std::function<double()> task);
+
+ private:
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<double()>> queue_;
+  bool stop_ = false;
+};
+
 class StageExecutor {
  public:
   StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer);
@@ -112,6 +133,7 @@ class StageExecutor {
   std::vector<size_t> edges_;   // embed/head or the single module
   StageStats stats_;
   Clock::time_point began_;
+  std::unique_ptr<CopyWorker> copier_;
   std::future<double> inflight_;
   size_t inflight_block_ = 0;
 };

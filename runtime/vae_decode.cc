@@ -1,5 +1,7 @@
 #include "runtime/vae_decode.h"
 
+#include "runtime/device_memory.h"
+
 #include <algorithm>
 #include <optional>
 #include <string>
@@ -58,6 +60,7 @@ void CheckOverlap(const char* name, double overlap, int tile) {
 void Blend(const torch::Tensor& a, torch::Tensor& b, int64_t dim, int64_t extent) {
   const int64_t e = std::min({a.size(dim), b.size(dim), extent});
   if (e <= 0) return;
+  HostScope host;  // blending works on pieces already copied off the device
   std::vector<double> cur(e), prev(e);
   for (int64_t y = 0; y < e; ++y) {
     cur[y] = static_cast<double>(y) / static_cast<double>(e);
@@ -94,6 +97,7 @@ class Decoder {
     for (int64_t i = 0; i < batch; ++i) {
       const torch::Tensor piece = DecodeSlice(z.narrow(0, i, 1));
       if (!out.defined()) {
+        HostScope host;
         std::vector<int64_t> sizes = piece.sizes().vec();
         sizes[0] = batch;
         out = torch::empty(sizes, piece.options());
@@ -118,6 +122,7 @@ class Decoder {
     for (const auto& [start, end] : VaeFrameChunks(z.size(2), kLatentFrameBatch)) {
       pieces.push_back(to_host_((*decode_chunk_)({z.narrow(2, start, end - start), cache}).toTensor()));
     }
+    HostScope host;
     return pieces.size() == 1 ? pieces.front() : torch::cat(pieces, 2);
   }
 
@@ -141,7 +146,10 @@ class Decoder {
         }
         if (!above.empty()) Blend(above[row.size()], t, 3, ah.blend);
         if (!row.empty()) Blend(row.back(), t, 4, aw.blend);
-        if (!out.defined()) out = torch::empty({z.size(0), t.size(1), t.size(2), out_h, out_w}, t.options());
+        if (!out.defined()) {
+          HostScope host;
+          out = torch::empty({z.size(0), t.size(1), t.size(2), out_h, out_w}, t.options());
+        }
         // Every tile but the last of a row or column is longer than the stride, so tile (i, j) lands at (8i, 8j).
         const int64_t y0 = kSpatialCompression * i, x0 = kSpatialCompression * j;
         const int64_t kh = std::min({ah.keep, t.size(3), out_h - y0}), kw = std::min({aw.keep, t.size(4), out_w - x0});
