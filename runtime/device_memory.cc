@@ -5,7 +5,6 @@
 #include <c10/util/Exception.h>
 
 #include <mutex>
-#include <unordered_map>
 
 namespace reel {
 
@@ -16,33 +15,24 @@ thread_local int device_depth = 0;
 std::mutex oom_mutex;
 std::optional<OutOfMemory> last_oom;
 
-// LibTorch requires a CPU allocator's context to be its data pointer (raw_allocate asserts it), so the
-// bookkeeping of each live allocation lives in a table keyed by that pointer.
-struct Tracked {
+// LibTorch requires a CPU allocator's context to be its data pointer (raw_allocate asserts it), so each
+// allocation carries its bookkeeping in a header just before the data: no table, no lock on the hot path.
+struct alignas(64) Header {
+  void* base;              // what the wrapped allocator returned
+  c10::DeleterFnPtr free;  // and how to give it back
   int64_t bytes;
   bool device;
-  c10::DeleterFnPtr free;
 };
-std::mutex table_mutex;
-std::unordered_map<void*, Tracked>& Table() {
-  static auto* table = new std::unordered_map<void*, Tracked>();
-  return *table;
-}
+static_assert(sizeof(Header) == 64, "the header keeps the data 64-byte aligned");
 
-void DeleteTracked(void* ptr) {
-  Tracked t;
-  {
-    std::lock_guard<std::mutex> lock(table_mutex);
-    auto it = Table().find(ptr);
-    if (it == Table().end()) return;
-    t = it->second;
-    Table().erase(it);
-  }
-  if (t.device)
-    DeviceMemory::Get().Release(t.bytes);
+void DeleteTracked(void* data) {
+  if (data == nullptr) return;
+  const Header h = *reinterpret_cast<Header*>(static_cast<char*>(data) - sizeof(Header));
+  if (h.device)
+    DeviceMemory::Get().Release(h.bytes);
   else
-    DeviceMemory::Get().AddHost(-t.bytes);
-  t.free(ptr);
+    DeviceMemory::Get().AddHost(-h.bytes);
+  h.free(h.base);
 }
 
 // Wraps the default CPU allocator and records every allocation as device or host bytes.
@@ -56,24 +46,19 @@ class TrackingAllocator final : public c10::Allocator {
       TORCH_CHECK(false, "reel device out of memory: tried to allocate ", n, " bytes");
     c10::DataPtr inner;
     try {
-      inner = base_->allocate(n);
+      inner = base_->allocate(n + sizeof(Header));
     } catch (...) {
       if (device) DeviceMemory::Get().Release(static_cast<int64_t>(n));
       throw;
     }
-    void* data = inner.get();
-    if (data == nullptr || inner.get_context() != data) {
-      if (device) DeviceMemory::Get().Release(static_cast<int64_t>(n));
-      return inner;  // not a plain allocation of the default allocator: leave it untracked
-    }
-    const c10::DeleterFnPtr free = inner.get_deleter();
+    void* base = inner.get();
+    TORCH_CHECK(base != nullptr && inner.get_context() == base, "reel: unexpected CPU allocation layout");
+    auto* header = static_cast<Header*>(base);
+    *header = Header{base, inner.get_deleter(), static_cast<int64_t>(n), device};
     const c10::Device dev = inner.device();
     inner.release_context();
-    {
-      std::lock_guard<std::mutex> lock(table_mutex);
-      Table()[data] = Tracked{static_cast<int64_t>(n), device, free};
-    }
     if (!device) DeviceMemory::Get().AddHost(static_cast<int64_t>(n));
+    void* data = static_cast<char*>(base) + sizeof(Header);
     return c10::DataPtr(data, data, &DeleteTracked, dev);
   }
 
