@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Time and peak device memory of every memory strategy on the CPU device, side by side in one run, for the tiny
 # preset and a reduced-depth cogvideox-2b package; then profiler on (trace + 10 ms sampler + report) against off.
-# Usage: bench/strategies.sh [REPS] [THREADS]   (after scripts/build.sh). Prints markdown tables.
+# Usage: bench/strategies.sh [REPS] [THREADS] [ONLY]   (after scripts/build.sh). Prints markdown tables.
+# ONLY (optional) keeps the cases whose name starts with it and skips the profiler section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 THREADS=${2:-2}
+ONLY=${3:-}
 REEL=build/cli/reel
 WORK=$(mktemp -d /tmp/reel-bench-strategies.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -38,6 +40,7 @@ i=0
 for c in "${CASES[@]}"; do
   IFS='|' read -r name synth job <<<"$c"
   pkg="$WORK/pkg$i"; i=$((i + 1))
+  [ -n "$ONLY" ] && [[ "$name" != "$ONLY"* ]] && continue
   $REEL model synth $synth --out "$pkg" >/dev/null
   echo
   echo "### $name ($job, $THREADS threads, median of $REPS)"
@@ -60,6 +63,7 @@ for c in "${CASES[@]}"; do
   done
 done
 
+[ -n "$ONLY" ] && exit 0
 # Profiler overhead: the same job with the trace, the 10 ms sampler and the report, against neither.
 pkg="$WORK/pkg1"
 IFS='|' read -r _ _ job <<<"${CASES[1]}"
