@@ -79,10 +79,11 @@ RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
         tile = -1;
       }
     }
-    if (tile < 16 || tile % 8 != 0)
+    if (tile < 0)
       throw InvalidArgument(fmt::format("--vae-tiling {}: accepted a tile size in pixels, a multiple of 8, at least 16",
                                         t));
     o.vae.tile = tile;
+    ValidateVaeDecodeOptions(o.vae);  // the decoder's own rule for tile sizes
   }
   return o;
 }

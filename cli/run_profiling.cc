@@ -103,15 +103,9 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
     const auto stats = runtime->stats();
     const auto strategies = runtime->strategies();
     const auto formats = runtime->weight_formats();
-    std::string failed;
-    if (error && error->kind() == ErrorKind::kDeviceOutOfMemory) {
-      // The message names the stage: "... out of memory in stage denoiser (strategy ...)".
-      const std::string msg = error->what();
-      const auto at = msg.find("in stage ");
-      if (at != std::string::npos) failed = msg.substr(at + 9, msg.find(' ', at + 9) - at - 9);
-    }
+    const std::optional<StageKind> failed = runtime->failed_stage();
     for (const auto& [kind, st] : stats) {
-      const bool ran = st.wall_seconds > 0 || StageKindName(kind) == failed;
+      const bool ran = st.wall_seconds > 0 || kind == failed;
       if (!ran) continue;
       StageProfile p;
       p.stage = StageKindName(kind);
@@ -126,7 +120,7 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
       p.width = request_.width;
       p.steps = request_.steps;
       p.batch = request_.guidance > 1.0 ? 2 : 1;
-      p.outcome = StageKindName(kind) == failed ? "oom" : "ok";
+      p.outcome = kind == failed ? "oom" : "ok";
       if (p.outcome == "oom") p.error = error->what();
       p.peak_device_bytes = st.peak_device_bytes;
       p.peak_host_rss_bytes = peak_rss;

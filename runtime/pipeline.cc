@@ -70,6 +70,7 @@ auto Runtime::OnDevice(StageKind k, Fn&& fn) {
   } catch (const std::exception& e) {
     // The TorchScript interpreter rethrows what an allocation raised as std::runtime_error.
     if (auto oom = TakeOutOfMemory()) {
+      failed_stage_ = k;
       executor(k).stats().peak_device_bytes = std::max(executor(k).stats().peak_device_bytes, DeviceMemory::Get().peak());
       throw Error(ErrorKind::kDeviceOutOfMemory,
                   fmt::format("device cpu (simulated, capacity {}): out of memory in stage {} (strategy {}): asked "

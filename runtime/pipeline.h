@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "package/job_request.h"
@@ -59,6 +60,8 @@ class Runtime {
   std::map<StageKind, std::string> strategies() const;
   std::map<StageKind, std::string> weight_formats() const;  // "f32", "bf16", "int8"
   int64_t host_weight_bytes() const;
+  // The stage whose device memory ran out, if one did.
+  std::optional<StageKind> failed_stage() const { return failed_stage_; }
 
  private:
   torch::Tensor DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
@@ -71,6 +74,7 @@ class Runtime {
   RunObserver* observer_;
   std::map<StageKind, std::unique_ptr<StageExecutor>> executors_;
   bool release_text_encoder_ = false;
+  std::optional<StageKind> failed_stage_;
 };
 
 }  // namespace reel

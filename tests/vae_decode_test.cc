@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "models/presets.h"
 #include "models/vae_script.h"
 
 namespace reel {
@@ -21,14 +22,8 @@ namespace {
 
 using torch::indexing::Slice;
 
-VaeConfig TinyConfig() {
-  VaeConfig cfg;
-  cfg.block_out_channels = {16, 32, 32, 64};
-  cfg.layers_per_block = 1;
-  cfg.norm_groups = 8;
-  cfg.latent_channels = 16;
-  return cfg;
-}
+// The tiny preset's VAE: the same architecture scaled down.
+VaeConfig TinyConfig() { return FindPreset("tiny")->vae; }
 
 torch::jit::Module& TinyDecoder() {
   static torch::jit::Module m = [] {

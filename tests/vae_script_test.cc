@@ -1,5 +1,6 @@
 // Tests of the synthetic CogVideoX VAE modules (models/vae_script.h): shapes, frame batching, caches, causality,
 // the building blocks against direct ports of diffusers' code, determinism, save/load, bf16, parameter counts.
+#include "models/presets.h"
 #include "models/vae_script.h"
 
 #include <filesystem>
@@ -15,14 +16,8 @@ namespace {
 namespace F = torch::nn::functional;
 using torch::indexing::Slice;
 
-VaeConfig TinyConfig() {
-  VaeConfig cfg;
-  cfg.block_out_channels = {16, 32, 32, 64};
-  cfg.layers_per_block = 1;
-  cfg.norm_groups = 8;
-  cfg.latent_channels = 16;
-  return cfg;
-}
+// The tiny preset's VAE: the same architecture scaled down.
+VaeConfig TinyConfig() { return FindPreset("tiny")->vae; }
 
 // Module and its inputs shared across tests: building is cheap, but keep one per dtype.
 const torch::jit::Module& TinyEncoder() {
