@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "cli/commands.h"
+#include "cli/job_flags.h"
 #include "cli/run_profiling.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -31,9 +32,8 @@ namespace fs = std::filesystem;
 namespace {
 
 struct GenerateFlags {
-  std::string model, out, frames_dir;
-  GenerateRequest request;
-  std::optional<int> frames, height, width, steps, fps;  // unset: the model's defaults
+  JobFlags job;
+  std::string out, frames_dir;
   int threads = 0;
   std::string device = "cpu", device_memory, offload = "none", dtype, weights, host_memory;
   bool vae_slicing = false;
@@ -90,7 +90,7 @@ RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
 
 void RunGenerate(GenerateFlags& f) {
   const auto start = std::chrono::steady_clock::now();
-  GenerateRequest& r = f.request;
+  GenerateRequest& r = f.job.request;
   if (f.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", f.threads));
   if (f.device != "cpu")
     throw InvalidArgument(fmt::format("--device {}: accepted cpu in this build (CUDA support is not compiled in)",
@@ -106,13 +106,13 @@ void RunGenerate(GenerateFlags& f) {
     RequireWritableDirectory(fs::exists(d) ? d : (d.has_parent_path() ? d.parent_path() : fs::path(".")),
                              "--frames-dir");
   }
-  const fs::path dir = ResolveModel(f.model);
+  const fs::path dir = ResolveModel(f.job.model);
   const Manifest manifest = LoadManifest(dir);
-  r.frames = f.frames.value_or(manifest.defaults.frames);
-  r.height = f.height.value_or(manifest.defaults.height);
-  r.width = f.width.value_or(manifest.defaults.width);
-  r.steps = f.steps.value_or(manifest.defaults.steps);
-  r.fps = f.fps.value_or(manifest.defaults.fps);
+  r.frames = f.job.frames.value_or(manifest.defaults.frames);
+  r.height = f.job.height.value_or(manifest.defaults.height);
+  r.width = f.job.width.value_or(manifest.defaults.width);
+  r.steps = f.job.steps.value_or(manifest.defaults.steps);
+  r.fps = f.job.fps.value_or(manifest.defaults.fps);
   ValidateRequest(manifest, r);
   const RunOptions options = ParseRunOptions(f, manifest);
   Image image;
@@ -158,19 +158,7 @@ void RunGenerate(GenerateFlags& f) {
 void AddGenerateCommand(CLI::App& app) {
   auto f = std::make_shared<GenerateFlags>();
   auto* g = app.add_subcommand("generate", "Generate a video in this process");
-  auto& r = f->request;
-  g->add_option("--model", f->model, "Preset name (synthesized once into the cache) or package directory")
-      ->required();
-  g->add_option("--prompt", r.prompt, "Text prompt")->required();
-  g->add_option("--negative-prompt", r.negative_prompt, "Negative prompt (default empty)");
-  g->add_option("--image", r.image, "Conditioning image (PNG/JPEG) for image-to-video models");
-  g->add_option("--frames", f->frames, "Frames, 8k+1 (default: the model's)");
-  g->add_option("--height", f->height, "Height in pixels, a multiple of 16");
-  g->add_option("--width", f->width, "Width in pixels, a multiple of 16");
-  g->add_option("--steps", f->steps, "Denoising steps");
-  g->add_option("--guidance", r.guidance, "Classifier-free guidance scale (<= 1 turns it off)")->default_val(6.0);
-  g->add_option("--seed", r.seed, "Noise seed")->default_val(0);
-  g->add_option("--fps", f->fps, "Frames per second of the MP4 (default: the model's)");
+  AddJobFlags(*g, f->job);
   g->add_option("--out", f->out, "Output .mp4 file")->required();
   g->add_option("--frames-dir", f->frames_dir, "Also write PNG frames into this directory");
   g->add_option("--threads", f->threads, "Intra-op CPU threads (0 = all cores)")->default_val(0);

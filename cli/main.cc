@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "reel 0.1.0");
   reel::cli::AddModelCommand(app);
   reel::cli::AddGenerateCommand(app);
+  reel::cli::AddClusterCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -31,5 +32,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "reel: error: %s\n", e.what());
     return 1;
   }
-  return 0;
+  return reel::cli::CommandExitCode();
 }

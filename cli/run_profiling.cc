@@ -14,6 +14,7 @@
 #include "profiler/stage_profile.h"
 #include "profiler/trace.h"
 #include "runtime/device_memory.h"
+#include "runtime/run_profile.h"
 
 namespace reel::cli {
 
@@ -75,17 +76,6 @@ void RunProfiling::Start() {
   if (sampler_) sampler_->Start();
 }
 
-namespace {
-
-// Identifies a stage's weights: the package name and every part's file, parameter count and bytes.
-std::string StageDigest(const Manifest& m, const StageManifest& s) {
-  std::string key = m.name + "/" + StageKindName(s.kind);
-  for (const auto& p : s.parts) key += "|" + p.file + ":" + std::to_string(p.params) + ":" + std::to_string(p.bytes);
-  return fmt::format("{:016x}", StableHash(key, m.seed.value_or(0)));
-}
-
-}  // namespace
-
 void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t capacity, const Error* error,
                           double total_seconds, const std::string& output) {
   if (sampler_) sampler_->Stop();
@@ -107,33 +97,14 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
     for (const auto& [kind, st] : stats) {
       const bool ran = st.wall_seconds > 0 || kind == failed;
       if (!ran) continue;
-      StageProfile p;
-      p.stage = StageKindName(kind);
-      p.stage_digest = StageDigest(manifest_, manifest_.stage(kind));
-      p.device_kind = "cpu";
-      p.device_name = capacity > 0 ? "cpu (simulated)" : "cpu";
-      p.device_capacity_bytes = capacity;
-      p.strategy = strategies.at(kind);
-      p.dtype = formats.at(kind);
-      p.frames = request_.frames;
-      p.height = request_.height;
-      p.width = request_.width;
-      p.steps = request_.steps;
-      p.batch = request_.guidance > 1.0 ? 2 : 1;
-      p.outcome = kind == failed ? "oom" : "ok";
-      if (p.outcome == "oom") p.error = error->what();
-      p.peak_device_bytes = st.peak_device_bytes;
-      p.peak_host_rss_bytes = peak_rss;
-      p.pinned_host_bytes = 0;  // the CPU device has no pinned memory
-      p.load_seconds = st.load_seconds;
-      p.copy_seconds = st.copy_seconds;
-      p.copied_bytes = st.copied_bytes;
-      p.compute_seconds = st.compute_seconds;
-      p.wall_seconds = st.wall_seconds;
-      p.step_seconds = st.step_seconds;
-      for (size_t i = 0; i < st.block_seconds.size(); ++i)
-        p.block_seconds.push_back(st.block_runs[i] ? st.block_seconds[i] / st.block_runs[i] : 0.0);
-      p.recorded_at = static_cast<int64_t>(std::time(nullptr));
+      ProfileContext c;
+      c.manifest = &manifest_;
+      c.request = request_;
+      c.device_capacity = capacity;
+      c.peak_host_rss = peak_rss;
+      c.strategy = strategies.at(kind);
+      c.weight_format = formats.at(kind);
+      const StageProfile p = ProfileOf(kind, st, c, kind == failed && error ? error->what() : "");
       report.stages.push_back(p);
       if (store_) store_->Insert(p);
       metrics_->RecordStage(p);

@@ -13,6 +13,8 @@ enum class ErrorKind {
   kBadPackage,       // a stage package is missing, truncated or inconsistent
   kDeviceOutOfMemory,
   kIo,               // the file system refused
+  kCancelled,        // the job was cancelled while it ran
+  kUnavailable,      // a peer (coordinator, worker) cannot be reached
   kInternal,
 };
 
@@ -29,6 +31,8 @@ inline Error InvalidArgument(const std::string& m) { return Error(ErrorKind::kIn
 inline Error NotFound(const std::string& m) { return Error(ErrorKind::kNotFound, m); }
 inline Error BadPackage(const std::string& m) { return Error(ErrorKind::kBadPackage, m); }
 inline Error IoError(const std::string& m) { return Error(ErrorKind::kIo, m); }
+inline Error Cancelled(const std::string& m) { return Error(ErrorKind::kCancelled, m); }
+inline Error Unavailable(const std::string& m) { return Error(ErrorKind::kUnavailable, m); }
 inline Error Internal(const std::string& m) { return Error(ErrorKind::kInternal, m); }
 
 // Process exit code for an error kind: 2 for bad input of any sort, 3 for device OOM, 1 otherwise.

@@ -2,6 +2,8 @@
 // early throw frees it, and every output goes through AtomicFile so a failure never leaves a partial file.
 #include "media/video_io.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -298,6 +300,34 @@ Image ReadImage(const fs::path& path, int height, int width) {
   Image image{height, width, std::vector<uint8_t>(size_t(height) * size_t(width) * 3)};
   av_image_copy_plane(image.rgb.data(), width * 3, rgb->data[0], rgb->linesize[0], width * 3, height);
   return image;
+}
+
+Image DecodeImageBytes(const std::string& bytes, const std::string& what, int height, int width) {
+  // FFmpeg probes files by content; a private temporary file keeps one decoding path for both.
+  std::string tmpl = (fs::temp_directory_path() / "reel-image-XXXXXX").string();
+  const int fd = ::mkstemp(tmpl.data());
+  if (fd < 0) throw IoError(what + ": cannot create a temporary file");
+  const fs::path tmp(tmpl);
+  size_t off = 0;
+  while (off < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  try {
+    if (off != bytes.size()) throw IoError(what + ": cannot write a temporary file");
+    Image img = ReadImage(tmp, height, width);
+    fs::remove(tmp);
+    return img;
+  } catch (const Error& e) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    std::string msg = e.what();
+    const std::string prefix = "--image " + tmp.string();
+    if (msg.rfind(prefix, 0) == 0) msg = what + msg.substr(prefix.size());
+    throw Error(e.kind(), msg);
+  }
 }
 
 }  // namespace reel

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace reel {
@@ -27,5 +28,8 @@ struct Image {
 // exactly height x width with Lanczos, as CogVideoX's I2V preprocessing does. Alpha is dropped.
 // Throws InvalidArgument("--image <path>: ...") for a missing, unreadable, non-image or video file.
 Image ReadImage(const std::filesystem::path& path, int height, int width);
+
+// The same for an image file's bytes (sent with a job); errors name `what` (e.g. "image fox.png").
+Image DecodeImageBytes(const std::string& bytes, const std::string& what, int height, int width);
 
 }  // namespace reel

@@ -88,6 +88,7 @@ Runtime::Runtime(StagePackage& package, const RunOptions& options, RunObserver* 
     : package_(package), options_(options), observer_(observer) {
   DeviceMemory::Get();
   for (const auto& [kind, sm] : package_.manifest().stages) {
+    if (!package_.loaded(kind)) continue;
     Offload off;
     if (auto it = options_.offload.find(kind); it != options_.offload.end()) off = it->second;
     executors_[kind] = std::make_unique<StageExecutor>(kind, package_.stage(kind), off, observer_);
@@ -263,53 +264,93 @@ torch::Tensor Runtime::DecodeLatents(const torch::Tensor& latents, const JobShap
   });
 }
 
-Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& image_rgb, const GenerateHooks& hooks) {
-  const Manifest& m = package_.manifest();
-  const bool cfg = r.guidance > 1.0;
-  const int batch = cfg ? 2 : 1;
+JobShape Runtime::ShapeOf(const GenerateRequest& r) const {
   JobShape shape;
   shape.frames = r.frames;
   shape.height = r.height;
   shape.width = r.width;
-  shape.text_tokens = m.tokenizer.max_length;
-  const auto sym = shape.symbols(m.vae);
-  const int64_t f = sym.at("f"), h = sym.at("h"), w = sym.at("w");
-  const int64_t lc = m.vae.latent_channels;
-  torch::NoGradGuard no_grad;
-  DeviceScope device;  // job tensors (embeddings, latents) live on the device between stages
+  shape.text_tokens = package_.manifest().tokenizer.max_length;
+  return shape;
+}
 
-  // Text: negative first, as diffusers concatenates [negative, positive].
+void Runtime::BeginStage(StageKind k) {
+  if (stage_active[k]) return;
+  OnDevice(k, [&] {
+    executor(k).Begin();
+    return 0;
+  });
+  stage_active[k] = true;
+}
+
+void Runtime::EndStage(StageKind k) {
+  if (!stage_active[k]) return;
+  stage_active[k] = false;
+  OnDevice(k, [&] {
+    executor(k).End();
+    return 0;
+  });
+}
+
+torch::Tensor Runtime::TextIds(const GenerateRequest& r) const {
+  const Manifest& m = package_.manifest();
+  const bool cfg = r.guidance > 1.0;
+  // Negative first, as diffusers concatenates [negative, positive].
   const auto tokenizer = MakeTokenizer(m.tokenizer, package_.dir());
   std::vector<int64_t> ids;
   if (cfg) ids = tokenizer->Encode(r.negative_prompt);
   const auto pos = tokenizer->Encode(r.prompt);
   ids.insert(ids.end(), pos.begin(), pos.end());
-  const torch::Tensor id_tensor =
-      torch::tensor(ids, torch::kInt64).view({batch, static_cast<int64_t>(m.tokenizer.max_length)});
+  return torch::tensor(ids, torch::kInt64).view({cfg ? 2 : 1, static_cast<int64_t>(m.tokenizer.max_length)});
+}
+
+torch::Tensor Runtime::EncodePrompt(const GenerateRequest& r) {
+  const Manifest& m = package_.manifest();
+  torch::NoGradGuard no_grad;
+  DeviceScope device;
+  const torch::Tensor ids = TextIds(r);
   const auto text_dtype = ToTorch(m.stage(StageKind::kDenoiser).inputs.at(1).dtype);
-  const torch::Tensor text = EncodeText(id_tensor, batch).to(text_dtype);
+  torch::Tensor text = EncodeText(ids, static_cast<int>(ids.size(0))).to(text_dtype);
   if (release_text_encoder_) {
     // It runs once per job: under a tight host budget its weights make room for the rest.
     executor(StageKind::kTextEncoder).ReleaseHost();
     release_text_encoder_ = false;
   }
+  return text;
+}
+
+torch::Tensor Runtime::EncodeImageMoments(const GenerateRequest& r, const std::vector<uint8_t>& image_rgb) {
+  torch::NoGradGuard no_grad;
+  DeviceScope device;
+  // [H, W, 3] uint8 → [1, 3, 1, H, W] in [-1, 1].
+  torch::Tensor img = torch::from_blob(const_cast<uint8_t*>(image_rgb.data()), {r.height, r.width, 3}, torch::kUInt8)
+                          .permute({2, 0, 1})
+                          .to(torch::kFloat32)
+                          .div(127.5)
+                          .sub(1.0)
+                          .unsqueeze(0)
+                          .unsqueeze(2)
+                          .contiguous();
+  return EncodeImage(img, ShapeOf(r));
+}
+
+torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Tensor& text,
+                                      const torch::Tensor& moments, const GenerateHooks& hooks,
+                                      const GuidanceBranch& branch) {
+  const Manifest& m = package_.manifest();
+  const bool cfg = r.guidance > 1.0;
+  const bool split = cfg && branch != nullptr;
+  const int batch = cfg && !split ? 2 : 1;
+  const JobShape shape = ShapeOf(r);
+  const auto sym = shape.symbols(m.vae);
+  const int64_t f = sym.at("f"), h = sym.at("h"), w = sym.at("w");
+  const int64_t lc = m.vae.latent_channels;
+  torch::NoGradGuard no_grad;
+  DeviceScope device;
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
   torch::Tensor image_latents;
   if (m.image_conditioned) {
-    // [H, W, 3] uint8 → [1, 3, 1, H, W] in [-1, 1].
-    torch::Tensor img =
-        torch::from_blob(const_cast<uint8_t*>(image_rgb.data()), {r.height, r.width, 3}, torch::kUInt8)
-            .permute({2, 0, 1})
-            .to(torch::kFloat32)
-            .div(127.5)
-            .sub(1.0)
-            .unsqueeze(0)
-            .unsqueeze(2)
-            .contiguous();
-    JobShape one = shape;
-    one.batch = 1;
-    const torch::Tensor moments = EncodeImage(img, one);
+    if (!moments.defined()) throw Internal("image-to-video denoising needs the image encoder's moments");
     const torch::Tensor mean = moments.narrow(1, 0, lc);
     const torch::Tensor logvar = moments.narrow(1, lc, lc).clamp(-30.0, 20.0);
     // A posterior sample, as CogVideoX-I2V uses (not the mean), scaled into the denoiser's latent space.
@@ -323,21 +364,34 @@ Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& im
   const auto plan = scheduler.Plan(r.steps);
   JobShape denoise_shape = shape;
   denoise_shape.batch = batch;
+  // Split guidance: this side conditions on the prompt (row 1 of [negative, positive]).
+  const torch::Tensor local_text = split ? text.narrow(0, 1, 1) : text;
   const auto dk = StageKind::kDenoiser;
   StageExecutor& de = executor(dk);
   OnDevice(dk, [&] {
     StageUse use(de, stage_active[dk]);
     for (size_t i = 0; i < plan.size(); ++i) {
+      if (hooks.cancelled && hooks.cancelled())
+        throw Cancelled(fmt::format("cancelled before denoising step {} of {}", i + 1, plan.size()));
       const auto t0 = Clock::now();
       const auto& step = plan[i];
       torch::Tensor input = latents;
       if (image_latents.defined()) input = torch::cat({input, image_latents}, 2);
-      if (cfg) input = torch::cat({input, input}, 0);
-      const torch::Tensor timestep = torch::full({batch}, step.timestep, torch::kInt64);
-      torch::Tensor v = DenoiseStep(input, text, timestep, denoise_shape);
-      if (cfg) {
-        const auto parts = v.chunk(2, 0);
-        v = parts[0] + r.guidance * (parts[1] - parts[0]);
+      torch::Tensor v;
+      if (split) {
+        auto uncond = branch(input, step.timestep);
+        const torch::Tensor cond =
+            DenoiseStep(input, local_text, torch::full({1}, step.timestep, torch::kInt64), denoise_shape);
+        const torch::Tensor u = uncond();
+        v = u + r.guidance * (cond - u);
+      } else {
+        if (cfg) input = torch::cat({input, input}, 0);
+        const torch::Tensor timestep = torch::full({batch}, step.timestep, torch::kInt64);
+        v = DenoiseStep(input, local_text, timestep, denoise_shape);
+        if (cfg) {
+          const auto parts = v.chunk(2, 0);
+          v = parts[0] + r.guidance * (parts[1] - parts[0]);
+        }
       }
       latents = latents * step.c_sample + v * step.c_model;
       de.stats().step_seconds.push_back(Since(t0));
@@ -347,12 +401,12 @@ Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& im
     use.Finish();
     return 0;
   });
+  return (latents.permute({0, 2, 1, 3, 4}) / m.vae.scaling_factor).contiguous();
+}
 
-  const torch::Tensor z = (latents.permute({0, 2, 1, 3, 4}) / m.vae.scaling_factor).contiguous();
-  JobShape one = shape;
-  one.batch = 1;
-  const torch::Tensor decoded = DecodeLatents(z, one);  // [1, 3, F, H, W], on the host
-
+Video Runtime::DecodeVideo(const GenerateRequest& r, const torch::Tensor& z) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor decoded = DecodeLatents(z, ShapeOf(r));  // [1, 3, F, H, W], on the host
   HostScope host;
   const torch::Tensor frames =
       (decoded[0] * 0.5 + 0.5).clamp(0.0, 1.0).mul(255.0).round().to(torch::kUInt8).permute({1, 2, 3, 0}).contiguous();
@@ -362,6 +416,16 @@ Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& im
   out.width = static_cast<int>(frames.size(2));
   out.rgb.assign(frames.data_ptr<uint8_t>(), frames.data_ptr<uint8_t>() + frames.numel());
   return out;
+}
+
+Video Runtime::Generate(const GenerateRequest& r, const std::vector<uint8_t>& image_rgb, const GenerateHooks& hooks) {
+  torch::NoGradGuard no_grad;
+  DeviceScope device;  // job tensors (embeddings, latents) live on the device between stages
+  const torch::Tensor text = EncodePrompt(r);
+  torch::Tensor moments;
+  if (package_.manifest().image_conditioned) moments = EncodeImageMoments(r, image_rgb);
+  const torch::Tensor z = DenoiseLatents(r, text, moments, hooks);
+  return DecodeVideo(r, z);
 }
 
 }  // namespace reel

@@ -24,7 +24,14 @@ struct Video {
 
 struct GenerateHooks {
   std::function<void(int done, int total)> on_step;  // after each denoising step
+  std::function<bool()> cancelled;                    // checked before each step: true stops with Cancelled
 };
+
+// Guidance-parallel denoising: the unconditional branch of each step runs elsewhere. Called with the step's
+// input latents [1, f, C, h, w] and timestep as the step starts; returns a function that waits for that branch's
+// prediction, so both branches compute at once.
+using GuidanceBranch =
+    std::function<std::function<torch::Tensor()>(const torch::Tensor& input, int64_t timestep)>;
 
 struct RunOptions {
   std::map<StageKind, Offload> offload;  // absent: none
@@ -46,6 +53,27 @@ class Runtime {
   // (empty for text-to-video).
   Video Generate(const GenerateRequest& request, const std::vector<uint8_t>& image_rgb,
                  const GenerateHooks& hooks = {});
+
+  // The pipeline in the pieces a coordinator places on different workers; Generate is their composition.
+  // Token ids [B, T]: [negative, positive] with guidance (> 1), [positive] without.
+  torch::Tensor TextIds(const GenerateRequest& r) const;
+  // Text embeddings [B, T, D] in the denoiser's input dtype, on the device.
+  torch::Tensor EncodePrompt(const GenerateRequest& r);
+  // The image encoder's moments [1, 2C, 1, h, w] for an image-to-video request.
+  torch::Tensor EncodeImageMoments(const GenerateRequest& r, const std::vector<uint8_t>& image_rgb);
+  // The denoising loop from the request's seed: returns the latents scaled for the decoder, [1, C, f, h, w].
+  // `moments` is undefined for text-to-video. With `branch`, the unconditional half of each guided step runs
+  // there and this runtime computes the conditional half (the result equals the batched step's).
+  torch::Tensor DenoiseLatents(const GenerateRequest& r, const torch::Tensor& text, const torch::Tensor& moments,
+                               const GenerateHooks& hooks = {}, const GuidanceBranch& branch = nullptr);
+  // Decodes latents into RGB frames.
+  Video DecodeVideo(const GenerateRequest& r, const torch::Tensor& z);
+  // The job shape of a request (batch 1).
+  JobShape ShapeOf(const GenerateRequest& r) const;
+
+  // Keeps a stage placed across several calls on this thread (a guidance branch serving step after step).
+  void BeginStage(StageKind k);
+  void EndStage(StageKind k);
 
   // Individual stages, each placed and released per its strategy around the call.
   torch::Tensor EncodeText(const torch::Tensor& ids, int batch);

@@ -20,11 +20,12 @@ namespace {
 std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
 }  // namespace
 
-StagePackage StagePackage::Load(const fs::path& dir) {
+StagePackage StagePackage::Load(const fs::path& dir, const std::optional<std::set<StageKind>>& only) {
   StagePackage p;
   p.dir_ = dir;
   p.manifest_ = LoadManifest(dir);
   for (const auto& [kind, sm] : p.manifest_.stages) {
+    if (only && !only->count(kind)) continue;
     LoadedStage st;
     for (size_t i = 0; i < sm.parts.size(); ++i) {
       const auto& part = sm.parts[i];

@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,11 +23,14 @@ class StagePackage {
  public:
   // Loads the manifest and every TorchScript part; a missing, truncated or corrupt file or a parameter count
   // that disagrees with the manifest throws BadPackage naming the file and the field.
-  static StagePackage Load(const std::filesystem::path& dir);
+  // `only`: load just these stages (a worker holds the stages it is assigned); absent loads every stage.
+  static StagePackage Load(const std::filesystem::path& dir,
+                           const std::optional<std::set<StageKind>>& only = std::nullopt);
 
   const Manifest& manifest() const { return manifest_; }
   const std::filesystem::path& dir() const { return dir_; }
   const LoadedStage& stage(StageKind k) const;
+  bool loaded(StageKind k) const { return stages_.count(k) != 0; }
   // Records that a stage's weights now run in `dtype` (the runtime converted them): its dtype and the dtype of
   // outputs that follow the weights change in the contract.
   void SetStageDtype(StageKind k, DType dtype);

@@ -9,7 +9,7 @@ PACKAGES=(
   prometheus-cpp-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
   libavcodec-dev libavformat-dev libswscale-dev libavutil-dev ffmpeg
-  sentencepiece util-linux prometheus
+  libxxhash-dev sentencepiece util-linux prometheus
 )
 
 missing=()

@@ -1,0 +1,1059 @@
+#include "coordinator/coordinator.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <nlohmann/json.hpp>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "coordinator/job_store.h"
+#include "coordinator/placement.h"
+#include "media/video_io.h"
+#include "models/synth.h"
+#include "package/job_request.h"
+#include "package/manifest.h"
+#include "profiler/profile_store.h"
+#include "profiler/stage_profile.h"
+#include "reel/v1/coordinator.grpc.pb.h"
+#include "reel/v1/worker.grpc.pb.h"
+#include "transfer/tensor_stream.h"
+#include "transfer/wire.h"
+
+namespace reel {
+
+namespace fs = std::filesystem;
+namespace v1 = reel::v1;
+using json = nlohmann::json;
+
+fs::path DefaultDataDir() {
+  if (const char* x = std::getenv("XDG_DATA_HOME"); x && *x) return fs::path(x) / "reel";
+  if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".local" / "share" / "reel";
+  return fs::path(".reel");
+}
+
+std::string DefaultCoordinatorAddress() {
+  if (const char* a = std::getenv("REEL_COORDINATOR"); a && *a) return a;
+  return "127.0.0.1:7070";
+}
+
+namespace {
+
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool Terminal(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED; }
+
+
+
+// Stages in jobs and workers' answers are always one of the four.
+StageKind KindOfStage(v1::Stage s) { return KindOf(s).value_or(StageKind::kVaeDecoder); }
+
+// What each stage needs and produces.
+std::vector<std::string> InputsOf(StageKind k, bool i2v) {
+  switch (k) {
+    case StageKind::kDenoiser:
+      return i2v ? std::vector<std::string>{"text", "image_moments"} : std::vector<std::string>{"text"};
+    case StageKind::kVaeDecoder: return {"latents"};
+    default: return {};
+  }
+}
+
+std::vector<StageKind> DepsOf(StageKind k, bool i2v) {
+  switch (k) {
+    case StageKind::kDenoiser:
+      return i2v ? std::vector<StageKind>{StageKind::kTextEncoder, StageKind::kVaeEncoder}
+                 : std::vector<StageKind>{StageKind::kTextEncoder};
+    case StageKind::kVaeDecoder: return {StageKind::kDenoiser};
+    default: return {};
+  }
+}
+
+grpc::Status Refuse(grpc::StatusCode code, const std::string& message) { return {code, message}; }
+
+const std::vector<double>& DurationBuckets() {
+  static const std::vector<double> b = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800};
+  return b;
+}
+
+const std::vector<double>& DispatchBuckets() {
+  static const std::vector<double> b = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1};
+  return b;
+}
+
+// The coordinator's Prometheus families.
+struct CoordinatorMetrics {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Counter>& jobs = prometheus::BuildCounter()
+                                                      .Name("reel_jobs_total")
+                                                      .Help("Jobs by what happened to them: submitted, succeeded, "
+                                                            "failed, cancelled, requeued")
+                                                      .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& queue_depth =
+      prometheus::BuildGauge().Name("reel_queue_depth").Help("Jobs waiting for their first stage").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& running =
+      prometheus::BuildGauge().Name("reel_jobs_running").Help("Jobs with a stage started").Register(*registry);
+  prometheus::Family<prometheus::Histogram>& job_seconds =
+      prometheus::BuildHistogram()
+          .Name("reel_job_duration_seconds")
+          .Help("From a job's first stage starting to its output being stored")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& wait_seconds = prometheus::BuildHistogram()
+                                                                .Name("reel_job_queue_wait_seconds")
+                                                                .Help("From submission to the first stage starting")
+                                                                .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& stage_seconds =
+      prometheus::BuildHistogram()
+          .Name("reel_job_stage_duration_seconds")
+          .Help("A stage's run on a worker, dispatch to result, by stage and worker")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& dispatch_seconds =
+      prometheus::BuildHistogram()
+          .Name("reel_stage_dispatch_seconds")
+          .Help("From a stage's result reaching the coordinator to the next stage of that job being sent")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& frames =
+      prometheus::BuildCounter().Name("reel_frames_generated_total").Help("Frames in stored outputs").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& workers =
+      prometheus::BuildGauge().Name("reel_workers").Help("Registered workers by state").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& worker_device = prometheus::BuildGauge()
+                                                             .Name("reel_worker_device_memory_bytes")
+                                                             .Help("Device memory each worker last reported")
+                                                             .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& worker_host = prometheus::BuildGauge()
+                                                           .Name("reel_worker_host_memory_bytes")
+                                                           .Help("Host memory each worker last reported")
+                                                           .Register(*registry);
+  std::unique_ptr<prometheus::Exposer> exposer;
+
+  CoordinatorMetrics() {
+    for (const char* what : {"submitted", "succeeded", "failed", "cancelled", "requeued"}) jobs.Add({{"event", what}});
+    queue_depth.Add({});
+    running.Add({});
+    job_seconds.Add({}, DurationBuckets());
+    wait_seconds.Add({}, DurationBuckets());
+    dispatch_seconds.Add({}, DispatchBuckets());
+    frames.Add({});
+    for (const char* s : {"loading", "idle", "busy", "failed", "lost"}) workers.Add({{"state", s}});
+  }
+  void Count(const std::string& event) { jobs.Add({{"event", event}}).Increment(); }
+};
+
+struct WorkerEntry {
+  v1::WorkerInfo info;
+  std::set<std::pair<std::string, StageKind>> holds;
+  int64_t last_heartbeat_ms = 0;
+  bool lost_run = false;  // its running stage was given up when it went silent
+};
+
+// A stage run in flight: the call to cancel and the workers it occupies.
+struct ActiveRun {
+  std::shared_ptr<grpc::ClientContext> ctx;
+  std::string job, worker_id, peer_id;
+  int stage_index = 0;
+};
+
+}  // namespace
+
+struct Coordinator::Impl final : public v1::Coordinator::Service {
+  CoordinatorOptions o;
+  std::unique_ptr<JobStore> store;
+  std::unique_ptr<ProfileStore> profiles;
+  std::map<std::string, Manifest> models;
+  Placement placement;
+  CoordinatorMetrics metrics;
+
+  std::mutex mu;
+  std::condition_variable cv;        // dispatcher wake-ups and watchers
+  uint64_t version = 0;              // bumped on every job change
+  std::map<std::string, JobRecord> jobs;
+  std::map<std::string, uint64_t> job_version;
+  std::map<std::string, std::map<std::string, v1::TensorRef>> outputs;  // job → tensor name → where it lives
+  std::map<std::string, int64_t> result_us;  // job → when its last stage result arrived (for dispatch latency)
+  std::map<std::string, WorkerEntry> workers;  // by id
+  std::vector<ActiveRun> active;
+  int next_worker = 1;
+  int threads = 0;  // run, load and release threads still going
+  bool stopping = false;
+
+  std::unique_ptr<grpc::Server> server;
+  std::string bound;
+  std::thread monitor;
+
+  explicit Impl(const CoordinatorOptions& opts) : o(opts) {}
+
+  // ---- state helpers (mu held) ----
+
+  void Touch(const std::string& id) {
+    job_version[id] = ++version;
+    cv.notify_all();
+  }
+
+  void Persist(const JobRecord& r) {
+    try {
+      store->Save(r);
+    } catch (const Error& e) {
+      spdlog::error("{}", e.what());
+    }
+  }
+
+  WorkerEntry* WorkerByName(const std::string& name) {
+    for (auto& [id, w] : workers)
+      if (w.info.name() == name) return &w;
+    return nullptr;
+  }
+
+  void UpdateGauges() {
+    int queued = 0, run = 0;
+    for (const auto& [id, r] : jobs) {
+      queued += r.job.state() == v1::QUEUED;
+      run += r.job.state() == v1::RUNNING;
+    }
+    metrics.queue_depth.Add({}).Set(queued);
+    metrics.running.Add({}).Set(run);
+    std::map<std::string, int> by_state = {{"loading", 0}, {"idle", 0}, {"busy", 0}, {"failed", 0}, {"lost", 0}};
+    for (const auto& [id, w] : workers) by_state[w.info.state()]++;
+    for (const auto& [s, n] : by_state) metrics.workers.Add({{"state", s}}).Set(n);
+  }
+
+  static v1::Job Public(const JobRecord& r) {
+    v1::Job j = r.job;
+    j.mutable_spec()->clear_image();
+    return j;
+  }
+
+  void StartThread(std::function<void()> fn) {
+    ++threads;
+    std::thread([this, fn = std::move(fn)] {
+      fn();
+      std::lock_guard lock(mu);
+      --threads;
+      cv.notify_all();
+    }).detach();
+  }
+
+  // ---- placement ----
+
+  // The stages (and strategies) a worker holds for a model: the placement file's entry for its name, else every
+  // stage with no offload.
+  std::vector<std::pair<StageKind, v1::StageStrategy>> Assignment(const std::string& worker, const Manifest& m) {
+    std::vector<std::pair<StageKind, v1::StageStrategy>> out;
+    if (const auto* entry = placement.Find(worker)) {
+      for (const auto& [k, s] : entry->stages)
+        if (m.has_stage(k)) out.emplace_back(k, s);
+      return out;
+    }
+    for (const auto& [k, sm] : m.stages) out.emplace_back(k, v1::StageStrategy{});
+    return out;
+  }
+
+  void LoadWorker(std::string worker_id) {
+    std::string address, name;
+    {
+      std::lock_guard lock(mu);
+      auto it = workers.find(worker_id);
+      if (it == workers.end()) return;
+      address = it->second.info.address();
+      name = it->second.info.name();
+    }
+    auto stub = v1::Worker::NewStub(ChannelTo(address));
+    std::set<std::pair<std::string, StageKind>> holds;
+    std::vector<std::string> described;
+    std::string error;
+    for (const auto& [model, manifest] : models) {
+      const auto assignment = Assignment(name, manifest);
+      if (assignment.empty()) continue;
+      v1::LoadStagesRequest req;
+      req.set_model(model);
+      for (const auto& [k, s] : assignment) {
+        auto* item = req.add_stages();
+        item->set_stage(StageOf(k));
+        *item->mutable_strategy() = s;
+      }
+      v1::LoadStagesResponse resp;
+      grpc::ClientContext ctx;
+      const grpc::Status st = stub->LoadStages(&ctx, req, &resp);
+      if (!st.ok()) {
+        error = fmt::format("loading {} failed: {}", model, st.error_message());
+        spdlog::error("worker {}: {}", name, error);
+        break;
+      }
+      for (const auto& l : resp.loaded()) {
+        if (l.model() != model) continue;
+        holds.insert({model, KindOfStage(l.stage())});
+        const std::string strategy = StrategyString(l.strategy());
+        described.push_back(fmt::format("{}/{} ({})", model, StageKindName(KindOfStage(l.stage())), strategy));
+      }
+    }
+    std::lock_guard lock(mu);
+    auto it = workers.find(worker_id);
+    if (it == workers.end()) return;
+    WorkerEntry& w = it->second;
+    w.holds = holds;
+    w.info.clear_stages();
+    for (const auto& d : described) w.info.add_stages(d);
+    if (w.info.state() == "loading") w.info.set_state(error.empty() ? "idle" : "failed");
+    w.info.set_error(error);
+    if (error.empty()) spdlog::info("worker {} holds {}", name, fmt::join(described, ", "));
+    UpdateGauges();
+    cv.notify_all();
+  }
+
+  // ---- dispatch (mu held) ----
+
+  struct Ready {
+    std::string job;
+    int index;
+    int priority;
+    int64_t seq;
+  };
+
+  void Dispatch() {
+    if (stopping) return;
+    std::vector<Ready> ready;
+    for (auto& [id, r] : jobs) {
+      const auto st = r.job.state();
+      if (st != v1::QUEUED && st != v1::RUNNING) continue;
+      const bool i2v = models.at(r.job.spec().model()).image_conditioned;
+      for (int i = 0; i < r.job.stages_size(); ++i) {
+        const auto& s = r.job.stages(i);
+        if (s.state() != "pending") continue;
+        bool deps_done = true;
+        for (StageKind d : DepsOf(KindOfStage(s.stage()), i2v))
+          for (const auto& other : r.job.stages())
+            if (KindOfStage(other.stage()) == d && other.state() != "done") deps_done = false;
+        if (deps_done) ready.push_back({id, i, r.job.priority(), r.seq});
+      }
+    }
+    // Highest priority first, then submission order: an older job's next stage goes before a newer job's first.
+    std::sort(ready.begin(), ready.end(), [](const Ready& a, const Ready& b) {
+      return a.priority != b.priority ? a.priority > b.priority : (a.seq != b.seq ? a.seq < b.seq : a.index < b.index);
+    });
+    int denoise_waiting = 0;
+    for (const auto& rd : ready) denoise_waiting += KindOfStage(jobs[rd.job].job.stages(rd.index).stage()) == StageKind::kDenoiser;
+    for (const auto& rd : ready) {
+      JobRecord& r = jobs[rd.job];
+      const std::string& model = r.job.spec().model();
+      const StageKind kind = KindOfStage(r.job.stages(rd.index).stage());
+      std::vector<WorkerEntry*> idle;
+      for (auto& [wid, w] : workers)
+        if (w.info.state() == "idle" && w.holds.count({model, kind})) idle.push_back(&w);
+      if (idle.empty()) continue;
+      // Prefer the worker already holding the inputs, then the one that has run least.
+      auto local_bytes = [&](const WorkerEntry* w) {
+        int64_t n = 0;
+        for (const auto& [name, ref] : outputs[rd.job])
+          if (ref.worker() == w->info.name()) n += ref.bytes();
+        return n;
+      };
+      std::stable_sort(idle.begin(), idle.end(), [&](const WorkerEntry* a, const WorkerEntry* b) {
+        const int64_t la = local_bytes(a), lb = local_bytes(b);
+        if (la != lb) return la > lb;
+        return a->info.stages_run() < b->info.stages_run();
+      });
+      WorkerEntry* w = idle[0];
+      WorkerEntry* peer = nullptr;
+      if (kind == StageKind::kDenoiser) {
+        --denoise_waiting;
+        if (o.guidance_parallel && r.job.spec().guidance() > 1.0 && idle.size() > 1 && denoise_waiting == 0)
+          peer = idle[1];
+      }
+      Launch(r, rd.index, w, peer);
+    }
+    UpdateGauges();
+  }
+
+  void Launch(JobRecord& r, int index, WorkerEntry* w, WorkerEntry* peer) {
+    const int64_t now = NowUnixUs();
+    auto& job = r.job;
+    if (job.state() == v1::QUEUED) {
+      job.set_state(v1::RUNNING);
+      job.set_started_unix_us(now);
+      job.set_attempts(job.attempts() + 1);
+      metrics.wait_seconds.Add({}, DurationBuckets()).Observe((now - job.submitted_unix_us()) / 1e6);
+    }
+    auto* s = job.mutable_stages(index);
+    s->set_state("running");
+    s->set_worker(w->info.name());
+    s->set_guidance_peer(peer ? peer->info.name() : "");
+    s->set_started_unix_us(now);
+    s->set_finished_unix_us(0);
+    s->set_step(0);
+    s->set_error("");
+    w->info.set_state("busy");
+    w->info.set_job_id(job.id());
+    if (peer) {
+      peer->info.set_state("busy");
+      peer->info.set_job_id(job.id());
+    }
+
+    v1::RunStageRequest req;
+    req.set_job_id(job.id());
+    *req.mutable_spec() = job.spec();
+    const StageKind kind = KindOfStage(s->stage());
+    if (kind != StageKind::kVaeEncoder) req.mutable_spec()->clear_image();
+    req.set_stage(s->stage());
+    const bool i2v = models.at(job.spec().model()).image_conditioned;
+    for (const auto& name : InputsOf(kind, i2v)) *req.add_inputs() = outputs[job.id()][name];
+    if (peer) {
+      req.set_guidance_peer_address(peer->info.address());
+      req.set_guidance_peer(peer->info.name());
+    }
+    if (auto it = result_us.find(job.id()); it != result_us.end()) {
+      metrics.dispatch_seconds.Add({}, DispatchBuckets()).Observe((NowUnixUs() - it->second) / 1e6);
+      result_us.erase(it);
+    }
+    ActiveRun run;
+    run.ctx = std::make_shared<grpc::ClientContext>();
+    run.job = job.id();
+    run.worker_id = w->info.id();
+    run.peer_id = peer ? peer->info.id() : "";
+    run.stage_index = index;
+    active.push_back(run);
+    Touch(job.id());
+    const std::string address = w->info.address();
+    StartThread([this, run, req = std::move(req), address] { RunThread(run, req, address); });
+  }
+
+  void RunThread(const ActiveRun& run, const v1::RunStageRequest& req, const std::string& address) {
+    auto stub = v1::Worker::NewStub(ChannelTo(address));
+    auto reader = stub->RunStage(run.ctx.get(), req);
+    v1::RunStageEvent ev;
+    std::optional<v1::RunStageResult> result;
+    while (reader->Read(&ev)) {
+      if (ev.has_result()) {
+        result = ev.result();
+        continue;
+      }
+      std::lock_guard lock(mu);
+      auto it = jobs.find(run.job);
+      if (it == jobs.end()) continue;
+      auto* s = it->second.job.mutable_stages(run.stage_index);
+      s->set_step(ev.step_done());
+      s->set_steps(ev.steps_total());
+      Touch(run.job);
+    }
+    const grpc::Status st = reader->Finish();
+    Finished(run, st, result);
+  }
+
+  void FreeWorkers(const ActiveRun& run) {
+    for (const std::string& id : {run.worker_id, run.peer_id}) {
+      auto it = workers.find(id);
+      if (it == workers.end()) continue;
+      WorkerEntry& w = it->second;
+      w.info.set_job_id("");
+      if (id == run.worker_id) w.info.set_stages_run(w.info.stages_run() + 1);
+      if (w.info.state() == "busy") w.info.set_state("idle");
+    }
+    active.erase(std::remove_if(active.begin(), active.end(),
+                                [&](const ActiveRun& a) { return a.ctx == run.ctx; }),
+                 active.end());
+  }
+
+  void Finished(const ActiveRun& run, const grpc::Status& st, const std::optional<v1::RunStageResult>& result) {
+    std::unique_lock lock(mu);
+    FreeWorkers(run);
+    auto it = jobs.find(run.job);
+    if (it == jobs.end()) return;
+    JobRecord& r = it->second;
+    auto* s = r.job.mutable_stages(run.stage_index);
+    const StageKind kind = KindOfStage(s->stage());
+    const std::string worker_name = s->worker();
+    bool lost = false;
+    if (auto w = workers.find(run.worker_id); w != workers.end()) lost = w->second.lost_run;
+    if (auto w = workers.find(run.worker_id); w != workers.end()) w->second.lost_run = false;
+    const int64_t now = NowUnixUs();
+    metrics.stage_seconds.Add({{"stage", StageKindName(kind)}, {"worker", worker_name}}, DurationBuckets())
+        .Observe((now - s->started_unix_us()) / 1e6);
+
+    if (Terminal(r.job.state())) {
+      // Cancelled while it ran: the worker is free again; its tensors go.
+      s->set_state("cancelled");
+      Persist(r);
+      Touch(r.job.id());
+      ReleaseTensors(r.job.id());
+      Dispatch();
+      return;
+    }
+    if (st.ok() && result) {
+      s->set_state("done");
+      s->set_started_unix_us(result->started_unix_us());
+      s->set_finished_unix_us(result->finished_unix_us());
+      if (r.stage_profiles.size() < static_cast<size_t>(r.job.stages_size())) r.stage_profiles.resize(r.job.stages_size());
+      r.stage_profiles[run.stage_index] = result->profile().json();
+      std::string address;
+      if (auto w = workers.find(run.worker_id); w != workers.end()) address = w->second.info.address();
+      for (const auto& out : result->outputs()) {
+        v1::TensorRef ref;
+        ref.set_job_id(r.job.id());
+        ref.set_name(out.name());
+        ref.set_address(address);
+        ref.set_worker(worker_name);
+        ref.set_bytes(out.bytes());
+        outputs[r.job.id()][out.name()] = ref;
+      }
+      StoreProfile(result->profile().json());
+      if (kind == StageKind::kVaeDecoder) {
+        const v1::TensorRef video = outputs[r.job.id()]["video.mp4"];
+        const int frames = result->frames();
+        Touch(r.job.id());
+        Dispatch();
+        lock.unlock();
+        // The output is the one thing the coordinator keeps: clients download it from here.
+        std::string error;
+        fs::path path;
+        int64_t bytes = 0;
+        try {
+          auto blob = FetchTensor(video.address(), r.job.id(), video.name());
+          path = o.data / "outputs" / (run.job + ".mp4");
+          AtomicFile file(path, "output");
+          {
+            std::ofstream f(file.temp_path(), std::ios::binary);
+            f.write(blob->data.data(), static_cast<std::streamsize>(blob->data.size()));
+            if (!f) throw IoError(fmt::format("output {}: write failed", path.string()));
+          }
+          file.Commit();
+          bytes = blob->bytes();
+        } catch (const std::exception& e) {
+          error = fmt::format("storing the output: {}", e.what());
+        }
+        lock.lock();
+        auto again = jobs.find(run.job);
+        if (again == jobs.end()) return;
+        JobRecord& j = again->second;
+        if (Terminal(j.job.state())) return;
+        if (error.empty()) {
+          j.output_path = path.string();
+          j.job.set_output_bytes(bytes);
+          End(j, v1::SUCCEEDED, "");
+          metrics.frames.Add({}).Increment(frames);
+        } else {
+          End(j, v1::FAILED, error);
+        }
+        return;
+      }
+      result_us[r.job.id()] = NowUnixUs();
+      Touch(r.job.id());
+      Dispatch();
+      // Intermediate stage states need not be durable: a restarted coordinator runs interrupted jobs again.
+      return;
+    }
+    // The worker went away (or stopped answering): the job runs again from its first stage elsewhere.
+    const bool gone = lost || st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                      (st.error_code() == grpc::StatusCode::CANCELLED && stopping);
+    const std::string what = fmt::format("stage {} on worker {}: {}", StageKindName(kind), worker_name,
+                                         lost ? "the worker stopped answering" : st.error_message());
+    if (gone && !stopping) {
+      spdlog::warn("job {}: {}; running it again", r.job.id(), what);
+      if (r.job.attempts() >= 3) {
+        End(r, v1::FAILED, fmt::format("gave up after {} attempts; last: {}", r.job.attempts(), what));
+      } else {
+        Requeue(r, what);
+      }
+      Dispatch();
+      return;
+    }
+    if (stopping) return;
+    s->set_state("failed");
+    s->set_error(st.error_message());
+    End(r, v1::FAILED, what);
+    Dispatch();
+  }
+
+  void Requeue(JobRecord& r, const std::string& why) {
+    ReleaseTensors(r.job.id());
+    r.job.set_state(v1::QUEUED);
+    r.job.set_error(why);
+    for (auto& s : *r.job.mutable_stages()) {
+      s.set_state("pending");
+      s.set_worker("");
+      s.set_guidance_peer("");
+      s.set_step(0);
+      s.set_started_unix_us(0);
+      s.set_finished_unix_us(0);
+    }
+    metrics.Count("requeued");
+    Persist(r);
+    Touch(r.job.id());
+  }
+
+  void End(JobRecord& r, v1::JobState state, const std::string& error) {
+    const int64_t now = NowUnixUs();
+    r.job.set_state(state);
+    r.job.set_error(error);
+    r.job.set_finished_unix_us(now);
+    for (auto& s : *r.job.mutable_stages())
+      if (s.state() == "pending") s.set_state(state == v1::CANCELLED ? "cancelled" : "skipped");
+    metrics.Count(state == v1::SUCCEEDED ? "succeeded" : state == v1::FAILED ? "failed" : "cancelled");
+    if (state == v1::SUCCEEDED && r.job.started_unix_us() > 0)
+      metrics.job_seconds.Add({}, DurationBuckets()).Observe((now - r.job.started_unix_us()) / 1e6);
+    if (state == v1::FAILED) spdlog::error("job {} failed: {}", r.job.id(), error);
+    else spdlog::info("job {} {}", r.job.id(), state == v1::SUCCEEDED ? "succeeded" : "cancelled");
+    Persist(r);
+    Touch(r.job.id());
+    ReleaseTensors(r.job.id());
+    UpdateGauges();
+  }
+
+  void ReleaseTensors(const std::string& job) {
+    std::set<std::string> addresses;
+    for (const auto& [name, ref] : outputs[job]) addresses.insert(ref.address());
+    outputs.erase(job);
+    result_us.erase(job);
+    if (addresses.empty()) return;
+    StartThread([job, addresses] {
+      for (const auto& a : addresses) {
+        auto stub = v1::Worker::NewStub(ChannelTo(a));
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        v1::ReleaseJobRequest req;
+        req.set_job_id(job);
+        v1::ReleaseJobResponse resp;
+        stub->ReleaseJob(&ctx, req, &resp);
+      }
+    });
+  }
+
+  void StoreProfile(const std::string& text) {
+    if (!profiles || text.empty()) return;
+    try {
+      profiles->Insert(StageProfile::FromJson(json::parse(text), "worker profile"));
+    } catch (const std::exception& e) {
+      spdlog::warn("a worker's stage profile was not stored: {}", e.what());
+    }
+  }
+
+  // ---- monitor: lost workers ----
+
+  void Monitor() {
+    std::unique_lock lock(mu);
+    while (!stopping) {
+      cv.wait_for(lock, std::chrono::milliseconds(std::max(50, o.heartbeat_ms / 2)));
+      if (stopping) break;
+      const int64_t now = SteadyMs();
+      bool changed = false;
+      for (auto& [id, w] : workers) {
+        if (w.info.state() == "lost" || now - w.last_heartbeat_ms <= o.worker_timeout_ms) continue;
+        spdlog::warn("worker {} ({}) sent no heartbeat for {} ms: lost", w.info.name(), w.info.address(),
+                     now - w.last_heartbeat_ms);
+        const bool busy = w.info.state() == "busy";
+        w.info.set_state("lost");
+        changed = true;
+        if (busy)
+          for (auto& a : active)
+            if (a.worker_id == id || a.peer_id == id) {
+              workers[a.worker_id].lost_run = true;
+              a.ctx->TryCancel();
+            }
+      }
+      if (changed) {
+        UpdateGauges();
+        Dispatch();
+      }
+    }
+  }
+
+  // ---- the service ----
+
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* req, v1::RegisterResponse* resp) override {
+    static const std::regex device_re("^(cpu|cuda:[0-9]{1,3})$");
+    if (req->name().empty() || req->name().size() > 128)
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT, "name: accepted 1 to 128 characters");
+    if (!std::regex_match(req->device(), device_re))
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("device '{}': accepted cpu or cuda:N", req->device()));
+    if (req->device_capacity_bytes() < 0 || req->device_capacity_bytes() > (int64_t{1} << 50))
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("device_capacity_bytes {}: accepted 0 (unlimited) up to 1 PiB",
+                                req->device_capacity_bytes()));
+    if (req->host_memory_bytes() < 0)
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("host_memory_bytes {}: accepted 0 or more", req->host_memory_bytes()));
+    if (req->address().find(':') == std::string::npos)
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("address '{}': accepted HOST:PORT", req->address()));
+    std::string replaced;
+    {
+      std::lock_guard lock(mu);
+      if (WorkerEntry* old = WorkerByName(req->name())) {
+        if (old->info.state() != "lost" && old->info.address() != req->address())
+          return Refuse(grpc::StatusCode::ALREADY_EXISTS,
+                        fmt::format("name '{}': a live worker at {} already has it; give each worker its own --name",
+                                    req->name(), old->info.address()));
+        if (old->info.state() != "lost" && old->info.address() == req->address() && old->info.state() == "busy")
+          return Refuse(grpc::StatusCode::ALREADY_EXISTS,
+                        fmt::format("name '{}': this worker is already registered and running a stage",
+                                    req->name()));
+        replaced = old->info.id();
+        workers.erase(replaced);
+      }
+      WorkerEntry w;
+      const std::string id = fmt::format("w{}", next_worker++);
+      w.info.set_id(id);
+      w.info.set_name(req->name());
+      w.info.set_address(req->address());
+      w.info.set_host(req->host());
+      w.info.set_device(req->device());
+      w.info.set_device_capacity_bytes(req->device_capacity_bytes());
+      w.info.set_host_memory_bytes(req->host_memory_bytes());
+      w.info.set_state("loading");
+      w.info.set_last_heartbeat_unix_us(NowUnixUs());
+      w.last_heartbeat_ms = SteadyMs();
+      workers[id] = w;
+      resp->set_worker_id(id);
+      resp->set_heartbeat_interval_ms(o.heartbeat_ms);
+      UpdateGauges();
+      StartThread([this, id] { LoadWorker(id); });
+    }
+    spdlog::info("worker {} registered from {} ({}, {}){}", req->name(), req->address(), req->device(),
+                 req->device_capacity_bytes() > 0 ? FormatCapacity(req->device_capacity_bytes()) : "unlimited",
+                 replaced.empty() ? "" : " replacing its earlier registration");
+    return grpc::Status::OK;
+  }
+
+  static std::string FormatCapacity(int64_t b) { return fmt::format("{:.1f} GiB", b / double(int64_t{1} << 30)); }
+
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req, v1::HeartbeatResponse*) override {
+    std::lock_guard lock(mu);
+    auto it = workers.find(req->worker_id());
+    if (it == workers.end())
+      return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker {}: not registered here", req->worker_id()));
+    WorkerEntry& w = it->second;
+    if (w.info.state() == "lost")
+      // It went silent and its work was given away; it registers again from scratch.
+      return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker {}: was declared lost", req->worker_id()));
+    w.last_heartbeat_ms = SteadyMs();
+    w.info.set_last_heartbeat_unix_us(NowUnixUs());
+    w.info.set_device_used_bytes(req->device_used_bytes());
+    w.info.set_device_peak_bytes(req->device_peak_bytes());
+    w.info.set_host_rss_bytes(req->host_rss_bytes());
+    const std::string& n = w.info.name();
+    metrics.worker_device.Add({{"worker", n}, {"kind", "used"}}).Set(static_cast<double>(req->device_used_bytes()));
+    metrics.worker_device.Add({{"worker", n}, {"kind", "peak"}}).Set(static_cast<double>(req->device_peak_bytes()));
+    metrics.worker_device.Add({{"worker", n}, {"kind", "capacity"}})
+        .Set(static_cast<double>(w.info.device_capacity_bytes()));
+    metrics.worker_host.Add({{"worker", n}, {"kind", "rss"}}).Set(static_cast<double>(req->host_rss_bytes()));
+    metrics.worker_host.Add({{"worker", n}, {"kind", "total"}}).Set(static_cast<double>(w.info.host_memory_bytes()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* req, v1::SubmitJobResponse* resp) override {
+    v1::JobSpec spec = req->spec();
+    auto mit = models.find(spec.model());
+    if (mit == models.end()) {
+      std::vector<std::string> names;
+      for (const auto& [n, m] : models) names.push_back(n);
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("model '{}': this coordinator serves {}", spec.model(), fmt::join(names, ", ")));
+    }
+    const Manifest& m = mit->second;
+    if (req->priority() < -1000 || req->priority() > 1000)
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("priority {}: accepted -1000 to 1000", req->priority()));
+    if (spec.frames() == 0) spec.set_frames(m.defaults.frames);
+    if (spec.height() == 0) spec.set_height(m.defaults.height);
+    if (spec.width() == 0) spec.set_width(m.defaults.width);
+    if (spec.steps() == 0) spec.set_steps(m.defaults.steps);
+    if (spec.fps() == 0) spec.set_fps(m.defaults.fps);
+    GenerateRequest r;
+    r.prompt = spec.prompt();
+    r.negative_prompt = spec.negative_prompt();
+    r.image = spec.image().empty() ? "" : (spec.image_name().empty() ? "image" : spec.image_name());
+    r.frames = spec.frames();
+    r.height = spec.height();
+    r.width = spec.width();
+    r.steps = spec.steps();
+    r.guidance = spec.guidance();
+    r.seed = spec.seed();
+    r.fps = spec.fps();
+    try {
+      ValidateRequest(m, r);
+    } catch (const Error& e) {
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT, e.what());
+    }
+    if (!spec.image().empty()) {
+      // Refused now rather than when its stage runs: the bytes must decode as an image.
+      try {
+        DecodeImageBytes(spec.image(), "image " + spec.image_name(), spec.height(), spec.width());
+      } catch (const Error& e) {
+        return Refuse(grpc::StatusCode::INVALID_ARGUMENT, e.what());
+      }
+    }
+    JobRecord rec;
+    {
+      std::lock_guard lock(mu);
+      if (stopping) return Refuse(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+      try {
+        rec.seq = store->NextSeq();
+      } catch (const Error& e) {
+        return Refuse(grpc::StatusCode::INTERNAL, e.what());
+      }
+      auto& j = rec.job;
+      j.set_id(fmt::format("job-{}", rec.seq));
+      j.set_state(v1::QUEUED);
+      j.set_priority(req->priority());
+      *j.mutable_spec() = spec;
+      j.set_submitted_unix_us(NowUnixUs());
+      for (const auto& [k, sm] : m.stages) {
+        auto* s = j.add_stages();
+        s->set_stage(StageOf(k));
+        s->set_state("pending");
+        if (k == StageKind::kDenoiser) s->set_steps(spec.steps());
+      }
+      // Durable before it is acknowledged: an accepted job survives a restart.
+      try {
+        store->Save(rec);
+      } catch (const Error& e) {
+        return Refuse(grpc::StatusCode::INTERNAL, e.what());
+      }
+      resp->set_job_id(j.id());
+      jobs[j.id()] = rec;
+      metrics.Count("submitted");
+      Touch(j.id());
+      spdlog::info("job {} queued: {} {} frames {}x{}, {} steps, priority {}", j.id(), spec.model(), spec.frames(),
+                   spec.width(), spec.height(), spec.steps(), req->priority());
+      Dispatch();
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) override {
+    std::lock_guard lock(mu);
+    auto it = jobs.find(req->job_id());
+    if (it == jobs.end()) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    *resp = Public(it->second);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override {
+    if (req->limit() < 0)
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT, fmt::format("limit {}: accepted 0 or more", req->limit()));
+    std::lock_guard lock(mu);
+    std::vector<const JobRecord*> all;
+    for (const auto& [id, r] : jobs)
+      if (!req->active_only() || !Terminal(r.job.state())) all.push_back(&r);
+    std::sort(all.begin(), all.end(), [](const JobRecord* a, const JobRecord* b) { return a->seq > b->seq; });
+    const size_t limit = req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100;
+    for (size_t i = 0; i < all.size() && i < limit; ++i) *resp->add_jobs() = Public(*all[i]);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req,
+                        grpc::ServerWriter<v1::Job>* writer) override {
+    uint64_t seen = 0;
+    while (!ctx->IsCancelled()) {
+      v1::Job snapshot;
+      {
+        std::unique_lock lock(mu);
+        auto it = jobs.find(req->job_id());
+        if (it == jobs.end())
+          return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+        const uint64_t v = job_version[req->job_id()];
+        if (v == seen && seen != 0) {
+          cv.wait_for(lock, std::chrono::milliseconds(500));
+          if (stopping) return Refuse(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+          continue;
+        }
+        seen = v == 0 ? 1 : v;
+        snapshot = Public(it->second);
+      }
+      if (!writer->Write(snapshot)) break;
+      if (Terminal(snapshot.state())) break;
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status CancelJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) override {
+    std::lock_guard lock(mu);
+    auto it = jobs.find(req->job_id());
+    if (it == jobs.end()) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    JobRecord& r = it->second;
+    if (Terminal(r.job.state()))
+      return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                    fmt::format("job {}: already {}", r.job.id(), v1::JobState_Name(r.job.state())));
+    for (auto& a : active)
+      if (a.job == r.job.id()) a.ctx->TryCancel();  // the worker stops at its next step and is free again
+    End(r, v1::CANCELLED, "cancelled by a client");
+    *resp = Public(r);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*, v1::ListWorkersResponse* resp) override {
+    std::lock_guard lock(mu);
+    for (const auto& [id, w] : workers) *resp->add_workers() = w.info;
+    for (const auto& [name, m] : models) resp->add_models(name);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status DownloadOutput(grpc::ServerContext*, const v1::GetJobRequest* req,
+                              grpc::ServerWriter<v1::TensorChunk>* writer) override {
+    std::string path;
+    {
+      std::lock_guard lock(mu);
+      auto it = jobs.find(req->job_id());
+      if (it == jobs.end())
+        return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+      if (it->second.job.state() != v1::SUCCEEDED)
+        return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                      fmt::format("job {}: {}, it has no output", req->job_id(),
+                                  v1::JobState_Name(it->second.job.state())));
+      path = it->second.output_path;
+    }
+    TensorBlob blob;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return Refuse(grpc::StatusCode::DATA_LOSS, fmt::format("job {}: output {} is missing", req->job_id(), path));
+    blob.data.assign(std::istreambuf_iterator<char>(in), {});
+    blob.dtype = "u8";
+    blob.shape = {blob.bytes()};
+    blob.xxh3 = Checksum(blob.data);
+    if (!WriteTensor(writer, blob)) return Refuse(grpc::StatusCode::CANCELLED, "the client went away");
+    return grpc::Status::OK;
+  }
+};
+
+Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_unique<Impl>(options)) {
+  Impl& m = *impl_;
+  if (m.o.data.empty()) m.o.data = DefaultDataDir();
+  if (m.o.heartbeat_ms <= 0 || m.o.worker_timeout_ms <= m.o.heartbeat_ms)
+    throw InvalidArgument(fmt::format("--worker-timeout-ms {}: accepted more than the heartbeat interval ({} ms)",
+                                      m.o.worker_timeout_ms, m.o.heartbeat_ms));
+  std::error_code ec;
+  fs::create_directories(m.o.data / "outputs", ec);
+  RequireWritableDirectory(m.o.data, "--data");
+  if (m.o.models.empty()) throw InvalidArgument("--model: accepted one or more presets or package directories");
+  for (const auto& name : m.o.models) m.models[name] = LoadManifest(ResolveModel(name));
+  if (!m.o.placement.empty()) m.placement = LoadPlacement(m.o.placement);
+  m.store = std::make_unique<JobStore>((m.o.data / "jobs.db").string());
+  m.profiles = std::make_unique<ProfileStore>((m.o.data / "profiles.db").string());
+  int requeued = 0, queued = 0;
+  for (auto& r : m.store->LoadAll()) {
+    const std::string id = r.job.id();
+    if (!Terminal(r.job.state()) && !m.models.count(r.job.spec().model())) {
+      r.job.set_state(v1::FAILED);
+      r.job.set_error(fmt::format("model '{}' is no longer served by this coordinator", r.job.spec().model()));
+      m.store->Save(r);
+    } else if (r.job.state() == v1::RUNNING) {
+      // Its tensors were on workers that may be gone: it runs again from its first stage.
+      r.job.set_state(v1::QUEUED);
+      for (auto& s : *r.job.mutable_stages()) {
+        s.set_state("pending");
+        s.set_worker("");
+        s.set_step(0);
+      }
+      m.store->Save(r);
+      ++requeued;
+    } else if (r.job.state() == v1::QUEUED) {
+      ++queued;
+    }
+    m.jobs[id] = std::move(r);
+  }
+  if (queued + requeued > 0)
+    spdlog::info("job store {}: {} queued job(s), {} interrupted job(s) queued again", m.store->path(), queued,
+                 requeued);
+}
+
+Coordinator::~Coordinator() { Shutdown(); }
+
+void Coordinator::Start() {
+  Impl& m = *impl_;
+  if (!m.o.metrics.empty()) {
+    try {
+      m.metrics.exposer = std::make_unique<prometheus::Exposer>(m.o.metrics);
+    } catch (const std::exception& e) {
+      throw InvalidArgument(fmt::format("--metrics {}: cannot serve there ({}); accepted HOST:PORT that is free",
+                                        m.o.metrics, e.what()));
+    }
+    m.metrics.exposer->RegisterCollectable(m.metrics.registry);
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(m.o.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.RegisterService(&m);
+  m.server = builder.BuildAndStart();
+  if (!m.server || port == 0)
+    throw InvalidArgument(
+        fmt::format("--listen {}: cannot listen there; accepted HOST:PORT that is free (port 0 picks one)", m.o.listen));
+  m.bound = fmt::format("{}:{}", m.o.listen.substr(0, m.o.listen.rfind(':')), port);
+  {
+    AtomicFile f(m.o.data / "coordinator.address", "--data");
+    std::ofstream(f.temp_path()) << m.bound << "\n";
+    f.Commit();
+  }
+  m.monitor = std::thread([&m] { m.Monitor(); });
+  {
+    std::lock_guard lock(m.mu);
+    m.UpdateGauges();
+    m.Dispatch();
+  }
+  std::vector<std::string> names;
+  for (const auto& [n, man] : m.models) names.push_back(n);
+  spdlog::info("coordinator serving on {} (models {}; data {}){}", m.bound, fmt::join(names, ", "), m.o.data.string(),
+               m.metrics.exposer ? fmt::format("; metrics on port {}", metrics_port()) : "");
+}
+
+std::string Coordinator::address() const { return impl_->bound; }
+
+int Coordinator::metrics_port() const {
+  if (!impl_->metrics.exposer) return 0;
+  const auto ports = impl_->metrics.exposer->GetListeningPorts();
+  return ports.empty() ? 0 : ports[0];
+}
+
+void Coordinator::Shutdown() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard lock(m.mu);
+    if (m.stopping) return;
+    m.stopping = true;
+    for (auto& a : m.active) a.ctx->TryCancel();
+    m.cv.notify_all();
+  }
+  if (m.monitor.joinable()) m.monitor.join();
+  if (m.server) m.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  std::unique_lock lock(m.mu);
+  m.cv.wait_for(lock, std::chrono::seconds(10), [&] { return m.threads == 0; });
+}
+
+int RunCoordinator(const CoordinatorOptions& options) {
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  Coordinator c(options);
+  c.Start();
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  spdlog::info("coordinator stopping");
+  c.Shutdown();
+  return 0;
+}
+
+}  // namespace reel

@@ -1,0 +1,51 @@
+// `reel coordinator`: the control plane. Keeps the job queue in SQLite under the data directory, places stages
+// on the workers that register, dispatches each job's stages to workers holding them (several jobs in flight, so
+// different stages of different jobs run at once), and serves clients. Tensors never pass through it.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace reel {
+
+struct CoordinatorOptions {
+  std::string listen = "127.0.0.1:7070";
+  std::string metrics;  // HOST:PORT for /metrics, empty for none
+  std::filesystem::path data;
+  std::vector<std::string> models = {"tiny"};  // presets or package directories it serves
+  std::string placement;                       // placement file (docs/COORDINATOR.md); empty: every worker holds every stage
+  bool guidance_parallel = true;               // split guided denoising across two idle denoiser workers
+  int heartbeat_ms = 1000;
+  int worker_timeout_ms = 5000;  // a worker silent this long is lost
+};
+
+// The default data directory: $XDG_DATA_HOME/reel, else ~/.local/share/reel.
+std::filesystem::path DefaultDataDir();
+// The coordinator address clients use: $REEL_COORDINATOR, else 127.0.0.1:7070.
+std::string DefaultCoordinatorAddress();
+
+class Coordinator {
+ public:
+  // Validates the options, opens the job store (a queued or interrupted job is queued again) and reads the
+  // models' manifests. Throws InvalidArgument naming the flag, IoError for the data directory.
+  explicit Coordinator(const CoordinatorOptions& options);
+  ~Coordinator();
+
+  // Binds and serves; writes DATA/coordinator.address with the bound address.
+  void Start();
+  std::string address() const;
+  int metrics_port() const;
+  void Shutdown();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Start, then serve until SIGINT or SIGTERM; returns the exit code.
+int RunCoordinator(const CoordinatorOptions& options);
+
+}  // namespace reel

@@ -1,0 +1,51 @@
+// The coordinator's durable state: jobs and their stage runs in one SQLite file under the data directory, written
+// through on every change so a restarted coordinator finds every job it had accepted.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "reel/v1/coordinator.pb.h"
+
+struct sqlite3;
+
+namespace reel {
+
+struct JobRecord {
+  reel::v1::Job job;          // spec here includes the image bytes
+  int64_t seq = 0;            // submission order: FIFO within a priority
+  std::string output_path;    // the MP4 once it succeeded
+  std::vector<std::string> stage_profiles;  // per job.stages index: the worker's profile JSON, empty until run
+};
+
+class JobStore {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens or creates PATH (WAL). Throws IoError naming the path when it cannot, or when the schema is newer.
+  explicit JobStore(const std::string& path);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // The next sequence number (1 for an empty store).
+  int64_t NextSeq();
+  // Inserts or replaces the job and all its stage rows in one transaction.
+  void Save(const JobRecord& r);
+  // Every job, oldest first.
+  std::vector<JobRecord> LoadAll();
+
+  const std::string& path() const { return path_; }
+
+ private:
+  void Exec(const char* sql);
+  [[noreturn]] void Fail(const std::string& doing);
+
+  std::string path_;
+  sqlite3* db_ = nullptr;
+  std::mutex mu_;
+};
+
+}  // namespace reel

@@ -1,0 +1,194 @@
+#include "transfer/tensor_stream.h"
+
+#include <xxhash.h>
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "reel/v1/worker.grpc.pb.h"
+
+namespace reel {
+
+uint64_t Checksum(const std::string& data) { return XXH3_64bits(data.data(), data.size()); }
+
+std::shared_ptr<const TensorBlob> SealBlob(TensorBlob blob) {
+  blob.xxh3 = Checksum(blob.data);
+  return std::make_shared<const TensorBlob>(std::move(blob));
+}
+
+namespace {
+
+void SetHeader(const TensorBlob& blob, reel::v1::TensorHeader* h) {
+  h->set_dtype(blob.dtype);
+  for (int64_t d : blob.shape) h->add_shape(d);
+  h->set_total_bytes(blob.bytes());
+  h->set_xxh3(blob.xxh3);
+}
+
+}  // namespace
+
+bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob,
+                 int chunk_bytes) {
+  if (chunk_bytes <= 0) chunk_bytes = kDefaultChunkBytes;
+  const int64_t total = blob.bytes();
+  int64_t off = 0;
+  do {
+    reel::v1::TensorChunk chunk;
+    if (off == 0) SetHeader(blob, chunk.mutable_header());
+    const int64_t n = std::min<int64_t>(chunk_bytes, total - off);
+    chunk.set_offset(off);
+    chunk.set_data(blob.data.data() + off, static_cast<size_t>(n));
+    off += n;
+    if (!w->Write(chunk)) return false;
+  } while (off < total);
+  return true;
+}
+
+bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error) {
+  if (!have_header_) {
+    if (!chunk.has_header()) {
+      *error = "tensor stream: the first chunk has no header";
+      return false;
+    }
+    const auto& h = chunk.header();
+    if (h.total_bytes() < 0 || h.total_bytes() > (int64_t{1} << 40)) {
+      *error = fmt::format("tensor stream: header total_bytes {} is out of range", h.total_bytes());
+      return false;
+    }
+    blob_.dtype = h.dtype();
+    blob_.shape.assign(h.shape().begin(), h.shape().end());
+    blob_.xxh3 = h.xxh3();
+    total_ = h.total_bytes();
+    blob_.data.reserve(static_cast<size_t>(total_));
+    have_header_ = true;
+  }
+  if (chunk.offset() != blob_.bytes()) {
+    *error = fmt::format("tensor stream: chunk at offset {} arrived after {} bytes", chunk.offset(), blob_.bytes());
+    return false;
+  }
+  if (blob_.bytes() + static_cast<int64_t>(chunk.data().size()) > total_) {
+    *error = fmt::format("tensor stream: more than the {} bytes the header announced", total_);
+    return false;
+  }
+  blob_.data.append(chunk.data());
+  return true;
+}
+
+std::shared_ptr<const TensorBlob> TensorAssembler::Finish(std::string* error) {
+  if (!have_header_) {
+    *error = "tensor stream: ended before its header";
+    return nullptr;
+  }
+  if (blob_.bytes() != total_) {
+    *error = fmt::format("tensor stream: ended after {} of {} bytes", blob_.bytes(), total_);
+    return nullptr;
+  }
+  const uint64_t sum = Checksum(blob_.data);
+  if (sum != blob_.xxh3) {
+    *error = fmt::format("tensor stream: checksum {:016x} does not match the sender's {:016x}", sum, blob_.xxh3);
+    return nullptr;
+  }
+  return std::make_shared<const TensorBlob>(std::move(blob_));
+}
+
+void ToChunk(const TensorBlob& blob, reel::v1::TensorChunk* chunk) {
+  SetHeader(blob, chunk->mutable_header());
+  chunk->set_offset(0);
+  chunk->set_data(blob.data);
+}
+
+std::shared_ptr<const TensorBlob> FromChunk(const reel::v1::TensorChunk& chunk, std::string* error) {
+  TensorAssembler a;
+  if (!a.Add(chunk, error)) return nullptr;
+  return a.Finish(error);
+}
+
+std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
+  std::lock_guard lock(mu);
+  auto& c = channels[address];
+  if (!c) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    args.SetMaxSendMessageSize(kMaxMessageBytes);
+    // Reconnect quickly after a peer restarts (the default backoff grows to two minutes).
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    c = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  return c;
+}
+
+std::shared_ptr<const TensorBlob> FetchTensor(const std::string& address, const std::string& job_id,
+                                              const std::string& name, int chunk_bytes) {
+  auto stub = reel::v1::Worker::NewStub(ChannelTo(address));
+  grpc::ClientContext ctx;
+  reel::v1::FetchTensorRequest req;
+  req.set_job_id(job_id);
+  req.set_name(name);
+  req.set_chunk_bytes(chunk_bytes);
+  auto reader = stub->FetchTensor(&ctx, req);
+  grpc::Status st;
+  std::string error;
+  auto blob = ReadTensor(*reader, ctx, &st, &error);
+  if (blob) return blob;
+  const std::string what = fmt::format("fetching {}/{} from {}: {}", job_id, name, address,
+                                       st.ok() ? error : st.error_message());
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE) throw Unavailable(what);
+  if (st.error_code() == grpc::StatusCode::NOT_FOUND) throw NotFound(what);
+  throw Internal(what);
+}
+
+std::shared_ptr<const TensorBlob> ReadTensor(grpc::ClientReaderInterface<reel::v1::TensorChunk>& reader,
+                                             grpc::ClientContext& ctx, grpc::Status* status, std::string* error) {
+  TensorAssembler a;
+  reel::v1::TensorChunk chunk;
+  bool ok = true;
+  while (reader.Read(&chunk))
+    if (ok && !a.Add(chunk, error)) {
+      ok = false;
+      ctx.TryCancel();
+    }
+  *status = reader.Finish();
+  if (!ok) {
+    *status = grpc::Status::OK;
+    return nullptr;
+  }
+  if (!status->ok()) return nullptr;
+  return a.Finish(error);
+}
+
+void TensorStore::Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob) {
+  std::lock_guard lock(mu_);
+  blobs_[{job, name}] = std::move(blob);
+}
+
+std::shared_ptr<const TensorBlob> TensorStore::Get(const std::string& job, const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = blobs_.find({job, name});
+  return it == blobs_.end() ? nullptr : it->second;
+}
+
+int TensorStore::Release(const std::string& job) {
+  std::lock_guard lock(mu_);
+  int n = 0;
+  for (auto it = blobs_.lower_bound({job, ""}); it != blobs_.end() && it->first.first == job;) {
+    it = blobs_.erase(it);
+    ++n;
+  }
+  return n;
+}
+
+int TensorStore::size() const {
+  std::lock_guard lock(mu_);
+  return static_cast<int>(blobs_.size());
+}
+
+int64_t TensorStore::bytes() const {
+  std::lock_guard lock(mu_);
+  int64_t n = 0;
+  for (const auto& [k, b] : blobs_) n += b->bytes();
+  return n;
+}
+
+}  // namespace reel

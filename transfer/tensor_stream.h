@@ -1,0 +1,85 @@
+// Tensors as they travel between workers: bytes with dtype, shape and an XXH3-64 checksum, streamed over gRPC in
+// chunks (header first) and verified on arrival. Torch-free: the coordinator downloads outputs with the same code.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/support/sync_stream.h>
+
+#include "reel/v1/types.pb.h"
+
+namespace reel {
+
+struct TensorBlob {
+  std::string dtype;  // f32 | bf16 | f16 | i64 | u8
+  std::vector<int64_t> shape;
+  std::string data;
+  uint64_t xxh3 = 0;
+
+  int64_t bytes() const { return static_cast<int64_t>(data.size()); }
+};
+
+uint64_t Checksum(const std::string& data);
+// Fills in the checksum.
+std::shared_ptr<const TensorBlob> SealBlob(TensorBlob blob);
+
+inline constexpr int kDefaultChunkBytes = 1 << 20;
+// Limits on every channel and server that carries tensors.
+inline constexpr int kMaxMessageBytes = 256 << 20;
+
+// Writes the blob as chunks of `chunk_bytes` to a server or client stream. False when the peer went away.
+bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob,
+                 int chunk_bytes = kDefaultChunkBytes);
+
+// Assembles chunks as they arrive; Finish checks the byte count and checksum.
+class TensorAssembler {
+ public:
+  // False with `error` set when the chunk is out of order or the header is malformed.
+  bool Add(const reel::v1::TensorChunk& chunk, std::string* error);
+  // The verified blob; DATA_LOSS status text in `error` when bytes or checksum disagree.
+  std::shared_ptr<const TensorBlob> Finish(std::string* error);
+
+ private:
+  bool have_header_ = false;
+  TensorBlob blob_;
+  int64_t total_ = 0;
+};
+
+// The single-message form used for small per-step tensors.
+void ToChunk(const TensorBlob& blob, reel::v1::TensorChunk* chunk);
+std::shared_ptr<const TensorBlob> FromChunk(const reel::v1::TensorChunk& chunk, std::string* error);
+
+// Reads a tensor stream to its end. Null when it failed: `status` is the call's status, and `error` says what
+// was wrong with the bytes when the call itself succeeded.
+std::shared_ptr<const TensorBlob> ReadTensor(grpc::ClientReaderInterface<reel::v1::TensorChunk>& reader,
+                                             grpc::ClientContext& ctx, grpc::Status* status, std::string* error);
+
+// Fetches (job, name) from the worker at `address`; throws Error (Unavailable / Internal) naming the worker.
+std::shared_ptr<const TensorBlob> FetchTensor(const std::string& address, const std::string& job_id,
+                                              const std::string& name, int chunk_bytes = kDefaultChunkBytes);
+
+// Channels with Reel's message limits, one per address, shared by the process.
+std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);
+
+// A worker's tensors, keyed by (job, name).
+class TensorStore {
+ public:
+  void Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob);
+  std::shared_ptr<const TensorBlob> Get(const std::string& job, const std::string& name) const;
+  int Release(const std::string& job);
+  int size() const;
+  int64_t bytes() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<const TensorBlob>> blobs_;
+};
+
+}  // namespace reel

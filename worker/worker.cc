@@ -1,0 +1,654 @@
+#include "worker/worker.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "media/video_io.h"
+#include "models/synth.h"
+#include "profiler/host_memory.h"
+#include "profiler/metrics.h"
+#include "reel/v1/coordinator.grpc.pb.h"
+#include "reel/v1/worker.grpc.pb.h"
+#include "runtime/device_memory.h"
+#include "runtime/pipeline.h"
+#include "runtime/run_profile.h"
+#include "transfer/tensor_stream.h"
+#include "transfer/wire.h"
+
+namespace reel {
+
+namespace fs = std::filesystem;
+namespace v1 = reel::v1;
+
+namespace {
+
+
+grpc::Status StatusOf(const Error& e) {
+  switch (e.kind()) {
+    case ErrorKind::kInvalidArgument: return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
+    case ErrorKind::kNotFound: return {grpc::StatusCode::NOT_FOUND, e.what()};
+    case ErrorKind::kDeviceOutOfMemory: return {grpc::StatusCode::RESOURCE_EXHAUSTED, e.what()};
+    case ErrorKind::kCancelled: return {grpc::StatusCode::CANCELLED, e.what()};
+    case ErrorKind::kUnavailable: return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    case ErrorKind::kBadPackage: return {grpc::StatusCode::FAILED_PRECONDITION, e.what()};
+    default: return {grpc::StatusCode::INTERNAL, e.what()};
+  }
+}
+
+
+
+std::string DTypeString(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "f32";
+    case torch::kBFloat16: return "bf16";
+    case torch::kFloat16: return "f16";
+    case torch::kInt64: return "i64";
+    case torch::kUInt8: return "u8";
+    default: throw Internal(fmt::format("no wire dtype for {}", c10::toString(t)));
+  }
+}
+
+torch::ScalarType ScalarOf(const std::string& d) {
+  if (d == "f32") return torch::kFloat32;
+  if (d == "bf16") return torch::kBFloat16;
+  if (d == "f16") return torch::kFloat16;
+  if (d == "i64") return torch::kInt64;
+  if (d == "u8") return torch::kUInt8;
+  throw InvalidArgument(fmt::format("tensor dtype '{}': accepted f32, bf16, f16, i64 or u8", d));
+}
+
+std::shared_ptr<const TensorBlob> ToBlob(const torch::Tensor& t) {
+  HostScope host;
+  const torch::Tensor c = t.contiguous();
+  TensorBlob b;
+  b.dtype = DTypeString(c.scalar_type());
+  b.shape = c.sizes().vec();
+  b.data.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  return SealBlob(std::move(b));
+}
+
+// A tensor with the blob's bytes, allocated in the caller's scope (inside a DeviceScope: on the device).
+torch::Tensor FromBlob(const TensorBlob& b) {
+  torch::Tensor t = torch::empty(b.shape, torch::TensorOptions().dtype(ScalarOf(b.dtype)));
+  if (static_cast<int64_t>(t.numel() * t.element_size()) != b.bytes())
+    throw Internal(fmt::format("tensor of shape {} and dtype {} cannot hold {} bytes", FormatShape(b.shape), b.dtype,
+                               b.bytes()));
+  std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
+  return t;
+}
+
+GenerateRequest RequestOf(const v1::JobSpec& s) {
+  GenerateRequest r;
+  r.prompt = s.prompt();
+  r.negative_prompt = s.negative_prompt();
+  r.image = s.image_name();
+  r.frames = s.frames();
+  r.height = s.height();
+  r.width = s.width();
+  r.steps = s.steps();
+  r.guidance = s.guidance();
+  r.seed = s.seed();
+  r.fps = s.fps();
+  return r;
+}
+
+RunOptions OptionsOf(const std::map<StageKind, v1::StageStrategy>& stages) {
+  RunOptions o;
+  for (const auto& [k, s] : stages) {
+    const std::string what = fmt::format("strategy for {}", StageKindName(k));
+    o.offload[k] = ParseOffload(s.offload().empty() ? "none" : s.offload(), what + " offload");
+    if (!s.dtype().empty()) {
+      auto d = ParseDType(s.dtype());
+      if (!d || *d == DType::kI64)
+        throw InvalidArgument(fmt::format("{} dtype '{}': accepted f32, bf16 or f16", what, s.dtype()));
+      o.dtype[k] = *d;
+    }
+    o.int8[k] = s.int8_weights();
+    if (k == StageKind::kVaeDecoder) {
+      o.vae.slicing = s.vae_slicing();
+      o.vae.tile = s.vae_tile();
+      ValidateVaeDecodeOptions(o.vae);
+    }
+  }
+  return o;
+}
+
+
+// The stages of one model this worker holds, and the runtime that runs them.
+struct ModelHost {
+  fs::path dir;
+  std::map<StageKind, v1::StageStrategy> strategies;
+  std::unique_ptr<StagePackage> package;
+  std::unique_ptr<Runtime> runtime;
+};
+
+bool SameStrategy(const v1::StageStrategy& a, const v1::StageStrategy& b) {
+  return a.SerializeAsString() == b.SerializeAsString();
+}
+
+class WorkerService final : public v1::Worker::Service {
+ public:
+  WorkerService(const WorkerOptions& o, Metrics* metrics) : options_(o), metrics_(metrics) {}
+
+  void set_name(const std::string& n) { name_ = n; }
+  void set_address(const std::string& a) { address_ = a; }
+  int tensors_held() const { return store_.size(); }
+
+  grpc::Status LoadStages(grpc::ServerContext*, const v1::LoadStagesRequest* req,
+                          v1::LoadStagesResponse* resp) override {
+    std::lock_guard lock(run_mu_);
+    try {
+      ModelHost& host = models_[req->model()];
+      if (host.dir.empty()) host.dir = ResolveModel(req->model());
+      auto wanted = host.strategies;
+      const Manifest manifest = LoadManifest(host.dir);
+      for (const auto& item : req->stages()) {
+        auto k = KindOf(item.stage());
+        if (!k) return {grpc::StatusCode::INVALID_ARGUMENT, "stage: accepted text_encoder, vae_encoder, denoiser or vae_decoder"};
+        if (!manifest.has_stage(*k))
+          return {grpc::StatusCode::INVALID_ARGUMENT,
+                  fmt::format("stage {}: model {} has no such stage", StageKindName(*k), req->model())};
+        wanted[*k] = item.strategy();
+      }
+      bool same = host.runtime && wanted.size() == host.strategies.size();
+      if (same)
+        for (const auto& [k, s] : wanted) same = same && host.strategies.count(k) && SameStrategy(host.strategies[k], s);
+      if (!same) Reload(req->model(), host, wanted);
+      resp->set_manifest_json(ManifestToJson(manifest));
+      Describe(resp->mutable_loaded());
+      return grpc::Status::OK;
+    } catch (const Error& e) {
+      models_.erase(req->model());
+      spdlog::error("{}", e.what());
+      return StatusOf(e);
+    }
+  }
+
+  grpc::Status UnloadStages(grpc::ServerContext*, const v1::UnloadStagesRequest* req,
+                            v1::UnloadStagesResponse* resp) override {
+    std::lock_guard lock(run_mu_);
+    auto it = models_.find(req->model());
+    if (it != models_.end()) {
+      auto wanted = it->second.strategies;
+      if (req->stages().empty()) wanted.clear();
+      for (int s : req->stages())
+        if (auto k = KindOf(static_cast<v1::Stage>(s))) wanted.erase(*k);
+      try {
+        if (wanted.empty()) {
+          models_.erase(it);
+        } else {
+          Reload(req->model(), it->second, wanted);
+        }
+      } catch (const Error& e) {
+        models_.erase(req->model());
+        return StatusOf(e);
+      }
+    }
+    Describe(resp->mutable_loaded());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status RunStage(grpc::ServerContext* ctx, const v1::RunStageRequest* req,
+                        grpc::ServerWriter<v1::RunStageEvent>* writer) override {
+    std::lock_guard lock(run_mu_);
+    const auto kind = KindOf(req->stage());
+    if (!kind) return {grpc::StatusCode::INVALID_ARGUMENT, "stage: unspecified"};
+    auto it = models_.find(req->spec().model());
+    if (it == models_.end() || !it->second.strategies.count(*kind))
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              fmt::format("worker {} does not hold stage {} of model {}", name_, StageKindName(*kind),
+                          req->spec().model())};
+    ModelHost& host = it->second;
+    Runtime& rt = *host.runtime;
+    ApplyThreads();
+    const GenerateRequest r = RequestOf(req->spec());
+    const std::string& job = req->job_id();
+    v1::RunStageResult result;
+    try {
+      // Inputs come straight from the workers that produced them.
+      const auto f0 = std::chrono::steady_clock::now();
+      std::map<std::string, std::shared_ptr<const TensorBlob>> inputs;
+      for (const auto& ref : req->inputs()) inputs[ref.name()] = Fetch(ref);
+      result.set_input_seconds(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count());
+
+      rt.executor(*kind).stats() = StageStats{};
+      const int64_t started = NowUnixUs();
+      torch::NoGradGuard no_grad;
+      std::map<std::string, torch::Tensor> outputs;
+      switch (*kind) {
+        case StageKind::kTextEncoder:
+          outputs["text"] = rt.EncodePrompt(r);
+          break;
+        case StageKind::kVaeEncoder: {
+          const Image image = DecodeImageBytes(req->spec().image(), "image " + req->spec().image_name(), r.height,
+                                               r.width);
+          outputs["image_moments"] = rt.EncodeImageMoments(r, image.rgb);
+          break;
+        }
+        case StageKind::kDenoiser:
+          outputs["latents"] = Denoise(ctx, writer, rt, r, *req, inputs);
+          break;
+        case StageKind::kVaeDecoder: {
+          torch::Tensor z;
+          {
+            DeviceScope device;  // the latents arrive on this device, as a GPU receives them
+            z = FromBlob(*Need(inputs, "latents"));
+          }
+          const Video video = rt.DecodeVideo(r, z);
+          result.set_frames(video.frames);
+          store_.Put(job, "video.mp4", EncodeMp4(job, video, r.fps));
+          break;
+        }
+      }
+      const int64_t finished = NowUnixUs();
+      for (const auto& [name, t] : outputs) store_.Put(job, name, ToBlob(t));
+      for (const auto& [name, t] : outputs) Describe(job, name, result.add_outputs());
+      if (*kind == StageKind::kVaeDecoder) Describe(job, "video.mp4", result.add_outputs());
+      result.set_started_unix_us(started);
+      result.set_finished_unix_us(finished);
+      const StageProfile p = Profile(host, *kind, r);
+      result.mutable_profile()->set_json(p.ToJson().dump());
+      if (metrics_) {
+        metrics_->RecordStage(p);
+        Gauges();
+      }
+    } catch (const Error& e) {
+      if (metrics_) Gauges();
+      if (e.kind() != ErrorKind::kCancelled) spdlog::error("job {} stage {}: {}", job, StageKindName(*kind), e.what());
+      return StatusOf(e);
+    } catch (const std::exception& e) {
+      spdlog::error("job {} stage {}: {}", job, StageKindName(*kind), e.what());
+      return {grpc::StatusCode::INTERNAL, e.what()};
+    }
+    v1::RunStageEvent ev;
+    *ev.mutable_result() = result;
+    writer->Write(ev);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GuidanceBranch(grpc::ServerContext* ctx,
+                              grpc::ServerReaderWriter<v1::BranchResponse, v1::BranchRequest>* stream) override {
+    std::lock_guard lock(run_mu_);
+    v1::BranchRequest setup;
+    if (!stream->Read(&setup)) return {grpc::StatusCode::CANCELLED, "guidance branch: no set-up message"};
+    auto it = models_.find(setup.spec().model());
+    if (it == models_.end() || !it->second.strategies.count(StageKind::kDenoiser))
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              fmt::format("worker {} does not hold the denoiser of model {}", name_, setup.spec().model())};
+    Runtime& rt = *it->second.runtime;
+    ApplyThreads();
+    const GenerateRequest r = RequestOf(setup.spec());
+    JobShape shape = rt.ShapeOf(r);
+    shape.batch = 1;
+    try {
+      torch::NoGradGuard no_grad;
+      DeviceScope device;
+      const torch::Tensor text = FromBlob(*Fetch(setup.text())).narrow(0, setup.text_row(), 1).contiguous();
+      rt.executor(StageKind::kDenoiser).stats() = StageStats{};
+      rt.BeginStage(StageKind::kDenoiser);
+      struct End {
+        Runtime& rt;
+        ~End() {
+          try {
+            rt.EndStage(StageKind::kDenoiser);
+          } catch (...) {
+          }
+        }
+      } end{rt};
+      stream->Write(v1::BranchResponse{});
+      v1::BranchRequest step;
+      while (stream->Read(&step)) {
+        if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "guidance branch cancelled"};
+        std::string error;
+        auto blob = FromChunk(step.latents(), &error);
+        if (!blob) return {grpc::StatusCode::DATA_LOSS, error};
+        const torch::Tensor input = FromBlob(*blob);
+        const torch::Tensor v = rt.Denoise(input, text, torch::full({1}, step.timestep(), torch::kInt64), shape);
+        v1::BranchResponse resp;
+        ToChunk(*ToBlob(v), resp.mutable_prediction());
+        if (!stream->Write(resp)) break;
+      }
+    } catch (const Error& e) {
+      spdlog::error("job {} guidance branch: {}", setup.job_id(), e.what());
+      return StatusOf(e);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status FetchTensor(grpc::ServerContext*, const v1::FetchTensorRequest* req,
+                           grpc::ServerWriter<v1::TensorChunk>* writer) override {
+    auto blob = store_.Get(req->job_id(), req->name());
+    if (!blob)
+      return {grpc::StatusCode::NOT_FOUND,
+              fmt::format("worker {} holds no tensor {} of job {}", name_, req->name(), req->job_id())};
+    if (!WriteTensor(writer, *blob, req->chunk_bytes())) return {grpc::StatusCode::CANCELLED, "reader went away"};
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReleaseJob(grpc::ServerContext*, const v1::ReleaseJobRequest* req,
+                          v1::ReleaseJobResponse* resp) override {
+    resp->set_released(store_.Release(req->job_id()));
+    return grpc::Status::OK;
+  }
+
+ private:
+  void ApplyThreads() {
+    // Intra-op thread counts are per thread under OpenMP; each handler thread sets its own.
+    at::set_num_threads(options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  }
+
+  void Reload(const std::string& model, ModelHost& host, const std::map<StageKind, v1::StageStrategy>& wanted) {
+    // The old placement leaves the device first, as it would have to on a GPU of this size.
+    host.runtime.reset();
+    host.package.reset();
+    host.strategies.clear();
+    std::set<StageKind> kinds;
+    for (const auto& [k, s] : wanted) kinds.insert(k);
+    const RunOptions options = OptionsOf(wanted);
+    auto package = std::make_unique<StagePackage>(StagePackage::Load(host.dir, kinds));
+    auto runtime = std::make_unique<Runtime>(*package, options);
+    host.package = std::move(package);
+    host.runtime = std::move(runtime);
+    host.strategies = wanted;
+    std::string what;
+    for (const auto& [k, s] : wanted) what += fmt::format(" {}({})", StageKindName(k), StrategyString(s));
+    spdlog::info("worker {}: holds {}:{}; device {} in use", name_, model, what,
+                 FormatBytes(DeviceMemory::Get().used()));
+  }
+
+  void Describe(google::protobuf::RepeatedPtrField<v1::LoadedStage>* out) {
+    for (const auto& [model, host] : models_) {
+      if (!host.runtime) continue;
+      for (const auto& [k, s] : host.strategies) {
+        auto* l = out->Add();
+        l->set_model(model);
+        l->set_stage(StageOf(k));
+        *l->mutable_strategy() = s;
+        l->set_weight_bytes(host.runtime->executor(k).weight_bytes());
+      }
+    }
+  }
+
+  void Describe(const std::string& job, const std::string& name, v1::StageOutput* o) {
+    auto b = store_.Get(job, name);
+    o->set_name(name);
+    o->set_bytes(b->bytes());
+    o->set_dtype(b->dtype);
+    for (int64_t d : b->shape) o->add_shape(d);
+  }
+
+  std::shared_ptr<const TensorBlob> Fetch(const v1::TensorRef& ref) {
+    if (ref.address() == address_) {
+      auto b = store_.Get(ref.job_id(), ref.name());
+      if (!b) throw NotFound(fmt::format("worker {} holds no tensor {} of job {}", name_, ref.name(), ref.job_id()));
+      return b;
+    }
+    return reel::FetchTensor(ref.address(), ref.job_id(), ref.name());
+  }
+
+  static std::shared_ptr<const TensorBlob> Need(const std::map<std::string, std::shared_ptr<const TensorBlob>>& in,
+                                                const std::string& name) {
+    auto it = in.find(name);
+    if (it == in.end()) throw InvalidArgument(fmt::format("inputs: the stage needs a tensor named {}", name));
+    return it->second;
+  }
+
+  torch::Tensor Denoise(grpc::ServerContext* ctx, grpc::ServerWriter<v1::RunStageEvent>* writer, Runtime& rt,
+                        const GenerateRequest& r, const v1::RunStageRequest& req,
+                        const std::map<std::string, std::shared_ptr<const TensorBlob>>& inputs) {
+    torch::Tensor text, moments;
+    {
+      DeviceScope device;
+      text = FromBlob(*Need(inputs, "text"));
+      if (rt.package().manifest().image_conditioned) moments = FromBlob(*Need(inputs, "image_moments"));
+    }
+    GenerateHooks hooks;
+    hooks.cancelled = [ctx] { return ctx->IsCancelled(); };
+    hooks.on_step = [writer](int done, int total) {
+      v1::RunStageEvent ev;
+      ev.set_step_done(done);
+      ev.set_steps_total(total);
+      writer->Write(ev);
+    };
+    if (req.guidance_peer_address().empty() || r.guidance <= 1.0) return rt.DenoiseLatents(r, text, moments, hooks);
+
+    // Guidance-parallel: the peer runs the unconditional branch of every step while this worker runs the
+    // conditional one.
+    auto stub = v1::Worker::NewStub(ChannelTo(req.guidance_peer_address()));
+    grpc::ClientContext peer_ctx;
+    auto stream = stub->GuidanceBranch(&peer_ctx);
+    const std::string peer = req.guidance_peer();
+    auto fail = [&](const std::string& what) -> Error {
+      peer_ctx.TryCancel();
+      const grpc::Status st = stream->Finish();
+      return Unavailable(fmt::format("guidance peer {} ({}): {}{}", peer, req.guidance_peer_address(), what,
+                                     st.ok() ? "" : ": " + st.error_message()));
+    };
+    v1::BranchRequest setup;
+    setup.set_job_id(req.job_id());
+    *setup.mutable_spec() = req.spec();
+    setup.mutable_spec()->clear_image();
+    for (const auto& ref : req.inputs())
+      if (ref.name() == "text") *setup.mutable_text() = ref;
+    setup.set_text_row(0);  // [negative, positive]: the peer takes the unconditional row
+    v1::BranchResponse ack;
+    if (!stream->Write(setup) || !stream->Read(&ack)) throw fail("set-up failed");
+    reel::GuidanceBranch branch = [&](const torch::Tensor& input, int64_t timestep) -> std::function<torch::Tensor()> {
+      v1::BranchRequest step;
+      ToChunk(*ToBlob(input), step.mutable_latents());
+      step.set_timestep(timestep);
+      if (!stream->Write(step)) throw fail("sending a step failed");
+      return [&]() -> torch::Tensor {
+        v1::BranchResponse resp;
+        if (!stream->Read(&resp)) throw fail("no prediction came back");
+        std::string error;
+        auto blob = FromChunk(resp.prediction(), &error);
+        if (!blob) throw fail(error);
+        return FromBlob(*blob);
+      };
+    };
+    torch::Tensor z;
+    try {
+      z = rt.DenoiseLatents(r, text, moments, hooks, branch);
+    } catch (...) {
+      peer_ctx.TryCancel();
+      stream->Finish();
+      throw;
+    }
+    stream->WritesDone();
+    const grpc::Status st = stream->Finish();
+    if (!st.ok()) throw Unavailable(fmt::format("guidance peer {}: {}", peer, st.error_message()));
+    return z;
+  }
+
+  std::shared_ptr<const TensorBlob> EncodeMp4(const std::string& job, const Video& video, int fps) {
+    const fs::path tmp = fs::temp_directory_path() / fmt::format("reel-worker-{}-{}.mp4", ::getpid(), job);
+    WriteMp4(tmp, video.rgb.data(), video.frames, video.height, video.width, fps);
+    TensorBlob b;
+    {
+      std::ifstream in(tmp, std::ios::binary);
+      b.data.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    fs::remove(tmp);
+    b.dtype = "u8";
+    b.shape = {b.bytes()};
+    return SealBlob(std::move(b));
+  }
+
+  StageProfile Profile(ModelHost& host, StageKind k, const GenerateRequest& r) {
+    ProfileContext c;
+    c.manifest = &host.package->manifest();
+    c.request = r;
+    c.device_capacity = options_.device_memory;
+    c.peak_host_rss = HostPeakRssBytes();
+    c.strategy = host.runtime->strategies().at(k);
+    c.weight_format = host.runtime->weight_formats().at(k);
+    return ProfileOf(k, host.runtime->executor(k).stats(), c);
+  }
+
+  void Gauges() {
+    const auto& mem = DeviceMemory::Get();
+    metrics_->SetDeviceMemory(options_.device, mem.used(), mem.peak(), options_.device_memory);
+    metrics_->SetHost(HostRssBytes(), 0, 0);
+  }
+
+  WorkerOptions options_;
+  Metrics* metrics_;
+  std::string name_, address_;
+  std::mutex run_mu_;  // one stage or guidance branch at a time on the device; guards models_
+  std::map<std::string, ModelHost> models_;
+  TensorStore store_;
+};
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "localhost";
+  return buf;
+}
+
+}  // namespace
+
+int RunWorker(const WorkerOptions& o) {
+  if (o.device != "cpu") {
+    if (o.device.rfind("cuda:", 0) == 0)
+      throw InvalidArgument(fmt::format("--device {}: accepted cpu in this build (CUDA support is not compiled in)",
+                                        o.device));
+    throw InvalidArgument(fmt::format("--device {}: accepted cpu or cuda:N", o.device));
+  }
+  if (o.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", o.threads));
+  if (o.device_memory < 0)
+    throw InvalidArgument(fmt::format("--device-memory {}: accepted a positive size", o.device_memory));
+
+  // Signals are taken by sigwait on this thread only; every thread started from here inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  DeviceMemory::Get().SetCapacity(o.device_memory);
+  std::unique_ptr<Metrics> metrics;
+  if (!o.metrics.empty()) {
+    metrics = std::make_unique<Metrics>();
+    metrics->Serve(o.metrics);
+  }
+  WorkerService service(o, metrics.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0)
+    throw InvalidArgument(fmt::format("--listen {}: cannot listen there; accepted HOST:PORT that is free (port 0 "
+                                      "picks one)",
+                                      o.listen));
+  const std::string host_part = o.listen.substr(0, o.listen.rfind(':'));
+  const std::string address = fmt::format("{}:{}", host_part == "0.0.0.0" || host_part == "[::]" ? HostName()
+                                                                                                 : host_part,
+                                          port);
+  const std::string name =
+      o.name.empty() ? fmt::format("{}-{}-{}", HostName(), o.device, ::getpid()) : o.name;
+  service.set_name(name);
+  service.set_address(address);
+  spdlog::info("worker {} ({}) serving on {}; coordinator {}", name, o.device, address, o.coordinator);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> exit_code{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread control([&] {
+    auto stub = v1::Coordinator::NewStub(ChannelTo(o.coordinator));
+    std::string id;
+    int interval_ms = 1000;
+    bool warned = false;
+    while (!stop) {
+      if (id.empty()) {
+        v1::RegisterRequest req;
+        req.set_name(name);
+        req.set_host(HostName());
+        req.set_address(address);
+        req.set_device(o.device);
+        req.set_device_capacity_bytes(o.device_memory);
+        req.set_host_memory_bytes(MachineMemory().total_bytes);
+        req.set_pid(::getpid());
+        req.set_version("0.1.0");
+        v1::RegisterResponse resp;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        const grpc::Status st = stub->Register(&ctx, req, &resp);
+        if (st.ok()) {
+          id = resp.worker_id();
+          interval_ms = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 1000;
+          spdlog::info("worker {}: registered as {}", name, id);
+          warned = false;
+        } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                   st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+          if (!warned) spdlog::warn("worker {}: coordinator {} unreachable; retrying", name, o.coordinator);
+          warned = true;
+          interval_ms = 500;
+        } else {
+          spdlog::error("worker {}: the coordinator refused registration: {}", name, st.error_message());
+          exit_code = 2;
+          stop = true;
+          ::kill(::getpid(), SIGTERM);
+          break;
+        }
+      } else {
+        v1::HeartbeatRequest req;
+        req.set_worker_id(id);
+        const auto& mem = DeviceMemory::Get();
+        req.set_device_used_bytes(mem.used());
+        req.set_device_peak_bytes(mem.peak());
+        req.set_host_rss_bytes(HostRssBytes());
+        req.set_tensors_held(service.tensors_held());
+        v1::HeartbeatResponse resp;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        const grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
+        if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+          spdlog::info("worker {}: the coordinator no longer knows {}; registering again", name, id);
+          id.clear();
+          continue;
+        }
+      }
+      std::unique_lock lock(mu);
+      cv.wait_for(lock, std::chrono::milliseconds(interval_ms), [&] { return stop.load(); });
+    }
+  });
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  {
+    std::lock_guard lock(mu);
+    stop = true;
+  }
+  cv.notify_all();
+  control.join();
+  spdlog::info("worker {}: stopping", name);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return exit_code;
+}
+
+}  // namespace reel
