@@ -19,7 +19,6 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <nlohmann/json.hpp>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -33,6 +32,7 @@
 #include "models/synth.h"
 #include "package/job_request.h"
 #include "package/manifest.h"
+#include "profiler/metrics.h"
 #include "profiler/profile_store.h"
 #include "profiler/stage_profile.h"
 #include "reel/v1/coordinator.grpc.pb.h"
@@ -147,7 +147,7 @@ struct CoordinatorMetrics {
                                                            .Name("reel_worker_host_memory_bytes")
                                                            .Help("Host memory each worker last reported")
                                                            .Register(*registry);
-  std::unique_ptr<prometheus::Exposer> exposer;
+  MetricsEndpoint endpoint{registry};
 
   CoordinatorMetrics() {
     for (const char* what : {"submitted", "succeeded", "failed", "cancelled", "requeued"}) jobs.Add({{"event", what}});
@@ -318,8 +318,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     if (w.info.state() == "loading") w.info.set_state(error.empty() ? "idle" : "failed");
     w.info.set_error(error);
     if (error.empty()) spdlog::info("worker {} holds {}", name, fmt::join(described, ", "));
-    UpdateGauges();
-    cv.notify_all();
+    Dispatch();
   }
 
   // ---- dispatch (mu held) ----
@@ -980,15 +979,7 @@ Coordinator::~Coordinator() { Shutdown(); }
 
 void Coordinator::Start() {
   Impl& m = *impl_;
-  if (!m.o.metrics.empty()) {
-    try {
-      m.metrics.exposer = std::make_unique<prometheus::Exposer>(m.o.metrics);
-    } catch (const std::exception& e) {
-      throw InvalidArgument(fmt::format("--metrics {}: cannot serve there ({}); accepted HOST:PORT that is free",
-                                        m.o.metrics, e.what()));
-    }
-    m.metrics.exposer->RegisterCollectable(m.metrics.registry);
-  }
+  if (!m.o.metrics.empty()) m.metrics.endpoint.Serve(m.o.metrics);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -1006,6 +997,11 @@ void Coordinator::Start() {
     std::ofstream(f.temp_path()) << m.bound << "\n";
     f.Commit();
   }
+  if (m.metrics.endpoint.port() > 0) {
+    AtomicFile f(m.o.data / "metrics.address", "--data");
+    std::ofstream(f.temp_path()) << m.o.metrics.substr(0, m.o.metrics.rfind(':')) << ":" << metrics_port() << "\n";
+    f.Commit();
+  }
   m.monitor = std::thread([&m] { m.Monitor(); });
   {
     std::lock_guard lock(m.mu);
@@ -1015,16 +1011,12 @@ void Coordinator::Start() {
   std::vector<std::string> names;
   for (const auto& [n, man] : m.models) names.push_back(n);
   spdlog::info("coordinator serving on {} (models {}; data {}){}", m.bound, fmt::join(names, ", "), m.o.data.string(),
-               m.metrics.exposer ? fmt::format("; metrics on port {}", metrics_port()) : "");
+               m.metrics.endpoint.port() > 0 ? fmt::format("; metrics on port {}", metrics_port()) : "");
 }
 
 std::string Coordinator::address() const { return impl_->bound; }
 
-int Coordinator::metrics_port() const {
-  if (!impl_->metrics.exposer) return 0;
-  const auto ports = impl_->metrics.exposer->GetListeningPorts();
-  return ports.empty() ? 0 : ports[0];
-}
+int Coordinator::metrics_port() const { return impl_->metrics.endpoint.port(); }
 
 void Coordinator::Shutdown() {
   Impl& m = *impl_;

@@ -14,6 +14,25 @@ class Registry;
 
 namespace reel {
 
+// Serves a registry's families on /metrics over HTTP (the text exposition format), and nothing else.
+class MetricsEndpoint {
+ public:
+  explicit MetricsEndpoint(std::shared_ptr<prometheus::Registry> registry);
+  ~MetricsEndpoint();
+  MetricsEndpoint(const MetricsEndpoint&) = delete;
+  MetricsEndpoint& operator=(const MetricsEndpoint&) = delete;
+
+  // "HOST:PORT" (an IP address or localhost; port 0 picks a free port). Throws InvalidArgument("<flag> <value>:
+  // ...") for a malformed address or one that cannot be bound.
+  void Serve(const std::string& host_port, const std::string& flag = "--metrics");
+  int port() const;  // the bound port, 0 when not serving
+  std::string Serialize() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 class Metrics {
  public:
   Metrics();  // every family is registered up front, so a scrape shows all of them from the first second

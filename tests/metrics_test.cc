@@ -21,34 +21,7 @@
 namespace reel {
 namespace {
 
-// A minimal HTTP/1.0 GET: the response body, or the failure in place of it.
-std::string HttpGet(int port, const std::string& path, int* status) {
-  *status = 0;
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "socket failed";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return "connect failed";
-  }
-  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  for (size_t sent = 0; sent < request.size();) {
-    const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, 0);
-    if (n <= 0) break;
-    sent += static_cast<size_t>(n);
-  }
-  std::string response;
-  char buf[4096];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) response.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  const auto head_end = response.find("\r\n\r\n");
-  if (head_end == std::string::npos) return "no HTTP header in: " + response;
-  std::sscanf(response.c_str(), "HTTP/%*s %d", status);
-  return response.substr(head_end + 4);
-}
+using reel::testing::HttpGet;
 
 struct Sample {
   std::string name;

@@ -1,0 +1,201 @@
+// Real coordinator and worker processes on loopback ports chosen at run time, for integration tests and
+// benchmarks: started from the `reel` binary, queried over reel.v1, stopped (and their logs shown) at the end.
+#pragma once
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "reel/v1/coordinator.grpc.pb.h"
+#include "transfer/tensor_stream.h"
+
+namespace reel::testing {
+
+// A child process with its output in a log file.
+class Process {
+ public:
+  Process(const std::vector<std::string>& args, const std::filesystem::path& log) : log_(log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> argv;
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+  }
+  ~Process() { Stop(SIGTERM); }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  // Signals and reaps it (SIGKILL after 5 s); returns its exit status as waitpid reports it.
+  int Stop(int sig) {
+    if (pid_ <= 0) return status_;
+    ::kill(pid_, sig);
+    for (int i = 0; i < 500; ++i) {
+      if (::waitpid(pid_, &status_, WNOHANG) == pid_) {
+        pid_ = -1;
+        return status_;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status_, 0);
+    pid_ = -1;
+    return status_;
+  }
+  // Waits for it to exit by itself (up to `seconds`); -1 if it is still running.
+  int Wait(double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (pid_ > 0 && std::chrono::steady_clock::now() < end) {
+      if (::waitpid(pid_, &status_, WNOHANG) == pid_) {
+        pid_ = -1;
+        return status_;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return pid_ > 0 ? -1 : status_;
+  }
+  std::string Log() const {
+    std::ifstream in(log_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::filesystem::path log_;
+};
+
+inline bool WaitFor(const std::function<bool()>& cond, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return cond();
+}
+
+class Cluster {
+ public:
+  Cluster(std::string binary, std::filesystem::path dir) : binary_(std::move(binary)), dir_(std::move(dir)) {
+    std::filesystem::create_directories(dir_);
+  }
+  ~Cluster() {
+    for (auto& [name, w] : workers_) w->Stop(SIGTERM);
+    if (coordinator_) coordinator_->Stop(SIGTERM);
+  }
+
+  std::filesystem::path data() const { return dir_ / "data"; }
+
+  // Starts a coordinator on a free loopback port; returns false if it did not come up in 30 s.
+  bool StartCoordinator(const std::vector<std::string>& extra = {}) {
+    std::filesystem::remove(data() / "coordinator.address");
+    std::vector<std::string> args = {binary_, "coordinator", "--listen", "127.0.0.1:0", "--data", data().string(),
+                                     "--heartbeat-ms", "200", "--worker-timeout-ms", "1500"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    coordinator_ = std::make_unique<Process>(args, dir_ / "coordinator.log");
+    if (!WaitFor([&] { return std::filesystem::exists(data() / "coordinator.address"); }, 60)) return false;
+    std::ifstream in(data() / "coordinator.address");
+    in >> address_;
+    stub_ = reel::v1::Coordinator::NewStub(ChannelTo(address_));
+    return true;
+  }
+  Process& coordinator() { return *coordinator_; }
+  void KillCoordinator() { coordinator_->Stop(SIGKILL); }
+
+  // `key` names the process in this harness (default: the worker's name, so two processes can share a name).
+  void StartWorker(const std::string& name, const std::vector<std::string>& extra = {}, std::string key = "") {
+    if (key.empty()) key = name;
+    std::vector<std::string> args = {binary_, "worker", "--coordinator", address_, "--name", name,
+                                     "--threads", "1", "--listen", "127.0.0.1:0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    workers_[key] = std::make_unique<Process>(args, dir_ / (key + ".log"));
+  }
+  Process& worker(const std::string& name) { return *workers_.at(name); }
+
+  // Waits until `n` workers are idle (stages loaded).
+  bool WaitIdle(size_t n, double seconds = 60) {
+    return WaitFor(
+        [&] {
+          size_t idle = 0;
+          const auto list = Workers();
+          for (const auto& w : list.workers()) idle += w.state() == "idle";
+          return idle >= n;
+        },
+        seconds);
+  }
+
+  reel::v1::ListWorkersResponse Workers() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    reel::v1::ListWorkersResponse resp;
+    stub_->ListWorkers(&ctx, reel::v1::ListWorkersRequest{}, &resp);
+    return resp;
+  }
+
+  grpc::Status GetJob(const std::string& id, reel::v1::Job* job) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    reel::v1::GetJobRequest req;
+    req.set_job_id(id);
+    return stub_->GetJob(&ctx, req, job);
+  }
+
+  reel::v1::Job Job(const std::string& id) {
+    reel::v1::Job j;
+    GetJob(id, &j);
+    return j;
+  }
+
+  // Waits for a job to end; returns it.
+  reel::v1::Job WaitJob(const std::string& id, double seconds = 120) {
+    reel::v1::Job j;
+    WaitFor(
+        [&] {
+          j = Job(id);
+          return j.state() == reel::v1::SUCCEEDED || j.state() == reel::v1::FAILED ||
+                 j.state() == reel::v1::CANCELLED;
+        },
+        seconds);
+    return j;
+  }
+
+  reel::v1::Coordinator::Stub& stub() { return *stub_; }
+  const std::string& address() const { return address_; }
+
+  // Every process's log, for a failing test's output.
+  std::string Logs() const {
+    std::string out = "--- coordinator\n" + (coordinator_ ? coordinator_->Log() : "");
+    for (const auto& [name, w] : workers_) out += "--- " + name + "\n" + w->Log();
+    return out;
+  }
+
+ private:
+  std::string binary_;
+  std::filesystem::path dir_;
+  std::unique_ptr<Process> coordinator_;
+  std::map<std::string, std::unique_ptr<Process>> workers_;
+  std::string address_;
+  std::unique_ptr<reel::v1::Coordinator::Stub> stub_;
+};
+
+}  // namespace reel::testing
