@@ -351,8 +351,18 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     std::sort(ready.begin(), ready.end(), [](const Ready& a, const Ready& b) {
       return a.priority != b.priority ? a.priority > b.priority : (a.seq != b.seq ? a.seq < b.seq : a.index < b.index);
     });
-    int denoise_waiting = 0;
-    for (const auto& rd : ready) denoise_waiting += KindOfStage(jobs[rd.job].job.stages(rd.index).stage()) == StageKind::kDenoiser;
+    // How many ready stages a worker could take: a guided denoise borrows a second worker only when nothing
+    // else is waiting for it, so guidance-parallel lowers latency without costing throughput.
+    auto waiting_for = [&](const WorkerEntry* w, const Ready& except) {
+      int n = 0;
+      for (const auto& rd : ready) {
+        if (rd.job == except.job && rd.index == except.index) continue;
+        const JobRecord& r = jobs[rd.job];
+        if (r.job.stages(rd.index).state() != "pending") continue;
+        n += w->holds.count({r.job.spec().model(), KindOfStage(r.job.stages(rd.index).stage())}) > 0;
+      }
+      return n;
+    };
     for (const auto& rd : ready) {
       JobRecord& r = jobs[rd.job];
       const std::string& model = r.job.spec().model();
@@ -375,11 +385,9 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       });
       WorkerEntry* w = idle[0];
       WorkerEntry* peer = nullptr;
-      if (kind == StageKind::kDenoiser) {
-        --denoise_waiting;
-        if (o.guidance_parallel && r.job.spec().guidance() > 1.0 && idle.size() > 1 && denoise_waiting == 0)
-          peer = idle[1];
-      }
+      if (kind == StageKind::kDenoiser && o.guidance_parallel && r.job.spec().guidance() > 1.0 && idle.size() > 1 &&
+          waiting_for(idle[1], rd) == 0)
+        peer = idle[1];
       Launch(r, rd.index, w, peer);
     }
     UpdateGauges();
@@ -500,6 +508,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     }
     if (st.ok() && result) {
       s->set_state("done");
+      s->set_accepted_unix_us(result->accepted_unix_us());
       s->set_started_unix_us(result->started_unix_us());
       s->set_finished_unix_us(result->finished_unix_us());
       if (r.stage_profiles.size() < static_cast<size_t>(r.job.stages_size())) r.stage_profiles.resize(r.job.stages_size());

@@ -140,6 +140,11 @@ void WriteMp4(const fs::path& out, const uint8_t* rgb, int frames, int height, i
   if (oc->oformat->flags & AVFMT_GLOBALHEADER) enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
   av_opt_set(enc->priv_data, "crf", "18", 0);  // visually lossless for generated clips at modest size
   av_opt_set(enc->priv_data, "preset", "medium", 0);
+  // libx264's AVX-512 kernels made different bitstreams from the same frames from run to run (x264 core 164 on
+  // an AMD EPYC): the same job must give the same file wherever it runs. Every AVX-512 CPU has the AVX2 set.
+  if (__builtin_cpu_supports("avx512f"))
+    av_opt_set(enc->priv_data, "x264-params", "asm=MMX2,SSE,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2,AVX,FMA3,AVX2,LZCNT,BMI1,BMI2",
+               0);
   Check(avcodec_open2(enc.get(), codec, nullptr), where, "cannot open the H.264 encoder");
 
   AVStream* stream = NotNull(avformat_new_stream(oc.get(), nullptr));

@@ -208,6 +208,7 @@ class WorkerService final : public v1::Worker::Service {
 
   grpc::Status RunStage(grpc::ServerContext* ctx, const v1::RunStageRequest* req,
                         grpc::ServerWriter<v1::RunStageEvent>* writer) override {
+    const int64_t accepted = NowUnixUs();
     std::lock_guard lock(run_mu_);
     const auto kind = KindOf(req->stage());
     if (!kind) return {grpc::StatusCode::INVALID_ARGUMENT, "stage: unspecified"};
@@ -259,10 +260,11 @@ class WorkerService final : public v1::Worker::Service {
           break;
         }
       }
-      const int64_t finished = NowUnixUs();
       for (const auto& [name, t] : outputs) store_.Put(job, name, ToBlob(t));
+      const int64_t finished = NowUnixUs();
       for (const auto& [name, t] : outputs) Describe(job, name, result.add_outputs());
       if (*kind == StageKind::kVaeDecoder) Describe(job, "video.mp4", result.add_outputs());
+      result.set_accepted_unix_us(accepted);
       result.set_started_unix_us(started);
       result.set_finished_unix_us(finished);
       const StageProfile p = Profile(host, *kind, r);

@@ -1,0 +1,317 @@
+// Benchmarks of the distributed path, each against its baseline in the same run (docs/BENCHMARKS.md):
+//   reel_cluster_bench dispatch [JOBS]         stage completion -> next stage start, vs a bare gRPC unary round trip
+//   reel_cluster_bench transfer [MB] [REPS]    worker-to-worker tensor fetch, vs a raw TCP loopback copy
+//   reel_cluster_bench throughput [JOBS] [MODEL] [FRAMES] [SIZE] [STEPS]
+//                                              jobs per hour with 2 workers vs 1 (one intra-op thread each)
+// Real processes on loopback: the `reel` binary given by $REEL_BINARY (default: the one built beside this).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "reel/v1/worker.grpc.pb.h"
+#include "tests/cluster_harness.h"
+#include "transfer/tensor_stream.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = reel::v1;
+using Clock = std::chrono::steady_clock;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double Quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
+}
+
+std::string Binary() {
+  if (const char* b = std::getenv("REEL_BINARY")) return b;
+  return REEL_BINARY;
+}
+
+fs::path Scratch(const std::string& tag) {
+  const fs::path p = fs::temp_directory_path() / ("reel-bench-" + tag + "-" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+v1::SubmitJobRequest Job(const std::string& model, int frames, int size, int steps, double guidance, int seed) {
+  v1::SubmitJobRequest req;
+  auto* s = req.mutable_spec();
+  s->set_model(model);
+  s->set_prompt("a red fox running through snow");
+  s->set_frames(frames);
+  s->set_height(size);
+  s->set_width(size);
+  s->set_steps(steps);
+  s->set_guidance(guidance);
+  s->set_seed(seed);
+  return req;
+}
+
+std::string SubmitOrDie(reel::testing::Cluster& c, const v1::SubmitJobRequest& req) {
+  grpc::ClientContext ctx;
+  v1::SubmitJobResponse resp;
+  const grpc::Status st = c.stub().SubmitJob(&ctx, req, &resp);
+  if (!st.ok()) {
+    std::fprintf(stderr, "submit failed: %s\n%s", st.error_message().c_str(), c.Logs().c_str());
+    std::exit(1);
+  }
+  return resp.job_id();
+}
+
+const v1::StageRun& StageOf(const v1::Job& j, v1::Stage s) {
+  for (const auto& st : j.stages())
+    if (st.stage() == s) return st;
+  static v1::StageRun none;
+  return none;
+}
+
+// ---- dispatch ----
+
+int Dispatch(int jobs) {
+  const fs::path dir = Scratch("dispatch");
+  reel::testing::Cluster c(Binary(), dir);
+  const fs::path placement = dir / "placement.json";
+  std::ofstream(placement) << R"({"workers": [{"name": "enc", "stages": ["text_encoder", "vae_decoder"]},
+                                              {"name": "dit", "stages": ["denoiser"]}]})";
+  if (!c.StartCoordinator({"--placement", placement.string()})) return 1;
+  c.StartWorker("enc");
+  c.StartWorker("dit");
+  if (!c.WaitIdle(2)) {
+    std::fprintf(stderr, "%s", c.Logs().c_str());
+    return 1;
+  }
+  std::string dit_address;
+  const auto workers = c.Workers();
+  for (const auto& w : workers.workers())
+    if (w.name() == "dit") dit_address = w.address();
+
+  // Jobs one at a time, so every gap is dispatch and nothing else (no queueing behind another job).
+  std::vector<double> gaps;
+  for (int i = 0; i < jobs; ++i) {
+    const v1::Job j = c.WaitJob(SubmitOrDie(c, Job("tiny", 9, 64, 1, 1.0, i)));
+    if (j.state() != v1::SUCCEEDED) {
+      std::fprintf(stderr, "job failed: %s\n", j.error().c_str());
+      return 1;
+    }
+    const auto &t = StageOf(j, v1::TEXT_ENCODER), &d = StageOf(j, v1::DENOISER), &v = StageOf(j, v1::VAE_DECODER);
+    gaps.push_back((d.accepted_unix_us() - t.finished_unix_us()) / 1e3);
+    gaps.push_back((v.accepted_unix_us() - d.finished_unix_us()) / 1e3);
+  }
+
+  // The baseline: a bare unary call on the same loopback, to the same worker process.
+  auto stub = v1::Worker::NewStub(reel::ChannelTo(dit_address));
+  std::vector<double> rtt;
+  for (int i = 0; i < 400; ++i) {
+    grpc::ClientContext ctx;
+    v1::ReleaseJobRequest req;
+    req.set_job_id("none");
+    v1::ReleaseJobResponse resp;
+    const auto t0 = Clock::now();
+    stub->ReleaseJob(&ctx, req, &resp);
+    if (i >= 50) rtt.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  const double g = Median(gaps), r = Median(rtt);
+  std::printf("dispatch: %zu stage handoffs over %d jobs (tiny, 2 workers)\n", gaps.size(), jobs);
+  std::printf("  stage completion -> next stage start: median %.3f ms, p90 %.3f ms\n", g, Quantile(gaps, 0.9));
+  std::printf("  bare gRPC unary round trip:           median %.3f ms, p90 %.3f ms\n", r, Quantile(rtt, 0.9));
+  std::printf("  ratio (median): %.2f  (target <= 2.0)\n", g / r);
+  fs::remove_all(dir);
+  return 0;
+}
+
+// ---- transfer ----
+
+// Serves one blob with the worker's streaming code (WriteTensor), in a child process.
+class BlobWorker final : public v1::Worker::Service {
+ public:
+  explicit BlobWorker(std::shared_ptr<const reel::TensorBlob> blob) : blob_(std::move(blob)) {}
+  grpc::Status FetchTensor(grpc::ServerContext*, const v1::FetchTensorRequest* req,
+                           grpc::ServerWriter<v1::TensorChunk>* w) override {
+    return reel::WriteTensor(w, *blob_, req->chunk_bytes()) ? grpc::Status::OK
+                                                            : grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+  }
+
+ private:
+  std::shared_ptr<const reel::TensorBlob> blob_;
+};
+
+std::string Pattern(int64_t bytes) {
+  std::string data(static_cast<size_t>(bytes), '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 2654435761u) >> 13);
+  return data;
+}
+
+int Transfer(int mb, int reps) {
+  const int64_t bytes = int64_t{mb} << 20;
+  int ports[2];
+  if (::pipe(ports) != 0) return 1;
+
+  // Raw TCP: a child writes the bytes, the parent reads them into a buffer of their size.
+  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::listen(lfd, 8);
+  socklen_t len = sizeof addr;
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const pid_t tcp_child = ::fork();
+  if (tcp_child == 0) {
+    const std::string data = Pattern(bytes);
+    for (int r = 0; r < reps + 1; ++r) {
+      const int c = ::accept(lfd, nullptr, nullptr);
+      for (int64_t off = 0; off < bytes;) {
+        const ssize_t n = ::send(c, data.data() + off, static_cast<size_t>(bytes - off), 0);
+        if (n <= 0) break;
+        off += n;
+      }
+      ::close(c);
+    }
+    ::_exit(0);
+  }
+  std::vector<double> tcp;
+  {
+    std::string buf(static_cast<size_t>(bytes), '\0');
+    for (int r = 0; r < reps + 1; ++r) {
+      const int c = ::socket(AF_INET, SOCK_STREAM, 0);
+      const auto t0 = Clock::now();
+      ::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+      int64_t got = 0;
+      for (ssize_t n; got < bytes && (n = ::recv(c, buf.data() + got, static_cast<size_t>(bytes - got), 0)) > 0;)
+        got += n;
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      ::close(c);
+      if (r > 0) tcp.push_back(s);  // the first run warms the page cache and the allocator
+    }
+  }
+  ::waitpid(tcp_child, nullptr, 0);
+  ::close(lfd);
+
+  // gRPC: a child process serves the blob as a worker does; this process fetches it as a worker does
+  // (chunks, reassembly, XXH3 check).
+  const pid_t grpc_child = ::fork();
+  if (grpc_child == 0) {
+    reel::TensorBlob b;
+    b.dtype = "u8";
+    b.shape = {bytes};
+    b.data = Pattern(bytes);
+    BlobWorker service(reel::SealBlob(std::move(b)));
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.SetMaxSendMessageSize(reel::kMaxMessageBytes);
+    builder.RegisterService(&service);
+    auto server = builder.BuildAndStart();
+    (void)!::write(ports[1], &port, sizeof port);
+    server->Wait();
+    ::_exit(0);
+  }
+  int port = 0;
+  (void)!::read(ports[0], &port, sizeof port);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  std::map<int, std::vector<double>> grpc_times;
+  for (int chunk : {1 << 20, 4 << 20}) {
+    for (int r = 0; r < reps + 1; ++r) {
+      const auto t0 = Clock::now();
+      auto blob = reel::FetchTensor(address, "bench", "blob", chunk);
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (blob->bytes() != bytes) return 1;
+      if (r > 0) grpc_times[chunk].push_back(s);
+    }
+  }
+  ::kill(grpc_child, SIGTERM);
+  ::waitpid(grpc_child, nullptr, 0);
+
+  const double tcp_mbps = mb / Median(tcp);
+  std::printf("transfer: %d MiB, %d runs each (median), two processes on loopback\n", mb, reps);
+  std::printf("  raw TCP copy:                 %8.0f MiB/s\n", tcp_mbps);
+  for (const auto& [chunk, times] : grpc_times) {
+    const double mbps = mb / Median(times);
+    std::printf("  FetchTensor, %d MiB chunks:    %8.0f MiB/s  ratio %.2f  (target >= 0.50)\n", chunk >> 20, mbps,
+                mbps / tcp_mbps);
+  }
+  return 0;
+}
+
+// ---- throughput ----
+
+struct Run {
+  double seconds = 0;
+  std::map<std::string, std::vector<double>> stage_seconds;
+};
+
+Run Stream(int workers, int jobs, const std::string& model, int frames, int size, int steps) {
+  const fs::path dir = Scratch("throughput-" + std::to_string(workers));
+  reel::testing::Cluster c(Binary(), dir);
+  Run run;
+  if (!c.StartCoordinator({"--model", model})) std::exit(1);
+  for (int i = 0; i < workers; ++i) c.StartWorker("w" + std::to_string(i));
+  if (!c.WaitIdle(workers, 600)) {
+    std::fprintf(stderr, "%s", c.Logs().c_str());
+    std::exit(1);
+  }
+  std::vector<std::string> ids;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < jobs; ++i) ids.push_back(SubmitOrDie(c, Job(model, frames, size, steps, 6.0, i)));
+  for (const auto& id : ids) {
+    const v1::Job j = c.WaitJob(id, 3600);
+    if (j.state() != v1::SUCCEEDED) {
+      std::fprintf(stderr, "job %s: %s\n%s", id.c_str(), j.error().c_str(), c.Logs().c_str());
+      std::exit(1);
+    }
+    for (const auto& s : j.stages())
+      run.stage_seconds[v1::Stage_Name(s.stage())].push_back((s.finished_unix_us() - s.started_unix_us()) / 1e6);
+  }
+  run.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  fs::remove_all(dir);
+  return run;
+}
+
+int Throughput(int jobs, const std::string& model, int frames, int size, int steps) {
+  const Run one = Stream(1, jobs, model, frames, size, steps);
+  const Run two = Stream(2, jobs, model, frames, size, steps);
+  std::printf("throughput: %d jobs of %s, %d frames %dx%d, %d steps, guidance 6; one intra-op thread per worker\n",
+              jobs, model.c_str(), frames, size, size, steps);
+  for (const auto& [stage, v] : one.stage_seconds)
+    std::printf("  %-13s median %.3f s per run (1 worker)\n", stage.c_str(), Median(v));
+  const double jph1 = jobs / one.seconds * 3600, jph2 = jobs / two.seconds * 3600;
+  std::printf("  1 worker:  %6.1f s, %7.0f jobs/hour\n", one.seconds, jph1);
+  std::printf("  2 workers: %6.1f s, %7.0f jobs/hour\n", two.seconds, jph2);
+  std::printf("  ratio: %.2f  (target >= 1.80)\n", jph2 / jph1);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string what = argc > 1 ? argv[1] : "";
+  auto arg = [&](int i, int def) { return argc > i ? std::atoi(argv[i]) : def; };
+  if (what == "dispatch") return Dispatch(arg(2, 20));
+  if (what == "transfer") return Transfer(arg(2, 64), arg(3, 5));
+  if (what == "throughput")
+    return Throughput(arg(2, 8), argc > 3 ? argv[3] : "tiny", arg(4, 17), arg(5, 128), arg(6, 8));
+  std::fprintf(stderr, "usage: reel_cluster_bench dispatch [JOBS] | transfer [MB] [REPS] | "
+                       "throughput [JOBS] [MODEL] [FRAMES] [SIZE] [STEPS]\n");
+  return 2;
+}
