@@ -131,6 +131,22 @@ int Dispatch(int jobs) {
     stub->ReleaseJob(&ctx, req, &resp);
     if (i >= 50) rtt.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
+  // A server-streaming call that ends at once (what RunStage is): its round trip.
+  std::vector<double> stream_rtt;
+  for (int i = 0; i < 200; ++i) {
+    grpc::ClientContext ctx;
+    v1::FetchTensorRequest req;
+    req.set_job_id("none");
+    req.set_name("none");
+    const auto t0 = Clock::now();
+    auto reader = stub->FetchTensor(&ctx, req);
+    v1::TensorChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    reader->Finish();
+    if (i >= 50) stream_rtt.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  std::printf("  server-streaming call round trip:     median %.3f ms\n", Median(stream_rtt));
   const double g = Median(gaps), r = Median(rtt);
   std::printf("dispatch: %zu stage handoffs over %d jobs (tiny, 2 workers)\n", gaps.size(), jobs);
   std::printf("  stage completion -> next stage start: median %.3f ms, p90 %.3f ms\n", g, Quantile(gaps, 0.9));

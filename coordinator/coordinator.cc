@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -196,7 +197,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   std::map<std::string, WorkerEntry> workers;  // by id
   std::vector<ActiveRun> active;
   int next_worker = 1;
-  int threads = 0;  // run, load and release threads still going
+  int threads = 0;  // pool threads alive
+  int idle = 0;     // pool threads waiting for a task
+  std::deque<std::function<void()>> tasks;
+  std::condition_variable pool_cv, monitor_cv;
   bool stopping = false;
 
   std::unique_ptr<grpc::Server> server;
@@ -245,14 +249,36 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     return j;
   }
 
+  // Runs `fn` on a pooled thread (mu held by the caller). Stage calls block for a stage's length, so the pool grows
+  // when every thread is busy; an idle thread picks the next task up in microseconds, where starting a thread
+  // would sit in every stage handoff.
   void StartThread(std::function<void()> fn) {
+    tasks.push_back(std::move(fn));
+    if (idle > 0) {
+      pool_cv.notify_one();
+      return;
+    }
     ++threads;
-    std::thread([this, fn = std::move(fn)] {
+    std::thread([this] { PoolLoop(); }).detach();
+  }
+
+  void PoolLoop() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      if (tasks.empty() && !stopping) {
+        ++idle;
+        pool_cv.wait_for(lock, std::chrono::seconds(30), [&] { return !tasks.empty() || stopping; });
+        --idle;
+      }
+      if (tasks.empty()) break;  // stopping, or idle for long: the pool shrinks
+      auto fn = std::move(tasks.front());
+      tasks.pop_front();
+      lock.unlock();
       fn();
-      std::lock_guard lock(mu);
-      --threads;
-      cv.notify_all();
-    }).detach();
+      lock.lock();
+    }
+    --threads;
+    cv.notify_all();
   }
 
   // ---- placement ----
@@ -449,12 +475,20 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     auto stub = v1::Worker::NewStub(ChannelTo(address));
     auto reader = stub->RunStage(run.ctx.get(), req);
     v1::RunStageEvent ev;
-    std::optional<v1::RunStageResult> result;
+    bool completed = false;
+    std::string profile;
     while (reader->Read(&ev)) {
       if (ev.has_result()) {
-        result = ev.result();
+        // Acted on at once: the next stage is dispatched before the worker's profile and the call's end arrive.
+        Finished(run, grpc::Status::OK, ev.result());
+        completed = true;
         continue;
       }
+      if (ev.has_profile()) {
+        profile = ev.profile().json();
+        continue;
+      }
+      if (completed) continue;
       std::lock_guard lock(mu);
       auto it = jobs.find(run.job);
       if (it == jobs.end()) continue;
@@ -463,8 +497,26 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       s->set_steps(ev.steps_total());
       Touch(run.job);
     }
-    const grpc::Status st = reader->Finish();
-    Finished(run, st, result);
+    grpc::Status st = reader->Finish();
+    if (completed) {
+      RecordProfile(run, profile);
+      return;
+    }
+    if (st.ok()) st = grpc::Status(grpc::StatusCode::INTERNAL, "the worker ended the stage without a result");
+    Finished(run, st, std::nullopt);
+  }
+
+  // The worker's measurements of a finished run: into the profile store (the planner's truth) and the job's row.
+  void RecordProfile(const ActiveRun& run, const std::string& profile) {
+    if (profile.empty()) return;
+    StoreProfile(profile);
+    std::lock_guard lock(mu);
+    auto it = jobs.find(run.job);
+    if (it == jobs.end()) return;
+    JobRecord& r = it->second;
+    if (r.stage_profiles.size() < static_cast<size_t>(r.job.stages_size())) r.stage_profiles.resize(r.job.stages_size());
+    r.stage_profiles[run.stage_index] = profile;
+    if (Terminal(r.job.state())) Persist(r);
   }
 
   void FreeWorkers(const ActiveRun& run) {
@@ -511,8 +563,6 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       s->set_accepted_unix_us(result->accepted_unix_us());
       s->set_started_unix_us(result->started_unix_us());
       s->set_finished_unix_us(result->finished_unix_us());
-      if (r.stage_profiles.size() < static_cast<size_t>(r.job.stages_size())) r.stage_profiles.resize(r.job.stages_size());
-      r.stage_profiles[run.stage_index] = result->profile().json();
       std::string address;
       if (auto w = workers.find(run.worker_id); w != workers.end()) address = w->second.info.address();
       for (const auto& out : result->outputs()) {
@@ -524,7 +574,6 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         ref.set_bytes(out.bytes());
         outputs[r.job.id()][out.name()] = ref;
       }
-      StoreProfile(result->profile().json());
       if (kind == StageKind::kVaeDecoder) {
         const v1::TensorRef video = outputs[r.job.id()]["video.mp4"];
         const int frames = result->frames();
@@ -660,7 +709,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   void Monitor() {
     std::unique_lock lock(mu);
     while (!stopping) {
-      cv.wait_for(lock, std::chrono::milliseconds(std::max(50, o.heartbeat_ms / 2)));
+      monitor_cv.wait_for(lock, std::chrono::milliseconds(std::max(50, o.heartbeat_ms / 2)));
       if (stopping) break;
       const int64_t now = SteadyMs();
       bool changed = false;
@@ -1035,6 +1084,8 @@ void Coordinator::Shutdown() {
     m.stopping = true;
     for (auto& a : m.active) a.ctx->TryCancel();
     m.cv.notify_all();
+    m.pool_cv.notify_all();
+    m.monitor_cv.notify_all();
   }
   if (m.monitor.joinable()) m.monitor.join();
   if (m.server) m.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

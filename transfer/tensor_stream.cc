@@ -44,6 +44,10 @@ bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, cons
   return true;
 }
 
+TensorAssembler::TensorAssembler() : hash_(XXH3_createState()) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(hash_)); }
+
+TensorAssembler::~TensorAssembler() { XXH3_freeState(static_cast<XXH3_state_t*>(hash_)); }
+
 bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error) {
   if (!have_header_) {
     if (!chunk.has_header()) {
@@ -71,6 +75,7 @@ bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error
     return false;
   }
   blob_.data.append(chunk.data());
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(hash_), chunk.data().data(), chunk.data().size());
   return true;
 }
 
@@ -83,7 +88,7 @@ std::shared_ptr<const TensorBlob> TensorAssembler::Finish(std::string* error) {
     *error = fmt::format("tensor stream: ended after {} of {} bytes", blob_.bytes(), total_);
     return nullptr;
   }
-  const uint64_t sum = Checksum(blob_.data);
+  const uint64_t sum = XXH3_64bits_digest(static_cast<XXH3_state_t*>(hash_));
   if (sum != blob_.xxh3) {
     *error = fmt::format("tensor stream: checksum {:016x} does not match the sender's {:016x}", sum, blob_.xxh3);
     return nullptr;

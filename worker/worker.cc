@@ -267,8 +267,14 @@ class WorkerService final : public v1::Worker::Service {
       result.set_accepted_unix_us(accepted);
       result.set_started_unix_us(started);
       result.set_finished_unix_us(finished);
+      // The result goes first: the next stage can be dispatched while this worker measures.
+      v1::RunStageEvent ev;
+      *ev.mutable_result() = result;
+      writer->Write(ev);
       const StageProfile p = Profile(host, *kind, r);
-      result.mutable_profile()->set_json(p.ToJson().dump());
+      v1::RunStageEvent pe;
+      pe.mutable_profile()->set_json(p.ToJson().dump());
+      writer->Write(pe);
       if (metrics_) {
         metrics_->RecordStage(p);
         Gauges();
@@ -281,9 +287,6 @@ class WorkerService final : public v1::Worker::Service {
       spdlog::error("job {} stage {}: {}", job, StageKindName(*kind), e.what());
       return {grpc::StatusCode::INTERNAL, e.what()};
     }
-    v1::RunStageEvent ev;
-    *ev.mutable_result() = result;
-    writer->Write(ev);
     return grpc::Status::OK;
   }
 
