@@ -196,6 +196,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   std::map<std::string, int64_t> result_us;  // job → when its last stage result arrived (for dispatch latency)
   std::map<std::string, WorkerEntry> workers;  // by id
   std::vector<ActiveRun> active;
+  std::set<const grpc::ClientContext*> superseded;  // calls cancelled because their job moved on
   int next_worker = 1;
   int threads = 0;  // pool threads alive
   int idle = 0;     // pool threads waiting for a task
@@ -358,25 +359,34 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
 
   void Dispatch() {
     if (stopping) return;
-    std::vector<Ready> ready;
-    for (auto& [id, r] : jobs) {
-      const auto st = r.job.state();
-      if (st != v1::QUEUED && st != v1::RUNNING) continue;
-      const bool i2v = models.at(r.job.spec().model()).image_conditioned;
-      for (int i = 0; i < r.job.stages_size(); ++i) {
-        const auto& s = r.job.stages(i);
-        if (s.state() != "pending") continue;
-        bool deps_done = true;
-        for (StageKind d : DepsOf(KindOfStage(s.stage()), i2v))
-          for (const auto& other : r.job.stages())
-            if (KindOfStage(other.stage()) == d && other.state() != "done") deps_done = false;
-        if (deps_done) ready.push_back({id, i, r.job.priority(), r.seq});
+    // Stages whose inputs all exist (ready), or whose inputs are being produced now (early).
+    auto collect = [&](bool early) {
+      std::vector<Ready> out;
+      for (auto& [id, r] : jobs) {
+        const auto st = r.job.state();
+        if (st != v1::QUEUED && st != v1::RUNNING) continue;
+        const bool i2v = models.at(r.job.spec().model()).image_conditioned;
+        for (int i = 0; i < r.job.stages_size(); ++i) {
+          const auto& s = r.job.stages(i);
+          if (s.state() != "pending") continue;
+          bool all_done = true, all_started = true;
+          for (StageKind d : DepsOf(KindOfStage(s.stage()), i2v))
+            for (const auto& other : r.job.stages())
+              if (KindOfStage(other.stage()) == d) {
+                all_done = all_done && other.state() == "done";
+                all_started = all_started && (other.state() == "done" || other.state() == "running");
+              }
+          if (early ? (!all_done && all_started) : all_done) out.push_back({id, i, r.job.priority(), r.seq});
+        }
       }
-    }
-    // Highest priority first, then submission order: an older job's next stage goes before a newer job's first.
-    std::sort(ready.begin(), ready.end(), [](const Ready& a, const Ready& b) {
-      return a.priority != b.priority ? a.priority > b.priority : (a.seq != b.seq ? a.seq < b.seq : a.index < b.index);
-    });
+      // Highest priority first, then submission order: an older job's next stage goes before a newer job's first.
+      std::sort(out.begin(), out.end(), [](const Ready& a, const Ready& b) {
+        return a.priority != b.priority ? a.priority > b.priority
+                                        : (a.seq != b.seq ? a.seq < b.seq : a.index < b.index);
+      });
+      return out;
+    };
+    const std::vector<Ready> ready = collect(false);
     // How many ready stages a worker could take: a guided denoise borrows a second worker only when nothing
     // else is waiting for it, so guidance-parallel lowers latency without costing throughput.
     auto waiting_for = [&](const WorkerEntry* w, const Ready& except) {
@@ -389,14 +399,16 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       }
       return n;
     };
-    for (const auto& rd : ready) {
+    auto place = [&](const Ready& rd, bool early) {
       JobRecord& r = jobs[rd.job];
+      if (r.job.stages(rd.index).state() != "pending") return;
       const std::string& model = r.job.spec().model();
       const StageKind kind = KindOfStage(r.job.stages(rd.index).stage());
       std::vector<WorkerEntry*> idle;
       for (auto& [wid, w] : workers)
-        if (w.info.state() == "idle" && w.holds.count({model, kind})) idle.push_back(&w);
-      if (idle.empty()) continue;
+        if (w.info.state() == "idle" && w.holds.count({model, kind}) && (!early || waiting_for(&w, rd) == 0))
+          idle.push_back(&w);
+      if (idle.empty()) return;
       // Prefer the worker already holding the inputs, then the one that has run least.
       auto local_bytes = [&](const WorkerEntry* w) {
         int64_t n = 0;
@@ -415,8 +427,40 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
           waiting_for(idle[1], rd) == 0)
         peer = idle[1];
       Launch(r, rd.index, w, peer);
-    }
+    };
+    for (const auto& rd : ready) place(rd, false);
+    const std::vector<Ready> early = collect(true);
+    // Then stages whose inputs are still being produced, on workers nothing else is waiting for: they start
+    // fetching at once and compute the moment the producer stores its output, with no round trip through here.
+    for (const auto& rd : early) place(rd, true);
     UpdateGauges();
+  }
+
+  // Where a stage input is, or will be: a stored output, else the worker now running the stage producing it.
+  v1::TensorRef RefFor(const JobRecord& r, const std::string& name) {
+    if (auto it = outputs[r.job.id()].find(name); it != outputs[r.job.id()].end()) return it->second;
+    const StageKind producer = name == "text"            ? StageKind::kTextEncoder
+                               : name == "image_moments" ? StageKind::kVaeEncoder
+                                                         : StageKind::kDenoiser;
+    v1::TensorRef ref;
+    ref.set_job_id(r.job.id());
+    ref.set_name(name);
+    for (const auto& s : r.job.stages())
+      if (KindOfStage(s.stage()) == producer && s.state() == "running")
+        if (const WorkerEntry* w = WorkerByName(s.worker())) {
+          ref.set_address(w->info.address());
+          ref.set_worker(w->info.name());
+        }
+    return ref;
+  }
+
+  // Stops a job's stage calls; their endings change nothing (the job was requeued or ended).
+  void CancelRuns(const std::string& job) {
+    for (auto& a : active)
+      if (a.job == job) {
+        superseded.insert(a.ctx.get());
+        a.ctx->TryCancel();
+      }
   }
 
   void Launch(JobRecord& r, int index, WorkerEntry* w, WorkerEntry* peer) {
@@ -450,7 +494,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     if (kind != StageKind::kVaeEncoder) req.mutable_spec()->clear_image();
     req.set_stage(s->stage());
     const bool i2v = models.at(job.spec().model()).image_conditioned;
-    for (const auto& name : InputsOf(kind, i2v)) *req.add_inputs() = outputs[job.id()][name];
+    for (const auto& name : InputsOf(kind, i2v)) *req.add_inputs() = RefFor(r, name);
     if (peer) {
       req.set_guidance_peer_address(peer->info.address());
       req.set_guidance_peer(peer->info.name());
@@ -536,6 +580,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   void Finished(const ActiveRun& run, const grpc::Status& st, const std::optional<v1::RunStageResult>& result) {
     std::unique_lock lock(mu);
     FreeWorkers(run);
+    if (superseded.erase(run.ctx.get())) {
+      Dispatch();
+      return;
+    }
     auto it = jobs.find(run.job);
     if (it == jobs.end()) return;
     JobRecord& r = it->second;
@@ -550,7 +598,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         .Observe((now - s->started_unix_us()) / 1e6);
 
     if (Terminal(r.job.state())) {
-      // Cancelled while it ran: the worker is free again; its tensors go.
+      // Ended while it ran (cancelled): the worker is free again; its tensors go.
       s->set_state("cancelled");
       Persist(r);
       Touch(r.job.id());
@@ -642,6 +690,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   }
 
   void Requeue(JobRecord& r, const std::string& why) {
+    CancelRuns(r.job.id());
     ReleaseTensors(r.job.id());
     r.job.set_state(v1::QUEUED);
     r.job.set_error(why);
@@ -659,12 +708,15 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   }
 
   void End(JobRecord& r, v1::JobState state, const std::string& error) {
+    CancelRuns(r.job.id());  // a later stage may be waiting for an input that will not come
     const int64_t now = NowUnixUs();
     r.job.set_state(state);
     r.job.set_error(error);
     r.job.set_finished_unix_us(now);
-    for (auto& s : *r.job.mutable_stages())
+    for (auto& s : *r.job.mutable_stages()) {
       if (s.state() == "pending") s.set_state(state == v1::CANCELLED ? "cancelled" : "skipped");
+      if (s.state() == "running") s.set_state("cancelled");
+    }
     metrics.Count(state == v1::SUCCEEDED ? "succeeded" : state == v1::FAILED ? "failed" : "cancelled");
     if (state == v1::SUCCEEDED && r.job.started_unix_us() > 0)
       metrics.job_seconds.Add({}, DurationBuckets()).Observe((now - r.job.started_unix_us()) / 1e6);
@@ -952,9 +1004,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     if (Terminal(r.job.state()))
       return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
                     fmt::format("job {}: already {}", r.job.id(), v1::JobState_Name(r.job.state())));
-    for (auto& a : active)
-      if (a.job == r.job.id()) a.ctx->TryCancel();  // the worker stops at its next step and is free again
-    End(r, v1::CANCELLED, "cancelled by a client");
+    End(r, v1::CANCELLED, "cancelled by a client");  // the worker stops at its next step and is free again
     *resp = Public(r);
     return grpc::Status::OK;
   }

@@ -237,6 +237,27 @@ TEST_F(ClusterTest, CancelStopsAJobAndFreesItsWorker) {
   EXPECT_NE(again.output.find("already CANCELLED"), std::string::npos) << again.output;
 }
 
+TEST_F(ClusterTest, CancelFreesAWorkerWaitingForItsInputs) {
+  ASSERT_NO_FATAL_FAILURE(StartSplit());
+  const std::string id = Submit(std::string(kJob) + " --steps 900");
+  // While the denoiser runs, the decoder was dispatched early to the idle encoder worker and waits for latents.
+  ASSERT_TRUE(WaitFor([&] { return StageOf(cluster_->Job(id), v1::DENOISER).step() >= 2; }, 60));
+  ASSERT_EQ(StageOf(cluster_->Job(id), v1::VAE_DECODER).state(), "running");
+  ASSERT_EQ(Reel("cancel " + id + " --coordinator " + cluster_->address()).exit_code, 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const auto w = cluster_->Workers();
+        return w.workers_size() == 2 && w.workers(0).state() == "idle" && w.workers(1).state() == "idle";
+      },
+      10))
+      << "a worker stayed busy after the cancel";
+  const v1::Job j = cluster_->Job(id);
+  EXPECT_EQ(j.state(), v1::CANCELLED);
+  EXPECT_EQ(StageOf(j, v1::VAE_DECODER).state(), "cancelled");
+  const v1::Job next = cluster_->WaitJob(Submit(std::string(kJob) + " --steps 2"));
+  EXPECT_EQ(next.state(), v1::SUCCEEDED) << next.error();
+}
+
 TEST_F(ClusterTest, AQueuedJobSurvivesACoordinatorRestart) {
   ASSERT_TRUE(cluster_->StartCoordinator());
   const std::string id = Submit(std::string(kJob) + " --steps 4");

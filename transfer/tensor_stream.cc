@@ -125,22 +125,26 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
 }
 
 std::shared_ptr<const TensorBlob> FetchTensor(const std::string& address, const std::string& job_id,
-                                              const std::string& name, int chunk_bytes) {
+                                              const std::string& name, int chunk_bytes, int wait_ms,
+                                              const grpc::ServerContext* parent) {
   auto stub = reel::v1::Worker::NewStub(ChannelTo(address));
-  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientContext> ctx =
+      parent ? grpc::ClientContext::FromServerContext(*parent) : std::make_unique<grpc::ClientContext>();
   reel::v1::FetchTensorRequest req;
   req.set_job_id(job_id);
   req.set_name(name);
   req.set_chunk_bytes(chunk_bytes);
-  auto reader = stub->FetchTensor(&ctx, req);
+  req.set_wait_ms(wait_ms);
+  auto reader = stub->FetchTensor(ctx.get(), req);
   grpc::Status st;
   std::string error;
-  auto blob = ReadTensor(*reader, ctx, &st, &error);
+  auto blob = ReadTensor(*reader, *ctx, &st, &error);
   if (blob) return blob;
   const std::string what = fmt::format("fetching {}/{} from {}: {}", job_id, name, address,
                                        st.ok() ? error : st.error_message());
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE) throw Unavailable(what);
   if (st.error_code() == grpc::StatusCode::NOT_FOUND) throw NotFound(what);
+  if (st.error_code() == grpc::StatusCode::CANCELLED) throw Cancelled(what);
   throw Internal(what);
 }
 
@@ -164,8 +168,25 @@ std::shared_ptr<const TensorBlob> ReadTensor(grpc::ClientReaderInterface<reel::v
 }
 
 void TensorStore::Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob) {
-  std::lock_guard lock(mu_);
-  blobs_[{job, name}] = std::move(blob);
+  {
+    std::lock_guard lock(mu_);
+    blobs_[{job, name}] = std::move(blob);
+  }
+  put_.notify_all();
+}
+
+std::shared_ptr<const TensorBlob> TensorStore::WaitGet(const std::string& job, const std::string& name,
+                                                       std::chrono::milliseconds wait,
+                                                       const std::function<bool()>& cancelled) {
+  const auto end = std::chrono::steady_clock::now() + wait;
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (auto it = blobs_.find({job, name}); it != blobs_.end()) return it->second;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= end || (cancelled && cancelled())) return nullptr;
+    // Cancellation is polled: a waiting fetch notices its caller went away within 50 ms.
+    put_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(end - now, std::chrono::milliseconds(50)));
+  }
 }
 
 std::shared_ptr<const TensorBlob> TensorStore::Get(const std::string& job, const std::string& name) const {

@@ -2,7 +2,10 @@
 // chunks (header first) and verified on arrival. Torch-free: the coordinator downloads outputs with the same code.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,9 +70,12 @@ std::shared_ptr<const TensorBlob> FromChunk(const reel::v1::TensorChunk& chunk, 
 std::shared_ptr<const TensorBlob> ReadTensor(grpc::ClientReaderInterface<reel::v1::TensorChunk>& reader,
                                              grpc::ClientContext& ctx, grpc::Status* status, std::string* error);
 
-// Fetches (job, name) from the worker at `address`; throws Error (Unavailable / Internal) naming the worker.
+// Fetches (job, name) from the worker at `address`; throws Error (Unavailable / NotFound / Internal) naming the
+// worker. With `wait_ms`, a tensor its producer has not stored yet is waited for that long. With `parent`, the
+// fetch is cancelled when that server call is (a stage call cancelled while it waits for its inputs).
 std::shared_ptr<const TensorBlob> FetchTensor(const std::string& address, const std::string& job_id,
-                                              const std::string& name, int chunk_bytes = kDefaultChunkBytes);
+                                              const std::string& name, int chunk_bytes = kDefaultChunkBytes,
+                                              int wait_ms = 0, const grpc::ServerContext* parent = nullptr);
 
 // Channels with Reel's message limits, one per address, shared by the process.
 std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);
@@ -79,12 +85,16 @@ class TensorStore {
  public:
   void Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob);
   std::shared_ptr<const TensorBlob> Get(const std::string& job, const std::string& name) const;
+  // Waits up to `wait` for the tensor to be put; null when it was not (or `cancelled` said stop).
+  std::shared_ptr<const TensorBlob> WaitGet(const std::string& job, const std::string& name,
+                                            std::chrono::milliseconds wait, const std::function<bool()>& cancelled);
   int Release(const std::string& job);
   int size() const;
   int64_t bytes() const;
 
  private:
   mutable std::mutex mu_;
+  std::condition_variable put_;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<const TensorBlob>> blobs_;
 };
 

@@ -227,7 +227,7 @@ class WorkerService final : public v1::Worker::Service {
       // Inputs come straight from the workers that produced them.
       const auto f0 = std::chrono::steady_clock::now();
       std::map<std::string, std::shared_ptr<const TensorBlob>> inputs;
-      for (const auto& ref : req->inputs()) inputs[ref.name()] = Fetch(ref);
+      for (const auto& ref : req->inputs()) inputs[ref.name()] = Fetch(ref, ctx);
       result.set_input_seconds(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count());
 
@@ -307,7 +307,7 @@ class WorkerService final : public v1::Worker::Service {
     try {
       torch::NoGradGuard no_grad;
       DeviceScope device;
-      const torch::Tensor text = FromBlob(*Fetch(setup.text())).narrow(0, setup.text_row(), 1).contiguous();
+      const torch::Tensor text = FromBlob(*Fetch(setup.text(), ctx)).narrow(0, setup.text_row(), 1).contiguous();
       rt.executor(StageKind::kDenoiser).stats() = StageStats{};
       rt.BeginStage(StageKind::kDenoiser);
       struct End {
@@ -339,9 +339,12 @@ class WorkerService final : public v1::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status FetchTensor(grpc::ServerContext*, const v1::FetchTensorRequest* req,
+  grpc::Status FetchTensor(grpc::ServerContext* ctx, const v1::FetchTensorRequest* req,
                            grpc::ServerWriter<v1::TensorChunk>* writer) override {
-    auto blob = store_.Get(req->job_id(), req->name());
+    auto blob = req->wait_ms() > 0 ? store_.WaitGet(req->job_id(), req->name(),
+                                                    std::chrono::milliseconds(req->wait_ms()),
+                                                    [ctx] { return ctx->IsCancelled(); })
+                                   : store_.Get(req->job_id(), req->name());
     if (!blob)
       return {grpc::StatusCode::NOT_FOUND,
               fmt::format("worker {} holds no tensor {} of job {}", name_, req->name(), req->job_id())};
@@ -401,13 +404,16 @@ class WorkerService final : public v1::Worker::Service {
     for (int64_t d : b->shape) o->add_shape(d);
   }
 
-  std::shared_ptr<const TensorBlob> Fetch(const v1::TensorRef& ref) {
+  // An input, from this worker's store or the producer's. A stage may be dispatched while its producer still
+  // runs: the fetch waits for the tensor and ends with the stage call if that is cancelled.
+  std::shared_ptr<const TensorBlob> Fetch(const v1::TensorRef& ref, grpc::ServerContext* ctx) {
     if (ref.address() == address_) {
       auto b = store_.Get(ref.job_id(), ref.name());
       if (!b) throw NotFound(fmt::format("worker {} holds no tensor {} of job {}", name_, ref.name(), ref.job_id()));
       return b;
     }
-    return reel::FetchTensor(ref.address(), ref.job_id(), ref.name());
+    constexpr int kInputWaitMs = 24 * 3600 * 1000;
+    return reel::FetchTensor(ref.address(), ref.job_id(), ref.name(), kDefaultChunkBytes, kInputWaitMs, ctx);
   }
 
   static std::shared_ptr<const TensorBlob> Need(const std::map<std::string, std::shared_ptr<const TensorBlob>>& in,
