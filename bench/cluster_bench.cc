@@ -238,7 +238,7 @@ int Transfer(int mb, int reps) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.SetMaxSendMessageSize(reel::kMaxMessageBytes);
+    reel::ConfigureServer(builder);
     builder.RegisterService(&service);
     auto server = builder.BuildAndStart();
     (void)!::write(ports[1], &port, sizeof port);

@@ -1092,8 +1092,7 @@ void Coordinator::Start() {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(m.o.listen, grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  ConfigureServer(builder);
   builder.RegisterService(&m);
   m.server = builder.BuildAndStart();
   if (!m.server || port == 0)
