@@ -107,7 +107,7 @@ int Dispatch(int jobs) {
     if (w.name() == "dit") dit_address = w.address();
 
   // Jobs one at a time, so every gap is dispatch and nothing else (no queueing behind another job).
-  std::vector<double> gaps;
+  std::vector<double> gaps, text_to_dit, dit_to_vae;
   for (int i = 0; i < jobs; ++i) {
     const v1::Job j = c.WaitJob(SubmitOrDie(c, Job("tiny", 9, 64, 1, 1.0, i)));
     if (j.state() != v1::SUCCEEDED) {
@@ -116,8 +116,10 @@ int Dispatch(int jobs) {
     }
     const auto &t = StageOf(j, v1::TEXT_ENCODER), &d = StageOf(j, v1::DENOISER), &v = StageOf(j, v1::VAE_DECODER);
     // Completion: the producer stored its output. Start: the next stage computes, its input fetched.
-    gaps.push_back((d.started_unix_us() - t.finished_unix_us()) / 1e3);
-    gaps.push_back((v.started_unix_us() - d.finished_unix_us()) / 1e3);
+    text_to_dit.push_back((d.started_unix_us() - t.finished_unix_us()) / 1e3);
+    dit_to_vae.push_back((v.started_unix_us() - d.finished_unix_us()) / 1e3);
+    gaps.push_back(text_to_dit.back());
+    gaps.push_back(dit_to_vae.back());
   }
 
   // The baseline: a bare unary call on the same loopback, to the same worker process.
@@ -152,6 +154,8 @@ int Dispatch(int jobs) {
   std::printf("dispatch: %zu stage handoffs over %d jobs (tiny, 2 workers)\n", gaps.size(), jobs);
   std::printf("  stage output stored -> next stage computing (input fetched): median %.3f ms, p90 %.3f ms\n", g,
               Quantile(gaps, 0.9));
+  std::printf("    text_encoder -> denoiser %.3f ms, denoiser -> vae_decoder %.3f ms (medians)\n", Median(text_to_dit),
+              Median(dit_to_vae));
   std::printf("  bare gRPC unary round trip:           median %.3f ms, p90 %.3f ms\n", r, Quantile(rtt, 0.9));
   std::printf("  ratio (median): %.2f  (target <= 2.0)\n", g / r);
   fs::remove_all(dir);
@@ -312,7 +316,8 @@ int Throughput(int jobs, const std::string& model, int frames, int size, int ste
   std::printf("throughput: %d jobs of %s, %d frames %dx%d, %d steps, guidance 6; one intra-op thread per worker\n",
               jobs, model.c_str(), frames, size, size, steps);
   for (const auto& [stage, v] : one.stage_seconds)
-    std::printf("  %-13s median %.3f s per run (1 worker)\n", stage.c_str(), Median(v));
+    std::printf("  %-13s median %.3f s per run with 1 worker, %.3f s with 2\n", stage.c_str(), Median(v),
+                Median(two.stage_seconds.at(stage)));
   const double jph1 = jobs / one.seconds * 3600, jph2 = jobs / two.seconds * 3600;
   std::printf("  1 worker:  %6.1f s, %7.0f jobs/hour\n", one.seconds, jph1);
   std::printf("  2 workers: %6.1f s, %7.0f jobs/hour\n", two.seconds, jph2);

@@ -39,6 +39,11 @@ bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, cons
     chunk.set_offset(off);
     chunk.set_data(blob.data.data() + off, static_cast<size_t>(n));
     off += n;
+    if (off >= total) {
+      // The last chunk travels with the call's status: the reader is done on one arrival, not two.
+      w->WriteLast(chunk, grpc::WriteOptions());
+      return true;
+    }
     if (!w->Write(chunk)) return false;
   } while (off < total);
   return true;
@@ -177,12 +182,15 @@ std::shared_ptr<const TensorBlob> ReadTensor(grpc::ClientReaderInterface<reel::v
   return a.Finish(error);
 }
 
-void TensorStore::Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob) {
+bool TensorStore::Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob) {
+  bool waiters = false;
   {
     std::lock_guard lock(mu_);
     blobs_[{job, name}] = std::move(blob);
+    waiters = waiting_ > 0;
   }
   put_.notify_all();
+  return waiters;
 }
 
 std::shared_ptr<const TensorBlob> TensorStore::WaitGet(const std::string& job, const std::string& name,
@@ -195,7 +203,9 @@ std::shared_ptr<const TensorBlob> TensorStore::WaitGet(const std::string& job, c
     const auto now = std::chrono::steady_clock::now();
     if (now >= end || (cancelled && cancelled())) return nullptr;
     // Cancellation is polled: a waiting fetch notices its caller went away within 50 ms.
+    ++waiting_;
     put_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(end - now, std::chrono::milliseconds(50)));
+    --waiting_;
   }
 }
 

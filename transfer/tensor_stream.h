@@ -85,7 +85,8 @@ void ConfigureServer(grpc::ServerBuilder& builder);
 // A worker's tensors, keyed by (job, name).
 class TensorStore {
  public:
-  void Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob);
+  // True when a fetch was waiting for it (the caller may step aside so that fetch runs first).
+  bool Put(const std::string& job, const std::string& name, std::shared_ptr<const TensorBlob> blob);
   std::shared_ptr<const TensorBlob> Get(const std::string& job, const std::string& name) const;
   // Waits up to `wait` for the tensor to be put; null when it was not (or `cancelled` said stop).
   std::shared_ptr<const TensorBlob> WaitGet(const std::string& job, const std::string& name,
@@ -97,6 +98,7 @@ class TensorStore {
  private:
   mutable std::mutex mu_;
   std::condition_variable put_;
+  int waiting_ = 0;  // fetches blocked in WaitGet
   std::map<std::pair<std::string, std::string>, std::shared_ptr<const TensorBlob>> blobs_;
 };
 

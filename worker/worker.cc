@@ -260,8 +260,11 @@ class WorkerService final : public v1::Worker::Service {
           break;
         }
       }
-      for (const auto& [name, t] : outputs) store_.Put(job, name, ToBlob(t));
+      bool awaited = false;
+      for (const auto& [name, t] : outputs) awaited = store_.Put(job, name, ToBlob(t)) || awaited;
       const int64_t finished = NowUnixUs();
+      // A consumer dispatched early is waiting for these: let its fetch go out before the bookkeeping below.
+      if (awaited) std::this_thread::yield();
       for (const auto& [name, t] : outputs) Describe(job, name, result.add_outputs());
       if (*kind == StageKind::kVaeDecoder) Describe(job, "video.mp4", result.add_outputs());
       result.set_accepted_unix_us(accepted);
