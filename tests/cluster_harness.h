@@ -17,7 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+
+#include <future>
 
 #include "reel/v1/coordinator.grpc.pb.h"
 #include "transfer/tensor_stream.h"
@@ -84,6 +87,25 @@ class Process {
   int status_ = -1;
   std::filesystem::path log_;
 };
+
+// grpc.health.v1.Health/Check on `address`, spoken without its generated code: an empty request (the server as a
+// whole) and the reply's bytes. True when the reply is SERVING (field 1 = 1).
+inline bool HealthServing(const std::string& address) {
+  grpc::GenericStub stub(ChannelTo(address));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Slice empty("", 0);
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status st) { done.set_value(st); });
+  if (!done.get_future().get().ok()) return false;
+  std::vector<grpc::Slice> slices;
+  response.Dump(&slices);
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return bytes == std::string("\x08\x01", 2);
+}
 
 inline bool WaitFor(const std::function<bool()>& cond, double seconds) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);

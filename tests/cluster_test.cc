@@ -116,8 +116,11 @@ ScratchDir* ClusterTest::scratch_ = nullptr;
 
 TEST_F(ClusterTest, StagesRunWhereTheyArePlacedAndTheVideoEqualsGenerate) {
   ASSERT_NO_FATAL_FAILURE(StartSplit());
+  // Both kinds of process answer the standard health check.
+  EXPECT_TRUE(testing::HealthServing(cluster_->address()));
   const auto workers = cluster_->Workers();
   for (const auto& w : workers.workers()) {
+    EXPECT_TRUE(testing::HealthServing(w.address())) << w.name();
     if (w.name() == "enc") EXPECT_EQ(w.stages_size(), 2);
     if (w.name() == "dit") ASSERT_EQ(w.stages_size(), 1);
   }
@@ -143,6 +146,21 @@ TEST_F(ClusterTest, StagesRunWhereTheyArePlacedAndTheVideoEqualsGenerate) {
   const auto parsed = nlohmann::json::parse(js.output);
   EXPECT_EQ(parsed["state"], "SUCCEEDED");
   EXPECT_EQ(parsed["stages"][1]["worker"], "dit");
+
+  // The listings, as people and scripts read them.
+  const CommandResult wt = Reel("workers --coordinator " + cluster_->address());
+  ASSERT_EQ(wt.exit_code, 0) << wt.output;
+  EXPECT_NE(wt.output.find("dit          idle"), std::string::npos) << wt.output;
+  EXPECT_NE(wt.output.find("tiny/denoiser (none)"), std::string::npos) << wt.output;
+  const CommandResult wj = Reel("workers --json --coordinator " + cluster_->address());
+  ASSERT_EQ(wj.exit_code, 0) << wj.output;
+  EXPECT_EQ(nlohmann::json::parse(wj.output)["workers"].size(), 2u);
+  const CommandResult jl = Reel("jobs --json --coordinator " + cluster_->address());
+  ASSERT_EQ(jl.exit_code, 0) << jl.output;
+  EXPECT_EQ(nlohmann::json::parse(jl.output)["jobs"][0]["id"], id);
+  const CommandResult jt = Reel("jobs --coordinator " + cluster_->address());
+  EXPECT_NE(jt.output.find(id + " "), std::string::npos) << jt.output;
+  EXPECT_NE(jt.output.find("succeeded"), std::string::npos) << jt.output;
 
   // Each run's profile reached the coordinator's profile store.
   const CommandResult rows = RunCommand("sqlite3 " + Quote((cluster_->data() / "profiles.db").string()) +
