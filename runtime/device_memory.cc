@@ -4,8 +4,6 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
-#include <malloc.h>
-
 #include <mutex>
 
 namespace reel {
@@ -74,13 +72,6 @@ class TrackingAllocator final : public c10::Allocator {
 
 DeviceMemory& DeviceMemory::Get() {
   static DeviceMemory* instance = [] {
-    // glibc returns freed memory at the top of the heap to the kernel once 128 KiB are free there, and a stage
-    // frees and reallocates tens of MB of activations every block: each round trip page-faults them in again
-    // (a real-width T5 block ran 25% slower than the same TorchScript in Python). Up to 256 MiB of free heap is
-    // kept for reuse; allocations over 32 MiB (weights, big decoder activations) still map and unmap, so
-    // released weights leave the process at once.
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     static TrackingAllocator allocator(c10::GetDefaultCPUAllocator());
     c10::SetCPUAllocator(&allocator, /*priority=*/100);
     return new DeviceMemory();
