@@ -441,6 +441,12 @@ void RunWorkers(ListFlags& f) {
                                           fmt::format("{}", fmt::join(resp.models(), ", ")).c_str());
 }
 
+// --coordinator on every client command, and --json where there is a table to replace.
+void AddClientFlags(CLI::App& c, std::string& coordinator, bool* json = nullptr) {
+  c.add_option("--coordinator", coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
+  if (json) c.add_flag("--json", *json, "JSON for scripts");
+}
+
 }  // namespace
 
 void AddClusterCommands(CLI::App& app) {
@@ -490,14 +496,13 @@ void AddClusterCommands(CLI::App& app) {
         ->default_val(0);
     c->add_flag("--wait", f->wait, "Follow the job and download its MP4 when it succeeds");
     c->add_option("--out", f->out, "With --wait: where to write the MP4 (default JOB.mp4)");
-    c->add_option("--coordinator", f->coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
+    AddClientFlags(*c, f->coordinator);
     c->callback([f] { RunSubmit(*f); });
   }
   {
     auto f = std::make_shared<ListFlags>();
     auto* c = app.add_subcommand("jobs", "List jobs, newest first");
-    c->add_option("--coordinator", f->coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
-    c->add_flag("--json", f->json, "JSON for scripts");
+    AddClientFlags(*c, f->coordinator, &f->json);
     c->add_flag("--active", f->active, "Only queued and running jobs");
     c->add_option("--limit", f->limit, "At most this many")->default_val(20);
     c->callback([f] { RunJobs(*f); });
@@ -506,8 +511,7 @@ void AddClusterCommands(CLI::App& app) {
     auto f = std::make_shared<ListFlags>();
     auto* c = app.add_subcommand("job", "Show one job; --out downloads its MP4");
     c->add_option("id", f->id, "Job id")->required();
-    c->add_option("--coordinator", f->coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
-    c->add_flag("--json", f->json, "JSON for scripts");
+    AddClientFlags(*c, f->coordinator, &f->json);
     c->add_option("--out", f->out, "Download the job's MP4 here");
     c->callback([f] { RunJob(*f); });
   }
@@ -515,14 +519,13 @@ void AddClusterCommands(CLI::App& app) {
     auto f = std::make_shared<ListFlags>();
     auto* c = app.add_subcommand("cancel", "Cancel a queued or running job");
     c->add_option("id", f->id, "Job id")->required();
-    c->add_option("--coordinator", f->coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
+    AddClientFlags(*c, f->coordinator);
     c->callback([f] { RunCancel(*f); });
   }
   {
     auto f = std::make_shared<ListFlags>();
     auto* c = app.add_subcommand("workers", "List registered workers");
-    c->add_option("--coordinator", f->coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
-    c->add_flag("--json", f->json, "JSON for scripts");
+    AddClientFlags(*c, f->coordinator, &f->json);
     c->callback([f] { RunWorkers(*f); });
   }
 }

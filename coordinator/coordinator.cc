@@ -14,6 +14,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
@@ -190,7 +191,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   std::mutex mu;
   std::condition_variable cv;        // dispatcher wake-ups and watchers
   uint64_t version = 0;              // bumped on every job change
-  std::map<std::string, JobRecord> jobs;
+  std::map<std::string, JobRecord> jobs;  // every job this coordinator knows, ended ones too (for listings)
+  std::set<std::string> live;             // the queued and running ones: what dispatch and gauges look at
   std::map<std::string, uint64_t> job_version;
   std::map<std::string, std::map<std::string, v1::TensorRef>> outputs;  // job → tensor name → where it lives
   std::map<std::string, int64_t> result_us;  // job → when its last stage result arrived (for dispatch latency)
@@ -233,7 +235,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
 
   void UpdateGauges() {
     int queued = 0, run = 0;
-    for (const auto& [id, r] : jobs) {
+    for (const auto& id : live) {
+      const JobRecord& r = jobs.at(id);
       queued += r.job.state() == v1::QUEUED;
       run += r.job.state() == v1::RUNNING;
     }
@@ -362,9 +365,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     // Stages whose inputs all exist (ready), or whose inputs are being produced now (early).
     auto collect = [&](bool early) {
       std::vector<Ready> out;
-      for (auto& [id, r] : jobs) {
-        const auto st = r.job.state();
-        if (st != v1::QUEUED && st != v1::RUNNING) continue;
+      for (const auto& id : live) {
+        const JobRecord& r = jobs.at(id);
         const bool i2v = models.at(r.job.spec().model()).image_conditioned;
         for (int i = 0; i < r.job.stages_size(); ++i) {
           const auto& s = r.job.stages(i);
@@ -591,8 +593,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     const StageKind kind = KindOfStage(s->stage());
     const std::string worker_name = s->worker();
     bool lost = false;
-    if (auto w = workers.find(run.worker_id); w != workers.end()) lost = w->second.lost_run;
-    if (auto w = workers.find(run.worker_id); w != workers.end()) w->second.lost_run = false;
+    if (auto w = workers.find(run.worker_id); w != workers.end()) lost = std::exchange(w->second.lost_run, false);
     const int64_t now = NowUnixUs();
     metrics.stage_seconds.Add({{"stage", StageKindName(kind)}, {"worker", worker_name}}, DurationBuckets())
         .Observe((now - s->started_unix_us()) / 1e6);
@@ -708,7 +709,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   }
 
   void End(JobRecord& r, v1::JobState state, const std::string& error) {
-    CancelRuns(r.job.id());  // a later stage may be waiting for an input that will not come
+    CancelRuns(r.job.id());
+    live.erase(r.job.id());  // a later stage may be waiting for an input that will not come
     const int64_t now = NowUnixUs();
     r.job.set_state(state);
     r.job.set_error(error);
@@ -888,17 +890,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     if (spec.width() == 0) spec.set_width(m.defaults.width);
     if (spec.steps() == 0) spec.set_steps(m.defaults.steps);
     if (spec.fps() == 0) spec.set_fps(m.defaults.fps);
-    GenerateRequest r;
-    r.prompt = spec.prompt();
-    r.negative_prompt = spec.negative_prompt();
-    r.image = spec.image().empty() ? "" : (spec.image_name().empty() ? "image" : spec.image_name());
-    r.frames = spec.frames();
-    r.height = spec.height();
-    r.width = spec.width();
-    r.steps = spec.steps();
-    r.guidance = spec.guidance();
-    r.seed = spec.seed();
-    r.fps = spec.fps();
+    const GenerateRequest r = RequestOf(spec);
     try {
       ValidateRequest(m, r);
     } catch (const Error& e) {
@@ -941,6 +933,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       }
       resp->set_job_id(j.id());
       jobs[j.id()] = rec;
+      live.insert(j.id());
       metrics.Count("submitted");
       Touch(j.id());
       spdlog::info("job {} queued: {} {} frames {}x{}, {} steps, priority {}", j.id(), spec.model(), spec.frames(),
@@ -1076,6 +1069,7 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
     } else if (r.job.state() == v1::QUEUED) {
       ++queued;
     }
+    if (!Terminal(r.job.state())) m.live.insert(id);
     m.jobs[id] = std::move(r);
   }
   if (queued + requeued > 0)

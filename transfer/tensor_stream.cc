@@ -230,11 +230,4 @@ int TensorStore::size() const {
   return static_cast<int>(blobs_.size());
 }
 
-int64_t TensorStore::bytes() const {
-  std::lock_guard lock(mu_);
-  int64_t n = 0;
-  for (const auto& [k, b] : blobs_) n += b->bytes();
-  return n;
-}
-
 }  // namespace reel

@@ -93,7 +93,6 @@ class TensorStore {
                                             std::chrono::milliseconds wait, const std::function<bool()>& cancelled);
   int Release(const std::string& job);
   int size() const;
-  int64_t bytes() const;
 
  private:
   mutable std::mutex mu_;

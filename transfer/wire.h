@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "package/job_request.h"
 #include "package/manifest.h"
 #include "reel/v1/types.pb.h"
 
@@ -28,6 +29,23 @@ inline reel::v1::Stage StageOf(StageKind k) {
     case StageKind::kDenoiser: return reel::v1::DENOISER;
     default: return reel::v1::VAE_DECODER;
   }
+}
+
+// A job's request as the runtime and the validation take it. `image` only names the image for messages: its
+// bytes travel in the spec.
+inline GenerateRequest RequestOf(const reel::v1::JobSpec& s) {
+  GenerateRequest r;
+  r.prompt = s.prompt();
+  r.negative_prompt = s.negative_prompt();
+  r.image = s.image().empty() ? "" : (s.image_name().empty() ? "image" : s.image_name());
+  r.frames = s.frames();
+  r.height = s.height();
+  r.width = s.width();
+  r.steps = s.steps();
+  r.guidance = s.guidance();
+  r.seed = s.seed();
+  r.fps = s.fps();
+  return r;
 }
 
 // "none", or e.g. "block:2,bf16,int8,slicing,tiling=256".

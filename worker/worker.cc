@@ -95,21 +95,6 @@ torch::Tensor FromBlob(const TensorBlob& b) {
   return t;
 }
 
-GenerateRequest RequestOf(const v1::JobSpec& s) {
-  GenerateRequest r;
-  r.prompt = s.prompt();
-  r.negative_prompt = s.negative_prompt();
-  r.image = s.image_name();
-  r.frames = s.frames();
-  r.height = s.height();
-  r.width = s.width();
-  r.steps = s.steps();
-  r.guidance = s.guidance();
-  r.seed = s.seed();
-  r.fps = s.fps();
-  return r;
-}
-
 RunOptions OptionsOf(const std::map<StageKind, v1::StageStrategy>& stages) {
   RunOptions o;
   for (const auto& [k, s] : stages) {
