@@ -92,9 +92,7 @@ void RunGenerate(GenerateFlags& f) {
   const auto start = std::chrono::steady_clock::now();
   GenerateRequest& r = f.job.request;
   if (f.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", f.threads));
-  if (f.device != "cpu")
-    throw InvalidArgument(fmt::format("--device {}: accepted cpu in this build (CUDA support is not compiled in)",
-                                      f.device));
+  ComputeDevice& device = OpenComputeDevice(f.device, "--device");
   const int64_t capacity = f.device_memory.empty() ? 0 : ParseSize(f.device_memory, "--device-memory");
   // Cheap checks first: nothing heavy is loaded for a request that will be refused.
   const fs::path out(f.out);
@@ -114,14 +112,15 @@ void RunGenerate(GenerateFlags& f) {
   r.steps = f.job.steps.value_or(manifest.defaults.steps);
   r.fps = f.job.fps.value_or(manifest.defaults.fps);
   ValidateRequest(manifest, r);
-  const RunOptions options = ParseRunOptions(f, manifest);
+  RunOptions options = ParseRunOptions(f, manifest);
+  options.device = &device;
   Image image;
   if (!r.image.empty()) image = ReadImage(r.image, r.height, r.width);
   RunProfiling profiling(f.profiling, manifest, r);  // opens the store and the metrics endpoint up front
   profiling.set_host_budget(options.host_budget);
 
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
-  DeviceMemory::Get().SetCapacity(capacity);
+  device.SetCapacity(capacity);
   StagePackage package = StagePackage::Load(dir);
   spdlog::info("generating {} frames {}x{} with {} ({} steps, guidance {}, seed {})", r.frames, r.width, r.height,
                manifest.name, r.steps, r.guidance, r.seed);
@@ -162,7 +161,8 @@ void AddGenerateCommand(CLI::App& app) {
   g->add_option("--out", f->out, "Output .mp4 file")->required();
   g->add_option("--frames-dir", f->frames_dir, "Also write PNG frames into this directory");
   g->add_option("--threads", f->threads, "Intra-op CPU threads (0 = all cores)")->default_val(0);
-  g->add_option("--device", f->device, "Device: cpu")->default_val("cpu");
+  g->add_option("--device", f->device, "Device: cpu (the simulated device) or cuda:N (builds with CUDA)")
+      ->default_val("cpu");
   g->add_option("--device-memory", f->device_memory,
                 "Capacity of the (simulated) device, e.g. 12GiB; allocations beyond it fail as on a GPU");
   g->add_option("--offload", f->offload,

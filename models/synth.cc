@@ -161,6 +161,11 @@ Manifest SynthesizePackage(const SynthOptions& opts, const std::function<void(co
     throw InvalidArgument(fmt::format("--dtype {}: accepted f32 or bf16", DTypeName(opts.dtype)));
   auto preset = FindPreset(opts.preset, opts.layers);
   if (!preset) throw NotFound(fmt::format("--preset {}: unknown preset; accepted {}", opts.preset, PresetList()));
+  if (opts.text_layers) {
+    if (*opts.text_layers < 1 || *opts.text_layers > preset->t5.num_layers)
+      throw InvalidArgument(fmt::format("--text-layers {}: accepted 1..{}", *opts.text_layers, preset->t5.num_layers));
+    preset->t5.num_layers = *opts.text_layers;
+  }
   std::error_code ec;
   if (fs::exists(opts.out, ec) && !(fs::is_directory(opts.out, ec) && fs::is_empty(opts.out, ec)))
     throw InvalidArgument(fmt::format("--out {}: already exists and is not an empty directory", opts.out.string()));
@@ -178,7 +183,8 @@ Manifest SynthesizePackage(const SynthOptions& opts, const std::function<void(co
   fs::create_directories(tmp);
   try {
     Manifest m;
-    m.name = preset->name + (opts.layers ? fmt::format("-{}l", *opts.layers) : "");
+    m.name = preset->name + (opts.layers ? fmt::format("-{}l", *opts.layers) : "") +
+             (opts.text_layers ? fmt::format("-t{}", *opts.text_layers) : "");
     m.preset = preset->name;
     m.seed = opts.seed;
     m.image_conditioned = preset->image_conditioned;

@@ -17,6 +17,9 @@ struct SynthOptions {
   uint64_t seed = 0;
   DType dtype = DType::kF32;
   std::optional<int> layers;
+  // Text-encoder blocks only (its outputs keep their shape): benchmarks of the later stages skip synthesizing
+  // and storing a 4.7B-parameter T5 they never run.
+  std::optional<int> text_layers;
 };
 
 // Validates the options (InvalidArgument naming the flag), then writes the package into a temporary directory

@@ -14,7 +14,7 @@ void BuildT5Embed(const T5Config& c, ScriptBuilder& b) {
 def forward(self, ids: Tensor) -> Tuple[Tensor, Tensor]:
     h = torch.embedding(self.shared_w, ids)
     L = ids.size(1)
-    pos = torch.arange(L)
+    pos = torch.arange(L, device=ids.device)
     rel = pos.unsqueeze(0) - pos.unsqueeze(1)
     n = {buckets} // 2
     max_exact = n // 2

@@ -93,19 +93,21 @@ void BuildTransformerEmbed(const TransformerConfig& c, int text_tokens, ScriptBu
         t = t + self.pos_embedding[:, :T].to(dt)
         x = x + self.pos_embedding[:, T:].to(dt)
     elif hp == {sh} and wp == {sw}:
-        x = x + self.sincos_3d(f, hp, wp, {D}, {si}, {ti}).to(dt).unsqueeze(0)
+        x = x + self.sincos_3d(f, hp, wp, {D}, {si}, {ti}).to(x.device, dt).unsqueeze(0)
     else:
         assert False, "this model's learned positions need a latent size of {sh}x{sw} patches"
 )",
                             fmt::arg("sf", sf), fmt::arg("sh", sh), fmt::arg("sw", sw), fmt::arg("D", D),
                             fmt::arg("si", F(c.spatial_interpolation)), fmt::arg("ti", F(c.temporal_interpolation)));
   } else if (!c.rotary) {
-    positions = fmt::format("    x = x + self.sincos_3d(f, hp, wp, {}, {}, {}).to(dt).unsqueeze(0)\n", D,
+    positions = fmt::format("    x = x + self.sincos_3d(f, hp, wp, {}, {}, {}).to(x.device, dt).unsqueeze(0)\n", D,
                             F(c.spatial_interpolation), F(c.temporal_interpolation));
   }
   const std::string rope =
-      c.rotary ? fmt::format("    cos, sin = self.rope(f, hp, wp, {}, {}, {})\n", sh, sw, c.head_dim)
-               : "    cos = torch.zeros([0])\n    sin = torch.zeros([0])\n";
+      c.rotary ? fmt::format("    cos, sin = self.rope(f, hp, wp, {}, {}, {})\n    cos = cos.to(x.device)\n"
+                             "    sin = sin.to(x.device)\n",
+                             sh, sw, c.head_dim)
+               : "    cos = torch.zeros([0], device=x.device)\n    sin = torch.zeros([0], device=x.device)\n";
 
   b.Define(std::string(kSinCos) + kRope + fmt::format(R"(
 def forward(self, latents: Tensor, text: Tensor, timestep: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -123,7 +125,7 @@ def forward(self, latents: Tensor, text: Tensor, timestep: Tensor) -> Tuple[Tens
     t = torch.linear(text.to(dt), self.text_proj_w, self.text_proj_b)
 {positions}
     half = {D} // 2
-    freqs = torch.exp(-9.210340371976184 * torch.arange(half).float() / half)
+    freqs = torch.exp(-9.210340371976184 * torch.arange(half, device=timestep.device).float() / half)
     arg = timestep.float().unsqueeze(1) * freqs.unsqueeze(0)
     temb = torch.cat([torch.cos(arg), torch.sin(arg)], 1).to(dt)
     emb = torch.linear(torch.silu(torch.linear(temb, self.time1_w, self.time1_b)), self.time2_w, self.time2_b)

@@ -69,15 +69,14 @@ auto Runtime::OnDevice(StageKind k, Fn&& fn) {
     throw;
   } catch (const std::exception& e) {
     // The TorchScript interpreter rethrows what an allocation raised as std::runtime_error.
-    if (auto oom = TakeOutOfMemory()) {
+    if (auto oom = device_.TakeOutOfMemory(e)) {
       failed_stage_ = k;
-      executor(k).stats().peak_device_bytes = std::max(executor(k).stats().peak_device_bytes, DeviceMemory::Get().peak());
+      executor(k).stats().peak_device_bytes = std::max(executor(k).stats().peak_device_bytes, device_.Memory().peak);
       throw Error(ErrorKind::kDeviceOutOfMemory,
-                  fmt::format("device cpu (simulated, capacity {}): out of memory in stage {} (strategy {}): asked "
-                              "{} with {} in use, {} free",
-                              FormatBytes(oom->capacity), StageKindName(k), executor(k).offload().ToString(),
+                  fmt::format("device {}: out of memory in stage {} (strategy {}): asked {} with {} in use, {} free",
+                              device_.Describe(), StageKindName(k), executor(k).offload().ToString(),
                               FormatBytes(oom->requested), FormatBytes(oom->used),
-                              FormatBytes(oom->capacity - oom->used)));
+                              FormatBytes(std::max<int64_t>(0, oom->capacity - oom->used))));
     }
     throw BadPackage(fmt::format("package {}: stage {} failed on inputs shaped as the manifest says: {}",
                                  package_.dir().string(), StageKindName(k), LastLine(e.what())));
@@ -85,13 +84,15 @@ auto Runtime::OnDevice(StageKind k, Fn&& fn) {
 }
 
 Runtime::Runtime(StagePackage& package, const RunOptions& options, RunObserver* observer)
-    : package_(package), options_(options), observer_(observer) {
-  DeviceMemory::Get();
+    : package_(package),
+      options_(options),
+      device_(options.device ? *options.device : SimulatedDevice()),
+      observer_(observer) {
   for (const auto& [kind, sm] : package_.manifest().stages) {
     if (!package_.loaded(kind)) continue;
     Offload off;
     if (auto it = options_.offload.find(kind); it != options_.offload.end()) off = it->second;
-    executors_[kind] = std::make_unique<StageExecutor>(kind, package_.stage(kind), off, observer_);
+    executors_[kind] = std::make_unique<StageExecutor>(kind, package_.stage(kind), off, device_, observer_);
     if (auto it = options_.dtype.find(kind); it != options_.dtype.end() && it->second != sm.dtype) {
       executors_[kind]->ConvertHost(ToTorch(it->second));
       package_.SetStageDtype(kind, it->second);
@@ -253,10 +254,8 @@ torch::Tensor Runtime::DecodeLatents(const torch::Tensor& latents, const JobShap
     torch::NoGradGuard no_grad;
     const auto t0 = Clock::now();
     // Decoded pieces leave the device as they are produced, as a GPU run copies frames to the host.
-    torch::Tensor video = DecodeVae(e.Part(0), latents, options_.vae, [](const torch::Tensor& t) {
-      HostScope host;
-      return t.clone();
-    });
+    torch::Tensor video =
+        DecodeVae(e.Part(0), latents, options_.vae, [this](const torch::Tensor& t) { return device_.Download(t); });
     e.stats().compute_seconds += Since(t0);
     use.Finish();
     package_.CheckTensor(k, true, 0, video, sym);
@@ -307,7 +306,7 @@ torch::Tensor Runtime::EncodePrompt(const GenerateRequest& r) {
   const Manifest& m = package_.manifest();
   torch::NoGradGuard no_grad;
   DeviceScope device;
-  const torch::Tensor ids = TextIds(r);
+  const torch::Tensor ids = TextIds(r).to(device_.device());
   const auto text_dtype = ToTorch(m.stage(StageKind::kDenoiser).inputs.at(1).dtype);
   torch::Tensor text = EncodeText(ids, static_cast<int>(ids.size(0))).to(text_dtype);
   if (release_text_encoder_) {
@@ -329,7 +328,8 @@ torch::Tensor Runtime::EncodeImageMoments(const GenerateRequest& r, const std::v
                           .sub(1.0)
                           .unsqueeze(0)
                           .unsqueeze(2)
-                          .contiguous();
+                          .contiguous()
+                          .to(device_.device());
   return EncodeImage(img, ShapeOf(r));
 }
 
@@ -346,6 +346,11 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
   const int64_t lc = m.vae.latent_channels;
   torch::NoGradGuard no_grad;
   DeviceScope device;
+  // Noise comes from the CPU generator whatever the device, so a seed gives the same video everywhere.
+  const auto on_device = torch::TensorOptions(torch::kFloat32).device(device_.device());
+  auto noise = [&](at::IntArrayRef sizes, at::Generator& g) {
+    return torch::randn(sizes, g, torch::kFloat32).to(device_.device());
+  };
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
   torch::Tensor image_latents;
@@ -354,12 +359,12 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
     const torch::Tensor mean = moments.narrow(1, 0, lc);
     const torch::Tensor logvar = moments.narrow(1, lc, lc).clamp(-30.0, 20.0);
     // A posterior sample, as CogVideoX-I2V uses (not the mean), scaled into the denoiser's latent space.
-    const torch::Tensor sample = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen, torch::kFloat32);
+    const torch::Tensor sample = mean + torch::exp(0.5 * logvar) * noise(mean.sizes(), gen);
     torch::Tensor first = (sample * m.vae.scaling_factor).permute({0, 2, 1, 3, 4});  // [1, 1, lc, h, w]
-    image_latents = torch::cat({first, torch::zeros({1, f - 1, lc, h, w}, torch::kFloat32)}, 1);
+    image_latents = torch::cat({first, torch::zeros({1, f - 1, lc, h, w}, on_device)}, 1);
   }
 
-  torch::Tensor latents = torch::randn({1, f, lc, h, w}, gen, torch::kFloat32);
+  torch::Tensor latents = noise({1, f, lc, h, w}, gen);
   const DdimScheduler scheduler(m.scheduler);
   const auto plan = scheduler.Plan(r.steps);
   JobShape denoise_shape = shape;
@@ -381,12 +386,13 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
       if (split) {
         auto uncond = branch(input, step.timestep);
         const torch::Tensor cond =
-            DenoiseStep(input, local_text, torch::full({1}, step.timestep, torch::kInt64), denoise_shape);
+            DenoiseStep(input, local_text, torch::full({1}, step.timestep, on_device.dtype(torch::kInt64)),
+                        denoise_shape);
         const torch::Tensor u = uncond();
         v = u + r.guidance * (cond - u);
       } else {
         if (cfg) input = torch::cat({input, input}, 0);
-        const torch::Tensor timestep = torch::full({batch}, step.timestep, torch::kInt64);
+        const torch::Tensor timestep = torch::full({batch}, step.timestep, on_device.dtype(torch::kInt64));
         v = DenoiseStep(input, local_text, timestep, denoise_shape);
         if (cfg) {
           const auto parts = v.chunk(2, 0);
@@ -394,6 +400,7 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
         }
       }
       latents = latents * step.c_sample + v * step.c_model;
+      device_.Synchronize();  // a step's time is the device's, not the time to queue it
       de.stats().step_seconds.push_back(Since(t0));
       if (observer_) observer_->OnEvent(RunEvent{fmt::format("step {}", i), "step", "compute", t0, Clock::now()});
       if (hooks.on_step) hooks.on_step(static_cast<int>(i + 1), static_cast<int>(plan.size()));

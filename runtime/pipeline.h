@@ -38,6 +38,8 @@ struct RunOptions {
   std::map<StageKind, DType> dtype;      // absent: the package's dtype
   std::map<StageKind, bool> int8;        // weights stored as int8 with per-channel scales
   VaeDecodeOptions vae;
+  // The device the stages compute on (null: the simulated device).
+  ComputeDevice* device = nullptr;
   // Host bytes the weights may hold (0 = no limit). Over it, the text encoder's host weights are released after
   // it runs when that brings the rest under; otherwise the run is refused before it starts.
   int64_t host_budget = 0;
@@ -83,6 +85,7 @@ class Runtime {
   torch::Tensor DecodeLatents(const torch::Tensor& latents, const JobShape& shape);
 
   const StagePackage& package() const { return package_; }
+  ComputeDevice& device() { return device_; }
   StageExecutor& executor(StageKind k);
   std::map<StageKind, StageStats> stats() const;
   std::map<StageKind, std::string> strategies() const;
@@ -99,6 +102,7 @@ class Runtime {
 
   StagePackage& package_;
   RunOptions options_;
+  ComputeDevice& device_;
   RunObserver* observer_;
   std::map<StageKind, std::unique_ptr<StageExecutor>> executors_;
   bool release_text_encoder_ = false;

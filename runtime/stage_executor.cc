@@ -16,25 +16,35 @@ PlacedPart::PlacedPart(torch::jit::Module module, std::string file) : module_(st
   }
 }
 
-void PlacedPart::ToDevice() {
-  if (on_device_) return;
+std::vector<torch::Tensor> PlacedPart::ToDevice(ComputeDevice& device) {
+  if (on_device_) return {};
   DeviceScope scope;
   // Copies go into a list first so that an out-of-memory midway leaves the module on the host, whole.
   std::vector<torch::Tensor> copies;
   copies.reserve(host_.size());
   for (const auto& w : host_) {
     if (!w.scale.defined()) {
-      copies.push_back(w.value.clone());
+      copies.push_back(device.Upload(w.value));
       continue;
     }
     // The int8 codes cross to the device (a quarter of the f32 bytes) and are expanded there.
-    const torch::Tensor codes = w.value.clone();
+    const torch::Tensor codes = device.Upload(w.value);
     std::vector<int64_t> shape(codes.dim(), 1);
     shape[0] = codes.size(0);
-    copies.push_back(codes.to(w.compute).mul_(w.scale.clone().view(shape).to(w.compute)));
+    copies.push_back(codes.to(w.compute).mul_(device.Upload(w.scale).view(shape).to(w.compute)));
   }
   for (size_t i = 0; i < host_.size(); ++i) module_.setattr(host_[i].name, copies[i]);
   on_device_ = true;
+  return copies;
+}
+
+void PlacedPart::PrepareHost(ComputeDevice& device) {
+  HostScope host;
+  for (auto& w : host_) {
+    w.value = device.HostCopy(w.value);
+    if (w.scale.defined()) w.scale = device.HostCopy(w.scale);
+    if (!on_device_ && !w.scale.defined()) module_.setattr(w.name, w.value);
+  }
 }
 
 void PlacedPart::ToHost() {
@@ -84,44 +94,9 @@ void PlacedPart::ReleaseHost() {
   bytes_ = 0;
 }
 
-CopyWorker::CopyWorker() {
-  thread_ = std::thread([this] {
-    for (;;) {
-      std::packaged_task<double()> task;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        task = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      task();
-    }
-  });
-}
-
-CopyWorker::~CopyWorker() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
-}
-
-std::future<double> CopyWorker::Submit(std::function<double()> fn) {
-  std::packaged_task<double()> task(std::move(fn));
-  auto future = task.get_future();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(task));
-  }
-  cv_.notify_one();
-  return future;
-}
-
-StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer)
-    : kind_(kind), offload_(offload), observer_(observer) {
+StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, ComputeDevice& device,
+                             RunObserver* observer)
+    : kind_(kind), offload_(offload), device_(device), observer_(observer) {
   for (size_t i = 0; i < stage.parts.size(); ++i) {
     parts_.emplace_back(stage.parts[i], stage.manifest->parts[i].file);
     (stage.manifest->parts[i].role == "block" ? blocks_ : edges_).push_back(i);
@@ -132,7 +107,7 @@ StageExecutor::StageExecutor(StageKind kind, const LoadedStage& stage, Offload o
   // K resident blocks covering the whole stack is model offload.
   if (offload_.mode == OffloadMode::kBlock && static_cast<size_t>(offload_.blocks) >= blocks_.size())
     offload_.mode = OffloadMode::kModel;
-  if (offload_.mode == OffloadMode::kBlock) copier_ = std::make_unique<CopyWorker>();
+  if (offload_.mode == OffloadMode::kBlock) copier_ = device_.NewCopyStream();
 }
 
 StageExecutor::~StageExecutor() {
@@ -171,20 +146,24 @@ void StageExecutor::Emit(const std::string& name, const std::string& cat, const 
 }
 
 void StageExecutor::PlaceResident() {
-  if (offload_.mode != OffloadMode::kNone) return;
+  if (offload_.mode != OffloadMode::kNone) {
+    // Offloaded weights are copied again and again: keep them where copies are fastest.
+    for (auto& p : parts_) p.PrepareHost(device_);
+    return;
+  }
   const auto t0 = Clock::now();
-  for (auto& p : parts_) p.ToDevice();
+  for (auto& p : parts_) p.ToDevice(device_);
   stats_.load_seconds += Seconds(t0, Clock::now());
   Emit(std::string(StageKindName(kind_)) + " load", "load", "copy", t0);
 }
 
 void StageExecutor::Begin() {
   began_ = Clock::now();
-  DeviceMemory::Get().ResetPeak();
+  device_.ResetPeak();
   if (offload_.mode == OffloadMode::kModel) {
-    for (auto& p : parts_) p.ToDevice();
+    for (auto& p : parts_) p.ToDevice(device_);
   } else if (offload_.mode != OffloadMode::kNone) {
-    for (size_t i : edges_) parts_[i].ToDevice();
+    for (size_t i : edges_) parts_[i].ToDevice(device_);
   }
   stats_.load_seconds += Seconds(began_, Clock::now());
   if (offload_.mode != OffloadMode::kNone) Emit(std::string(StageKindName(kind_)) + " place", "load", "copy", began_);
@@ -192,10 +171,12 @@ void StageExecutor::Begin() {
 
 void StageExecutor::End() {
   AwaitPrefetch();
+  device_.Synchronize();  // the stage's time and peak include the device work queued for it
+  if (copier_) stats_.copy_seconds += copier_->Drain();
   if (offload_.mode != OffloadMode::kNone)
     for (auto& p : parts_) p.ToHost();
   stats_.wall_seconds += Seconds(began_, Clock::now());
-  stats_.peak_device_bytes = std::max(stats_.peak_device_bytes, DeviceMemory::Get().peak());
+  stats_.peak_device_bytes = std::max(stats_.peak_device_bytes, device_.Memory().peak);
   Emit(StageKindName(kind_), "stage", "compute", began_);
 }
 
@@ -205,28 +186,33 @@ void StageExecutor::Load(size_t block) {
   PlacedPart& p = parts_[blocks_[block]];
   if (p.on_device()) return;
   const auto t0 = Clock::now();
-  p.ToDevice();
+  p.ToDevice(device_);
   stats_.copy_seconds += Seconds(t0, Clock::now());
   stats_.copied_bytes += p.bytes();
   Emit("copy block " + std::to_string(block), "copy", "copy", t0);
 }
 
-std::future<double> StageExecutor::Prefetch(size_t block) {
+void StageExecutor::Prefetch(size_t block) {
   PlacedPart& p = parts_[blocks_[block]];
-  // The copy thread's allocations are device bytes, as the compute thread's are.
-  return copier_->Submit([this, &p, block] {
+  copier_->Start([this, &p, block] {
     const auto start = Clock::now();
-    p.ToDevice();
-    const auto end = Clock::now();
-    if (observer_) observer_->OnEvent(RunEvent{"copy block " + std::to_string(block), "copy", "copy", start, end});
-    return Seconds(start, end);
+    auto made = p.ToDevice(device_);
+    // On the simulated device this runs on the copy thread and spans the copy; on CUDA it only queues the copy,
+    // whose device time the copy stream's events give.
+    if (observer_ && device_.simulated())
+      observer_->OnEvent(RunEvent{"copy block " + std::to_string(block), "copy", "copy", start, Clock::now()});
+    return made;
   });
+  inflight_ = true;
+  inflight_block_ = block;
 }
 
 void StageExecutor::AwaitPrefetch() {
-  if (!inflight_.valid()) return;
+  if (!inflight_) return;
+  inflight_ = false;
   const auto w0 = Clock::now();
-  stats_.copy_seconds += inflight_.get();  // rethrows an out-of-memory from the copy thread here
+  const double copy = copier_->Wait();  // rethrows an out-of-memory from the copy here
+  stats_.copy_seconds += copy;
   stats_.wait_seconds += Seconds(w0, Clock::now());
   stats_.copied_bytes += parts_[blocks_[inflight_block_]].bytes();
 }
@@ -249,10 +235,7 @@ void StageExecutor::RunBlocks(const std::function<void(torch::jit::Module&)>& bo
         // block:K keeps K blocks resident and copies one more in while this one computes; after the last
         // block, block 0 of the next step is copied in while the head and the next embed run.
         const size_t next = b + window < n ? b + window : (b + 1 == n && window < n ? 0 : n);
-        if (next < n && !parts_[blocks_[next]].on_device()) {
-          inflight_ = Prefetch(next);
-          inflight_block_ = next;
-        }
+        if (next < n && !parts_[blocks_[next]].on_device()) Prefetch(next);
       }
     }
     const auto t0 = Clock::now();

@@ -1,21 +1,18 @@
 // Places one stage's weights on the device according to its offload strategy and runs its parts there:
-// resident (none), whole stage while it runs (model), a window of blocks with the next one prefetched on a copy
-// thread (block:K), or one block at a time with no overlap (sequential).
+// resident (none), whole stage while it runs (model), a window of blocks with the next one prefetched while the
+// current one computes (block:K: a copy thread on the simulated device, a side stream on CUDA), or one block at a
+// time with no overlap (sequential).
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
-#include <deque>
 #include <functional>
-#include <future>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <string>
 #include <vector>
 
 #include <torch/script.h>
 
+#include "runtime/compute_device.h"
 #include "runtime/offload.h"
 #include "runtime/stage_package.h"
 
@@ -38,8 +35,8 @@ class RunObserver {
 
 struct StageStats {
   double load_seconds = 0;     // placing weights at activation (and converting dtype at start-up)
-  double copy_seconds = 0;     // block copies, on the copy thread for block:K
-  double wait_seconds = 0;     // compute thread waiting for a copy
+  double copy_seconds = 0;     // block copies (on the copy thread or side stream for block:K)
+  double wait_seconds = 0;     // compute thread waiting for a copy (0 on CUDA: the device waits, not the host)
   double compute_seconds = 0;
   double wall_seconds = 0;
   int64_t copied_bytes = 0;
@@ -53,8 +50,11 @@ struct StageStats {
 class PlacedPart {
  public:
   PlacedPart(torch::jit::Module module, std::string file);
-  void ToDevice();  // copies every weight into device memory (call inside the copying thread)
-  void ToHost();    // points the module back at the host weights; the device copies are freed
+  // Copies every weight into device memory (on the calling thread's stream); returns the device tensors.
+  std::vector<torch::Tensor> ToDevice(ComputeDevice& device);
+  void ToHost();  // points the module back at the host weights; the device copies are freed
+  // Keeps the host weights in the form the device copies from fastest (pinned on CUDA).
+  void PrepareHost(ComputeDevice& device);
   bool on_device() const { return on_device_; }
   int64_t bytes() const { return bytes_; }
   torch::jit::Module& module() { return module_; }
@@ -80,25 +80,10 @@ class PlacedPart {
   bool on_device_ = false;
 };
 
-// One long-lived copy thread per streaming stage: starting a thread per block would cost more than copying a
-// small block.
-class CopyWorker {
- public:
-  CopyWorker();
-  ~CopyWorker();
-  std::future<double> Submit(std::function<double()> task);
-
- private:
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::packaged_task<double()>> queue_;
-  bool stop_ = false;
-};
-
 class StageExecutor {
  public:
-  StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, RunObserver* observer);
+  StageExecutor(StageKind kind, const LoadedStage& stage, Offload offload, ComputeDevice& device,
+                RunObserver* observer);
   ~StageExecutor();
 
   StageKind kind() const { return kind_; }
@@ -122,19 +107,20 @@ class StageExecutor {
  private:
   void Emit(const std::string& name, const std::string& cat, const std::string& track, Clock::time_point s);
   void Load(size_t block);  // synchronous copy to the device, on this thread
-  std::future<double> Prefetch(size_t block);  // copies a block on the copy thread; returns its seconds
+  void Prefetch(size_t block);  // starts copying a block on the copy stream
   void AwaitPrefetch();
 
   StageKind kind_;
   Offload offload_;
+  ComputeDevice& device_;
   RunObserver* observer_;
   std::vector<PlacedPart> parts_;
   std::vector<size_t> blocks_;  // indices into parts_ of the blocks, in order
   std::vector<size_t> edges_;   // embed/head or the single module
   StageStats stats_;
   Clock::time_point began_;
-  std::unique_ptr<CopyWorker> copier_;
-  std::future<double> inflight_;
+  std::unique_ptr<CopyStream> copier_;
+  bool inflight_ = false;
   size_t inflight_block_ = 0;
 };
 

@@ -33,18 +33,7 @@ class RuntimeMemory : public ::testing::Test {
   static void TearDownTestSuite() { delete scratch_; }
   void TearDown() override { DeviceMemory::Get().SetCapacity(0); }
 
-  static GenerateRequest Request() {
-    GenerateRequest r;
-    r.prompt = "a red fox";
-    r.frames = 9;
-    r.height = 64;
-    r.width = 64;
-    r.steps = 2;
-    r.guidance = 6.0;
-    r.seed = 1;
-    r.fps = 8;
-    return r;
-  }
+  static GenerateRequest Request() { return reel::testing::SmallRequest(9, 64, 64, 1); }
   // Runs the tiny job with `options` under `capacity` (0 = unlimited) and returns the frames and device peak.
   static std::pair<Video, int64_t> Run(const RunOptions& options, int64_t capacity = 0) {
     StagePackage pkg = StagePackage::Load(*scratch_ / "tiny");
@@ -172,7 +161,7 @@ TEST_F(RuntimeMemory, AccountingIsExactForAHandCountedModule) {
   mem.ResetPeak();
   {
     PlacedPart part(m, "hand.pt");
-    part.ToDevice();
+    part.ToDevice(reel::SimulatedDevice());
     EXPECT_EQ(mem.used() - base, weight);
     torch::Tensor y;
     {
@@ -192,7 +181,7 @@ TEST_F(RuntimeMemory, AccountingIsExactForAHandCountedModule) {
   // Capacity just below what the forward needs: the allocation of the output fails, nothing leaks.
   PlacedPart part(m, "hand.pt");
   mem.SetCapacity(base + weight + input + output - 1);
-  part.ToDevice();
+  part.ToDevice(reel::SimulatedDevice());
   {
     DeviceScope device;
     torch::NoGradGuard ng;
@@ -207,7 +196,7 @@ TEST_F(RuntimeMemory, AccountingIsExactForAHandCountedModule) {
   EXPECT_EQ(mem.used(), base);
   // With exactly enough, it runs.
   mem.SetCapacity(base + weight + input + output);
-  part.ToDevice();
+  part.ToDevice(reel::SimulatedDevice());
   {
     DeviceScope device;
     torch::NoGradGuard ng;

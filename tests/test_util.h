@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+
+#include "package/job_request.h"
 #include <cstdio>
 
 namespace reel::testing {
@@ -84,6 +86,20 @@ inline std::string HttpGet(int port, const std::string& path, int* status) {
   if (head_end == std::string::npos) return "no HTTP header in: " + response;
   std::sscanf(response.c_str(), "HTTP/%*s %d", status);
   return response.substr(head_end + 4);
+}
+
+// A small guided text-to-video request ("a red fox", 2 steps, guidance 6, 8 fps).
+inline GenerateRequest SmallRequest(int frames, int height, int width, uint64_t seed) {
+  GenerateRequest r;
+  r.prompt = "a red fox";
+  r.frames = frames;
+  r.height = height;
+  r.width = width;
+  r.steps = 2;
+  r.guidance = 6.0;
+  r.seed = seed;
+  r.fps = 8;
+  return r;
 }
 
 }  // namespace reel::testing

@@ -75,9 +75,12 @@ torch::ScalarType ScalarOf(const std::string& d) {
   throw InvalidArgument(fmt::format("tensor dtype '{}': accepted f32, bf16, f16, i64 or u8", d));
 }
 
+// The device this worker process computes on (one process per device), set once by RunWorker.
+ComputeDevice* worker_device = &SimulatedDevice();
+
 std::shared_ptr<const TensorBlob> ToBlob(const torch::Tensor& t) {
   HostScope host;
-  const torch::Tensor c = t.contiguous();
+  const torch::Tensor c = t.is_cpu() ? t.contiguous() : worker_device->Download(t).contiguous();
   TensorBlob b;
   b.dtype = DTypeString(c.scalar_type());
   b.shape = c.sizes().vec();
@@ -85,18 +88,20 @@ std::shared_ptr<const TensorBlob> ToBlob(const torch::Tensor& t) {
   return SealBlob(std::move(b));
 }
 
-// A tensor with the blob's bytes, allocated in the caller's scope (inside a DeviceScope: on the device).
+// A tensor with the blob's bytes on this worker's device (on the simulated device: allocated in the caller's
+// scope, so inside a DeviceScope it counts as device bytes).
 torch::Tensor FromBlob(const TensorBlob& b) {
   torch::Tensor t = torch::empty(b.shape, torch::TensorOptions().dtype(ScalarOf(b.dtype)));
   if (static_cast<int64_t>(t.numel() * t.element_size()) != b.bytes())
     throw Internal(fmt::format("tensor of shape {} and dtype {} cannot hold {} bytes", FormatShape(b.shape), b.dtype,
                                b.bytes()));
   std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
-  return t;
+  return worker_device->simulated() ? t : worker_device->Upload(t);
 }
 
 RunOptions OptionsOf(const std::map<StageKind, v1::StageStrategy>& stages) {
   RunOptions o;
+  o.device = worker_device;
   for (const auto& [k, s] : stages) {
     const std::string what = fmt::format("strategy for {}", StageKindName(k));
     o.offload[k] = ParseOffload(s.offload().empty() ? "none" : s.offload(), what + " offload");
@@ -368,7 +373,7 @@ class WorkerService final : public v1::Worker::Service {
     std::string what;
     for (const auto& [k, s] : wanted) what += fmt::format(" {}({})", StageKindName(k), StrategyString(s));
     spdlog::info("worker {}: holds {}:{}; device {} in use", name_, model, what,
-                 FormatBytes(DeviceMemory::Get().used()));
+                 FormatBytes(worker_device->Memory().allocated));
   }
 
   void Describe(google::protobuf::RepeatedPtrField<v1::LoadedStage>* out) {
@@ -505,8 +510,8 @@ class WorkerService final : public v1::Worker::Service {
   }
 
   void Gauges() {
-    const auto& mem = DeviceMemory::Get();
-    metrics_->SetDeviceMemory(options_.device, mem.used(), mem.peak(), options_.device_memory);
+    const auto mem = worker_device->Memory();
+    metrics_->SetDeviceMemory(options_.device, mem.allocated, mem.peak, options_.device_memory);
     metrics_->SetHost(HostRssBytes(), 0, 0);
   }
 
@@ -527,12 +532,7 @@ std::string HostName() {
 }  // namespace
 
 int RunWorker(const WorkerOptions& o) {
-  if (o.device != "cpu") {
-    if (o.device.rfind("cuda:", 0) == 0)
-      throw InvalidArgument(fmt::format("--device {}: accepted cpu in this build (CUDA support is not compiled in)",
-                                        o.device));
-    throw InvalidArgument(fmt::format("--device {}: accepted cpu or cuda:N", o.device));
-  }
+  worker_device = &OpenComputeDevice(o.device, "--device");
   if (o.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", o.threads));
   if (o.device_memory < 0)
     throw InvalidArgument(fmt::format("--device-memory {}: accepted a positive size", o.device_memory));
@@ -544,7 +544,7 @@ int RunWorker(const WorkerOptions& o) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  DeviceMemory::Get().SetCapacity(o.device_memory);
+  worker_device->SetCapacity(o.device_memory);
   std::unique_ptr<Metrics> metrics;
   if (!o.metrics.empty()) {
     metrics = std::make_unique<Metrics>();
@@ -616,9 +616,9 @@ int RunWorker(const WorkerOptions& o) {
       } else {
         v1::HeartbeatRequest req;
         req.set_worker_id(id);
-        const auto& mem = DeviceMemory::Get();
-        req.set_device_used_bytes(mem.used());
-        req.set_device_peak_bytes(mem.peak());
+        const auto mem = worker_device->Memory();
+        req.set_device_used_bytes(mem.allocated);
+        req.set_device_peak_bytes(mem.peak);
         req.set_host_rss_bytes(HostRssBytes());
         req.set_tensors_held(service.tensors_held());
         v1::HeartbeatResponse resp;

@@ -1,0 +1,163 @@
+"""Each exported TorchScript part, saved and loaded back, against the eager mirror of the diffusers / transformers
+module it came from, on the same inputs: same outputs (float32, to rounding), Reel's calling convention."""
+
+import unittest
+
+import torch
+
+from export_test_util import TEXT_TOKENS, TempDirTest, tiny_t5, tiny_transformer, tiny_vae, mirror_transformer
+from exporter import t5, transformer, vae
+from exporter.script import class_name_for
+
+ATOL = 2e-5
+
+
+class PartsTest(TempDirTest):
+    def export(self, write, module, spec, dtype=torch.float32):
+        """Runs a write_parts function; returns the parts as loaded back from disk, in order."""
+        parts = []
+
+        def save(role, file, builder):
+            path = self.tmp / file.replace("/", "_")
+            builder.finish(class_name_for(file)).save(str(path))
+            parts.append((role, torch.jit.load(str(path))))
+
+        write(module, spec, dtype, save)
+        return parts
+
+    def assertClose(self, got, want, atol=ATOL, what=""):
+        self.assertEqual(tuple(got.shape), tuple(want.shape), what)
+        err = (got.float() - want.float()).abs().max().item()
+        self.assertLessEqual(err, atol * max(1.0, want.abs().max().item()), f"{what}: max error {err}")
+
+
+class TextEncoderPartsTest(PartsTest):
+    def run_t5(self, parts, ids):
+        h, bias = parts[0][1](ids)
+        for _, p in parts[1:-1]:
+            h = p(h, bias)
+        return parts[-1][1](h)
+
+    def test_matches_t5_encoder(self):
+        te = tiny_t5()
+        spec = t5.read_spec(te)
+        parts = self.export(t5.write_parts, te, spec)
+        self.assertEqual([r for r, _ in parts], ["embed", "block", "block", "head"])
+        ids = torch.randint(0, 384, (2, TEXT_TOKENS), generator=torch.Generator().manual_seed(0))
+        ids[:, 20:] = 0  # pads, attended to as CogVideoX calls the encoder without a mask
+        with torch.no_grad():
+            want = te(ids).last_hidden_state
+            got = self.run_t5(parts, ids)
+        self.assertClose(got, want, what="T5 last_hidden_state")
+        # The relative position bias comes out of the embed part for all blocks, [1, heads, T, T] float32.
+        bias = parts[0][1](ids)[1]
+        self.assertEqual(tuple(bias.shape), (1, 4, TEXT_TOKENS, TEXT_TOKENS))
+        self.assertEqual(bias.dtype, torch.float32)
+
+    def test_bf16_weights_stay_close(self):
+        te = tiny_t5()
+        parts = self.export(t5.write_parts, te, t5.read_spec(te), torch.bfloat16)
+        for _, p in parts:
+            self.assertTrue(all(w.dtype == torch.bfloat16 for w in p.parameters()))
+        ids = torch.randint(0, 384, (1, TEXT_TOKENS), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = te(ids).last_hidden_state
+            got = self.run_t5(parts, ids)
+        self.assertEqual(got.dtype, torch.bfloat16)
+        self.assertClose(got, want, atol=0.1, what="bf16 T5")
+
+
+class DenoiserPartsTest(PartsTest):
+    def run_denoiser(self, parts, latents, text, timestep):
+        video, txt, emb, cos, sin = parts[0][1](latents, text, timestep)
+        for _, p in parts[1:-1]:
+            video, txt = p(video, txt, emb, cos, sin)
+        f, h, w = latents.shape[1], latents.shape[3], latents.shape[4]
+        return parts[-1][1](video, emb, f, h, w), cos
+
+    def check(self, variant, sizes, dtype=torch.float32, atol=ATOL):
+        tr = tiny_transformer(variant)
+        spec = transformer.read_spec(tr)
+        parts = self.export(transformer.write_parts, tr, spec, dtype)
+        self.assertEqual([r for r, _ in parts], ["embed", "block", "block", "head"])
+        g = torch.Generator().manual_seed(7)
+        for f, h, w in sizes:
+            latents = torch.randn(2, f, spec.in_channels, h, w, generator=g)
+            text = torch.randn(2, TEXT_TOKENS, 64, generator=g)
+            timestep = torch.tensor([999, 321])
+            rope = (mirror_transformer.prepare_rotary_positional_embeddings(tr, h * 8, w * 8, f)
+                    if spec.rotary else None)
+            with torch.no_grad():
+                want = tr(latents, text, timestep, image_rotary_emb=rope).sample
+                got, cos = self.run_denoiser(parts, latents, text.to(dtype), timestep)
+            self.assertEqual(got.dtype, torch.float32)
+            self.assertClose(got, want, atol=atol, what=f"{variant} velocity at {f}x{h}x{w} latents")
+            if spec.rotary:
+                self.assertClose(cos, rope[0], what=f"{variant} RoPE cos at {f}x{h}x{w}")
+            else:
+                self.assertEqual(cos.numel(), 0)
+
+    def test_2b_sincos_positions(self):
+        # Sample size (the table diffusers precomputes) and other sizes (recomputed).
+        self.check("2b", [(3, 8, 8), (2, 8, 8), (3, 16, 8)])
+
+    def test_5b_rope(self):
+        # 16x8 latents fit the 8x8 base grid with a crop offset (left = 1), as non-sample aspect ratios do.
+        self.check("5b", [(3, 8, 8), (2, 8, 12), (3, 16, 8)])
+
+    def test_5b_i2v_learned_positions(self):
+        # The learned table at the sample size; sin-cos for other frame counts, as diffusers does.
+        self.check("5b-i2v", [(3, 8, 8), (2, 8, 8)])
+
+    def test_bf16_weights_stay_close(self):
+        self.check("5b", [(3, 8, 8)], dtype=torch.bfloat16, atol=0.15)
+
+
+class VaePartsTest(PartsTest):
+    def setUp(self):
+        super().setUp()
+        self.vae = tiny_vae()
+        self.spec = vae.read_spec(self.vae)
+        self.encoder = self.export(vae.write_encoder, self.vae, self.spec)[0][1]
+        self.decoder = self.export(vae.write_decoder, self.vae, self.spec)[0][1]
+
+    def test_encoder_moments(self):
+        g = torch.Generator().manual_seed(3)
+        for frames in (1, 9, 17):  # 17 frames: chunks [0, 9) and [9, 17) share the causal cache
+            video = torch.rand(1, 3, frames, 32, 48, generator=g) * 2 - 1
+            with torch.no_grad():
+                dist = self.vae.encode(video).latent_dist
+                moments = self.encoder(video)
+            self.assertClose(moments[:, :16], dist.mean, what=f"posterior mean, {frames} frames")
+            self.assertClose(moments[:, 16:], dist.logvar, what=f"clamped log-variance, {frames} frames")
+
+    def test_decoder_video(self):
+        g = torch.Generator().manual_seed(4)
+        for latent_frames in (1, 3, 4, 5):  # chunks 3 | 2,2 | 3,2 with the causal cache carried over
+            z = torch.randn(2, 16, latent_frames, 4, 6, generator=g)
+            with torch.no_grad():
+                want = self.vae.decode(z).sample
+                got = self.decoder(z)
+            self.assertClose(got, want, what=f"decoded video, {latent_frames} latent frames")
+
+    def test_chunk_methods_thread_the_cache(self):
+        # What Reel's VAE slicing and tiling call: decode_chunk over diffusers' chunks with one cache dict, which
+        # TorchScript updates in place (a ScriptDict here, a c10::Dict in Reel).
+        def script_dict():
+            d = torch.jit.script({"": torch.zeros(0)})
+            del d[""]
+            return d
+
+        z = torch.randn(1, 16, 5, 4, 4, generator=torch.Generator().manual_seed(5))
+        video = torch.rand(1, 3, 17, 16, 16, generator=torch.Generator().manual_seed(6))
+        with torch.no_grad():
+            cache = script_dict()
+            pieces = [self.decoder.decode_chunk(z[:, :, a:b], cache) for a, b in ((0, 3), (3, 5))]
+            self.assertGreater(len(cache), 0)
+            self.assertTrue(torch.equal(torch.cat(pieces, 2), self.decoder(z)))
+            cache = script_dict()
+            pieces = [self.encoder.encode_chunk(video[:, :, a:b], cache) for a, b in ((0, 9), (9, 17))]
+            self.assertTrue(torch.equal(torch.cat(pieces, 2), self.encoder(video)))
+
+if __name__ == "__main__":
+    unittest.main()
