@@ -74,6 +74,10 @@ int main(int argc, char** argv) {
   app.add_option("--strategies", strategies, "comma-separated offload strategies of the denoiser");
   app.add_option("--threads", threads, "intra-op threads (default: LibTorch's)");
   app.add_option("--work", work, "directory for the synthesized package (default: a temporary one, removed)");
+  std::string decode;
+  app.add_option("--decode", decode,
+                 "also decode random latents with these VAE settings (comma-separated: plain, slicing, tiling=N, "
+                 "slicing+tiling=N) and report the decoder's peak device memory");
   app.add_option("--json", json_out);
   app.add_option("--markdown", md_out);
   CLI11_PARSE(app, argc, argv);
@@ -112,7 +116,9 @@ int main(int argc, char** argv) {
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
     }
-    reel::StagePackage pkg = reel::StagePackage::Load(dir, std::set<StageKind>{StageKind::kDenoiser});
+    std::set<StageKind> stages{StageKind::kDenoiser};
+    if (!decode.empty()) stages.insert(StageKind::kVaeDecoder);
+    reel::StagePackage pkg = reel::StagePackage::Load(dir, stages);
     const reel::Manifest& m = pkg.manifest();
     reel::GenerateRequest r = reel::DefaultRequest(m, "benchmark");
     r.frames = frames;
@@ -132,6 +138,7 @@ int main(int argc, char** argv) {
       reel::RunOptions o;
       o.device = &dev;
       o.offload[StageKind::kDenoiser] = reel::ParseOffload(names.front(), "--strategies");
+      o.offload[StageKind::kVaeDecoder] = reel::ParseOffload("model", "");
       reel::Runtime rt(pkg, o);
       reel::GenerateRequest warm = r;
       warm.steps = 2;
@@ -145,6 +152,7 @@ int main(int argc, char** argv) {
         reel::RunOptions o;
         o.device = &dev;
         o.offload[StageKind::kDenoiser] = reel::ParseOffload(row.strategy, "--strategies");
+        o.offload[StageKind::kVaeDecoder] = reel::ParseOffload("model", "");  // not resident: the rows are the denoiser's
         dev.ResetPeak();
         reel::Runtime rt(pkg, o);
         const torch::Tensor text = dev.Upload(text_host);
@@ -165,6 +173,46 @@ int main(int argc, char** argv) {
                    row.ok ? fmt::format("{:.3f} s/step, peak {:.2f} GiB", row.step_seconds, GiB(row.peak_bytes)).c_str()
                           : row.error.c_str());
       rows.push_back(row);
+    }
+
+    // The decoder under each VAE setting, on latents of the job's shape (weights resident, as `none`).
+    std::vector<Row> decodes;
+    for (size_t start = 0; !decode.empty() && start <= decode.size();) {
+      const size_t end = std::min(decode.find(',', start), decode.size());
+      Row row;
+      row.strategy = decode.substr(start, end - start);
+      start = end + 1;
+      reel::RunOptions o;
+      o.device = &dev;
+      o.offload[StageKind::kDenoiser] = reel::ParseOffload("model", "");  // not resident: the rows are the decoder's
+      o.vae.slicing = row.strategy.find("slicing") != std::string::npos;
+      try {
+        if (const size_t t = row.strategy.find("tiling="); t != std::string::npos) {
+          size_t used = 0;
+          try {
+            o.vae.tile = std::stoi(row.strategy.substr(t + 7), &used);
+          } catch (const std::exception&) {
+          }
+          if (used == 0 || t + 7 + used != row.strategy.size())
+            throw reel::InvalidArgument(fmt::format("--decode {}: accepted plain, slicing, tiling=N or slicing+tiling=N",
+                                                    row.strategy));
+        }
+        reel::ValidateVaeDecodeOptions(o.vae);
+        reel::Runtime rt(pkg, o);
+        const reel::JobShape shape = rt.ShapeOf(r);
+        const auto sym = shape.symbols(m.vae);
+        const torch::Tensor z = dev.Upload(torch::randn({1, m.vae.latent_channels, sym.at("f"), sym.at("h"), sym.at("w")}));
+        const auto t0 = std::chrono::steady_clock::now();
+        rt.DecodeLatents(z, shape);
+        row.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        row.peak_bytes = rt.stats().at(StageKind::kVaeDecoder).peak_device_bytes;
+        row.ok = true;
+      } catch (const reel::Error& e) {
+        row.error = e.what();
+      }
+      std::fprintf(stderr, "decode %s: %s\n", row.strategy.c_str(),
+                   row.ok ? reel::FormatBytes(row.peak_bytes).c_str() : row.error.c_str());
+      decodes.push_back(row);
     }
 
     const Row* base = nullptr;
@@ -201,12 +249,24 @@ int main(int argc, char** argv) {
       }
       j["rows"].push_back(jr);
     }
+    if (!decodes.empty()) {
+      md += "\n| VAE decode | time (s) | peak device memory |\n|---|---|---|\n";
+      for (const auto& row : decodes) {
+        md += row.ok ? fmt::format("| {} | {:.2f} | {} |\n", row.strategy, row.step_seconds, reel::FormatBytes(row.peak_bytes))
+                     : fmt::format("| {} | failed: {} | |\n", row.strategy, row.error);
+        nlohmann::json jd{{"vae", row.strategy}, {"ok", row.ok}};
+        if (row.ok) jd.update({{"seconds", row.step_seconds}, {"peak_device_bytes", row.peak_bytes}});
+        else jd["error"] = row.error;
+        j["decode"].push_back(jd);
+      }
+    }
     std::printf("%s", md.c_str());
     if (!json_out.empty()) WriteWhole(json_out, j.dump(2) + "\n", "--json");
     if (!md_out.empty()) WriteWhole(md_out, md, "--markdown");
     if (own_work) fs::remove_all(work);
     bool all_ok = true;
     for (const auto& row : rows) all_ok = all_ok && row.ok;
+    for (const auto& row : decodes) all_ok = all_ok && row.ok;
     return all_ok ? 0 : 1;
   } catch (const reel::Error& e) {
     std::fprintf(stderr, "reel_gpu_bench: %s\n", e.what());

@@ -69,10 +69,19 @@ if [ "$MODE" = gpu ]; then
   fi
   export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  # PyTorch's wheels bring NCCL as a Python package (nvidia-nccl-*): headers and libnccl.so.2 without the link.
+  NCCL_FLAGS=()
+  NCCL_ROOT=$($PY -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+  NCCL_LIB=$(ls "$NCCL_ROOT"/lib/libnccl.so* 2>/dev/null | head -1)
+  if [ ! -e "$CUDA_HOME/include/nccl.h" ] && [ -e "$NCCL_ROOT/include/nccl.h" ] && [ -n "$NCCL_LIB" ]; then
+    NCCL_FLAGS=(-DNCCL_INCLUDE_DIR="$NCCL_ROOT/include" -DNCCL_LIBRARY="$NCCL_LIB")
+    say "NCCL: $NCCL_LIB"
+  fi
   say "configure $BUILD"
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DREEL_RUNTIME_ONLY=ON -DREEL_WITH_CUDA=ON \
     -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS" -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
-    -DCMAKE_CUDA_ARCHITECTURES=native >>"$LOG" 2>&1 || { say "FAIL: configure (see $LOG)"; tail -40 "$LOG"; exit 1; }
+    -DCMAKE_CUDA_ARCHITECTURES=native "${NCCL_FLAGS[@]}" >>"$LOG" 2>&1 ||
+    { say "FAIL: configure (see $LOG)"; tail -40 "$LOG"; exit 1; }
   say "build"
   if ! cmake --build "$BUILD" -j "$(nproc)" -- -k 0 >>"$LOG" 2>&1; then
     say "FAIL: build (errors follow)"
@@ -113,6 +122,7 @@ else
       say "benchmark $preset 49x480x720 bf16"
       "$BENCH" --preset "$preset" --device cuda:0 --frames 49 --height 480 --width 720 --dtype bf16 \
         --steps "${REEL_GPU_BENCH_STEPS:-3}" --strategies "none,block:4,block:2,sequential,model" \
+        --decode "plain,slicing,tiling=256,slicing+tiling=256" \
         --json "$OUT_DIR/bench-$preset.json" --markdown "$OUT_DIR/bench-$preset.md" >>"$LOG" 2>&1 ||
         say "FAIL: benchmark $preset (see $LOG)"
     done
@@ -120,7 +130,7 @@ else
     [ "$MODE" = gpu ] || skip "benchmark at 49x480x720 on a GPU: no GPU (ran tiny on the simulated device instead)"
     say "benchmark tiny 9x64x64 on the simulated device"
     "$BENCH" --preset tiny --device cpu --frames 9 --height 64 --width 64 --steps 2 --threads 2 \
-      --strategies "none,block:1,sequential" --json "$OUT_DIR/bench-tiny.json" \
+      --strategies "none,block:1,sequential" --decode "plain,slicing+tiling=32" --json "$OUT_DIR/bench-tiny.json" \
       --markdown "$OUT_DIR/bench-tiny.md" >>"$LOG" 2>&1 || say "FAIL: benchmark tiny (see $LOG)"
   fi
 fi
