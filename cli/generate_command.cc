@@ -24,6 +24,7 @@
 #include "profiler/host_memory.h"
 #include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
+#include "runtime/recovery.h"
 
 namespace reel::cli {
 
@@ -37,6 +38,7 @@ struct GenerateFlags {
   int threads = 0;
   std::string device = "cpu", device_memory, offload = "none", dtype, weights, host_memory;
   bool vae_slicing = false;
+  bool no_oom_retry = false;
   std::optional<std::string> vae_tiling;
   ProfilingFlags profiling;
 };
@@ -131,13 +133,31 @@ void RunGenerate(GenerateFlags& f) {
   profiling.Start();
   {
     std::unique_ptr<Runtime> runtime;
-    try {
-      runtime = std::make_unique<Runtime>(package, options, profiling.observer());
-      video = runtime->Generate(r, image.rgb, hooks);
-    } catch (const Error& e) {
-      progress.Finish();
-      profiling.Finish(runtime.get(), package, capacity, &e, 0.0, "");
-      throw;
+    for (;;) {
+      try {
+        runtime.reset();  // a failed attempt's placement leaves the device first
+        runtime = std::make_unique<Runtime>(package, options, profiling.observer());
+        video = runtime->Generate(r, image.rgb, hooks);
+        break;
+      } catch (const StageOutOfMemory& e) {
+        // Retry with the next cheaper choice for the stage that ran out; the store remembers the failure.
+        std::string why;
+        const auto cheaper = f.no_oom_retry ? std::nullopt : CheaperAfterOom(options, manifest, e.stage(), &why);
+        if (!cheaper) {
+          progress.Finish();
+          profiling.Finish(runtime.get(), package, capacity, &e, 0.0, "");
+          throw;
+        }
+        profiling.RecordOom(runtime.get(), e, capacity);
+        spdlog::warn("{}; retrying with {}", e.what(), why);
+        options = *cheaper;
+        runtime.reset();
+        package = StagePackage::Load(dir);  // the failed attempt may have converted or released weights in place
+      } catch (const Error& e) {
+        progress.Finish();
+        profiling.Finish(runtime.get(), package, capacity, &e, 0.0, "");
+        throw;
+      }
     }
     progress.Finish();
     WriteMp4(out, video.rgb.data(), video.frames, video.height, video.width, r.fps);
@@ -174,6 +194,8 @@ void AddGenerateCommand(CLI::App& app) {
   g->add_option("--host-memory", f->host_memory,
                 "Host RAM the weights may hold, e.g. 24GiB (default: 3/4 of the memory available at start)");
   g->add_flag("--vae-slicing", f->vae_slicing, "Decode latent frames in slices carrying the causal cache");
+  g->add_flag("--no-oom-retry", f->no_oom_retry,
+              "Fail when a stage runs out of device memory instead of retrying it with the next cheaper choice");
   g->add_option("--vae-tiling", f->vae_tiling, "Decode in spatial tiles of T pixels (default 256) with blended seams")
       ->expected(0, 1);
   AddProfilingFlags(*g, f->profiling);

@@ -89,6 +89,7 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
   report.seed = request_.seed;
   report.total_seconds = total_seconds;
   report.output = output;
+  report.stages = failed_attempts_;  // stored when they happened
   if (runtime) {
     const auto stats = runtime->stats();
     const auto strategies = runtime->strategies();
@@ -119,6 +120,23 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
   }
   if (!flags_.report.empty()) WriteReport(report, flags_.report);
   if (trace_) trace_->Write(flags_.trace);
+}
+
+void RunProfiling::RecordOom(const Runtime* runtime, const StageOutOfMemory& error, int64_t capacity) {
+  ProfileContext c;
+  c.manifest = &manifest_;
+  c.request = request_;
+  c.device_capacity = capacity;
+  c.peak_host_rss = HostPeakRssBytes();
+  c.strategy = error.strategy();
+  c.weight_format = error.weight_format();
+  StageStats none;
+  const auto stats = runtime ? runtime->stats() : std::map<StageKind, StageStats>{};
+  const auto it = stats.find(error.stage());
+  const StageProfile p = ProfileOf(error.stage(), it != stats.end() ? it->second : none, c, error.what());
+  failed_attempts_.push_back(p);
+  if (store_) store_->Insert(p);
+  metrics_->RecordStage(p);
 }
 
 }  // namespace reel::cli

@@ -4,11 +4,13 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "common/error.h"
 #include "package/job_request.h"
+#include "profiler/stage_profile.h"
 #include "runtime/pipeline.h"
 
 namespace reel {
@@ -38,6 +40,10 @@ class RunProfiling {
   // the measurements and updates the metrics.
   void Finish(Runtime* runtime, const StagePackage& package, int64_t capacity, const Error* error,
               double total_seconds, const std::string& output);
+  // Records the stage that ran out of device memory in an attempt the run then retried with a cheaper choice:
+  // the store remembers it (outcome "oom") so the planner does not choose it again for this device and shape.
+  // `runtime` is null when the failure came while placing weights at start-up.
+  void RecordOom(const Runtime* runtime, const StageOutOfMemory& error, int64_t capacity);
 
  private:
   class Observer;
@@ -49,6 +55,7 @@ class RunProfiling {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ProfileStore> store_;
   std::unique_ptr<Observer> observer_;
+  std::vector<StageProfile> failed_attempts_;
   int64_t host_budget_ = 0;
 };
 

@@ -72,11 +72,12 @@ auto Runtime::OnDevice(StageKind k, Fn&& fn) {
     if (auto oom = device_.TakeOutOfMemory(e)) {
       failed_stage_ = k;
       executor(k).stats().peak_device_bytes = std::max(executor(k).stats().peak_device_bytes, device_.Memory().peak);
-      throw Error(ErrorKind::kDeviceOutOfMemory,
-                  fmt::format("device {}: out of memory in stage {} (strategy {}): asked {} with {} in use, {} free",
-                              device_.Describe(), StageKindName(k), executor(k).offload().ToString(),
-                              FormatBytes(oom->requested), FormatBytes(oom->used),
-                              FormatBytes(std::max<int64_t>(0, oom->capacity - oom->used))));
+      const std::string strategy = strategies().at(k);
+      throw StageOutOfMemory(
+          k, strategy, weight_formats().at(k),
+          fmt::format("device {}: out of memory in stage {} (strategy {}): asked {} with {} in use, {} free",
+                      device_.Describe(), StageKindName(k), strategy, FormatBytes(oom->requested),
+                      FormatBytes(oom->used), FormatBytes(std::max<int64_t>(0, oom->capacity - oom->used))));
     }
     throw BadPackage(fmt::format("package {}: stage {} failed on inputs shaped as the manifest says: {}",
                                  package_.dir().string(), StageKindName(k), LastLine(e.what())));

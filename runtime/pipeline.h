@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/error.h"
 #include "package/job_request.h"
 #include "runtime/offload.h"
 #include "runtime/stage_executor.h"
@@ -20,6 +21,23 @@ namespace reel {
 struct Video {
   int frames = 0, height = 0, width = 0;
   std::vector<uint8_t> rgb;  // frames × height × width × 3
+};
+
+// A stage ran out of device memory (ErrorKind::kDeviceOutOfMemory): which one, with which strategy and weights.
+class StageOutOfMemory : public Error {
+ public:
+  StageOutOfMemory(StageKind stage, std::string strategy, std::string weight_format, const std::string& message)
+      : Error(ErrorKind::kDeviceOutOfMemory, message),
+        stage_(stage),
+        strategy_(std::move(strategy)),
+        weight_format_(std::move(weight_format)) {}
+  StageKind stage() const { return stage_; }
+  const std::string& strategy() const { return strategy_; }
+  const std::string& weight_format() const { return weight_format_; }
+
+ private:
+  StageKind stage_;
+  std::string strategy_, weight_format_;
 };
 
 struct GenerateHooks {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <iostream>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -12,6 +13,7 @@
 #include "models/synth.h"
 #include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
+#include "runtime/recovery.h"
 #include "tests/test_util.h"
 
 namespace reel {
@@ -220,6 +222,62 @@ TEST_F(RuntimeMemory, NoneRunsOutJustUnderItsPeakWhereBlockOffloadFits) {
   const auto [blocked, peak] = Run(Offloaded("block:1"), cap);
   EXPECT_EQ(blocked.rgb, none.rgb);
   EXPECT_LT(peak, none_peak);
+}
+
+}  // namespace
+}  // namespace reel
+
+namespace reel {
+namespace {
+
+// Offloads of every stage and the VAE settings, as one line, to follow the ladder.
+std::string Describe(const RunOptions& o, const Manifest& m) {
+  std::string s;
+  for (const auto& [k, st] : m.stages) {
+    auto it = o.offload.find(k);
+    s += fmt::format("{}={} ", StageKindName(k), it == o.offload.end() ? "none" : it->second.ToString());
+  }
+  return s + fmt::format("slicing={} tile={}", o.vae.slicing, o.vae.tile);
+}
+
+TEST(OomRecovery, TheLadderFreesOtherStagesThenCheapensTheFailedOneAndEnds) {
+  ScratchDir dir("oom-ladder");
+  SynthOptions so;
+  so.preset = "tiny";
+  so.out = dir / "tiny";
+  const Manifest m = SynthesizePackage(so);
+  // The denoiser keeps failing: the other stages leave the device first (largest first), then the denoiser
+  // streams fewer blocks, then one at a time, then nothing is left.
+  std::vector<std::string> steps;
+  RunOptions o;
+  std::string why;
+  while (auto next = CheaperAfterOom(o, m, StageKind::kDenoiser, &why)) {
+    steps.push_back(why);
+    o = *next;
+    ASSERT_LT(steps.size(), 10u) << Describe(o, m);
+  }
+  ASSERT_EQ(steps.size(), 4u) << ::testing::PrintToString(steps);
+  // tiny's decoder holds more bytes than its text encoder.
+  ASSERT_GT(m.stage(StageKind::kVaeDecoder).bytes(), m.stage(StageKind::kTextEncoder).bytes());
+  EXPECT_EQ(steps[0], "vae_decoder: none -> model");
+  EXPECT_EQ(steps[1], "text_encoder: none -> model");
+  EXPECT_EQ(steps[2], "denoiser: none -> block:1");
+  EXPECT_EQ(steps[3], "denoiser: block:1 -> sequential");
+
+  // The decoder, with the others already off the device: tiles, then slices, then smaller tiles, then model.
+  RunOptions d;
+  d.offload[StageKind::kTextEncoder] = ParseOffload("model", "t");
+  d.offload[StageKind::kDenoiser] = ParseOffload("model", "t");
+  steps.clear();
+  while (auto next = CheaperAfterOom(d, m, StageKind::kVaeDecoder, &why)) {
+    steps.push_back(why);
+    d = *next;
+    ASSERT_LT(steps.size(), 10u);
+  }
+  EXPECT_EQ(steps, (std::vector<std::string>{"vae_decoder: whole -> tiling=256", "vae_decoder: tiling=256 -> slicing+tiling=256",
+                                             "vae_decoder: slicing+tiling=256 -> slicing+tiling=128",
+                                             "vae_decoder: slicing+tiling=128 -> slicing+tiling=64",
+                                             "vae_decoder: none -> model"}));
 }
 
 }  // namespace

@@ -1,0 +1,84 @@
+#include "runtime/recovery.h"
+
+#include <fmt/format.h>
+
+namespace reel {
+
+namespace {
+
+std::string VaeString(const VaeDecodeOptions& v) {
+  std::string s = v.slicing ? "slicing" : "";
+  if (v.tile > 0) s += fmt::format("{}tiling={}", s.empty() ? "" : "+", v.tile);
+  return s.empty() ? "whole" : s;
+}
+
+}  // namespace
+
+std::optional<RunOptions> CheaperAfterOom(const RunOptions& options, const Manifest& manifest, StageKind failed,
+                                          std::string* why) {
+  RunOptions o = options;
+  // Another stage's resident weights first: moving them off between runs costs one copy per run.
+  std::optional<StageKind> largest;
+  for (const auto& [k, st] : manifest.stages) {
+    if (k == failed) continue;
+    auto it = o.offload.find(k);
+    if (it != o.offload.end() && it->second.mode != OffloadMode::kNone) continue;
+    if (!largest || st.bytes() > manifest.stages.at(*largest).bytes()) largest = k;
+  }
+  if (largest) {
+    o.offload[*largest].mode = OffloadMode::kModel;
+    if (why) *why = fmt::format("{}: none -> model", StageKindName(*largest));
+    return o;
+  }
+  int blocks = 0;
+  if (auto it = manifest.stages.find(failed); it != manifest.stages.end())
+    for (const auto& p : it->second.parts) blocks += p.role == "block";
+  Offload& off = o.offload[failed];
+  const std::string before = off.ToString();
+  const std::string name = StageKindName(failed);
+  if (failed == StageKind::kVaeDecoder) {
+    VaeDecodeOptions& v = o.vae;
+    const std::string was = VaeString(v);
+    if (v.tile == 0) {
+      v.tile = 256;
+    } else if (!v.slicing) {
+      v.slicing = true;
+    } else if (v.tile > 64) {
+      v.tile = std::max(64, v.tile / 2);
+    } else if (off.mode == OffloadMode::kNone) {
+      off.mode = OffloadMode::kModel;
+      if (why) *why = fmt::format("{}: {} -> model", name, before);
+      return o;
+    } else {
+      return std::nullopt;
+    }
+    if (why) *why = fmt::format("{}: {} -> {}", name, was, VaeString(v));
+    return o;
+  }
+  if (blocks > 0) {
+    switch (off.mode) {
+      case OffloadMode::kNone:
+      case OffloadMode::kModel:
+        off.mode = OffloadMode::kBlock;
+        off.blocks = std::max(1, (blocks + 1) / 2);
+        break;
+      case OffloadMode::kBlock:
+        if (off.blocks > 1) {
+          off.blocks = std::max(1, off.blocks / 2);
+        } else {
+          off.mode = OffloadMode::kSequential;
+        }
+        break;
+      case OffloadMode::kSequential:
+        return std::nullopt;
+    }
+  } else if (off.mode == OffloadMode::kNone) {
+    off.mode = OffloadMode::kModel;
+  } else {
+    return std::nullopt;
+  }
+  if (why) *why = fmt::format("{}: {} -> {}", name, before, off.ToString());
+  return o;
+}
+
+}  // namespace reel
