@@ -157,7 +157,8 @@ int main(int argc, char** argv) {
         reel::Runtime rt(pkg, o);
         const torch::Tensor text = dev.Upload(text_host);
         rt.DenoiseLatents(r, text, torch::Tensor());
-        const auto& st = rt.stats().at(StageKind::kDenoiser);
+        const auto stats = rt.stats();  // a copy: a reference into the returned map would dangle
+        const auto& st = stats.at(StageKind::kDenoiser);
         std::vector<double> timed(st.step_seconds.begin() + 1, st.step_seconds.end());
         row.step_seconds = Median(timed);
         row.peak_bytes = st.peak_device_bytes;

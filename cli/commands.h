@@ -8,6 +8,7 @@ namespace reel::cli {
 void AddModelCommand(CLI::App& app);
 void AddGenerateCommand(CLI::App& app);
 void AddClusterCommands(CLI::App& app);
+void AddPlanCommand(CLI::App& app);
 
 // What main returns when a command finishes without throwing (long-running services set it).
 inline int& CommandExitCode() {

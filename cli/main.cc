@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   reel::cli::AddModelCommand(app);
   reel::cli::AddGenerateCommand(app);
   reel::cli::AddClusterCommands(app);
+  reel::cli::AddPlanCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

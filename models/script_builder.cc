@@ -6,15 +6,6 @@
 
 namespace reel {
 
-uint64_t StableHash(const std::string& s, uint64_t seed) {
-  uint64_t h = 1469598103934665603ull ^ seed;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 ScriptBuilder::ScriptBuilder(const std::string& class_name, uint64_t seed, torch::Dtype dtype)
     : module_(class_name), gen_(at::make_generator<at::CPUGeneratorImpl>(seed)), dtype_(dtype) {}
 
@@ -23,13 +14,23 @@ void ScriptBuilder::Register(const std::string& name, const torch::Tensor& t) {
   params_ += t.numel();
 }
 
+namespace {
+thread_local int weightless_depth = 0;
+}  // namespace
+
+ScriptBuilder::WeightlessScope::WeightlessScope() { ++weightless_depth; }
+ScriptBuilder::WeightlessScope::~WeightlessScope() { --weightless_depth; }
+bool ScriptBuilder::weightless() { return weightless_depth > 0; }
+
 void ScriptBuilder::Normal(const std::string& name, std::vector<int64_t> shape, double std) {
+  if (weightless()) return Register(name, torch::empty(shape, torch::TensorOptions(torch::kFloat32).device(torch::kMeta)));
   torch::Tensor t = torch::randn(shape, gen_, torch::kFloat32);
   t.mul_(std);
   Register(name, t);
 }
 
 void ScriptBuilder::Constant(const std::string& name, std::vector<int64_t> shape, double value) {
+  if (weightless()) return Register(name, torch::empty(shape, torch::TensorOptions(torch::kFloat32).device(torch::kMeta)));
   Register(name, torch::full(shape, value, torch::kFloat32));
 }
 

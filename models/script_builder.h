@@ -7,6 +7,8 @@
 
 #include <torch/script.h>
 
+#include "common/stable_hash.h"  // StableHash: per-file seeds that do not depend on synthesis order
+
 namespace reel {
 
 class ScriptBuilder {
@@ -26,6 +28,17 @@ class ScriptBuilder {
   void Define(const std::string& source) { source_ += source; }
 
   torch::jit::Module Finish();
+
+  // While one lives on this thread, builders make weights on the meta device: shapes and counts, no memory (a
+  // manifest for planning without synthesizing gigabytes).
+  class WeightlessScope {
+   public:
+    WeightlessScope();
+    ~WeightlessScope();
+    WeightlessScope(const WeightlessScope&) = delete;
+    WeightlessScope& operator=(const WeightlessScope&) = delete;
+  };
+  static bool weightless();
   int64_t params() const { return params_; }
   int64_t bytes() const { return params_ * torch::elementSize(dtype_); }
 
@@ -38,8 +51,5 @@ class ScriptBuilder {
   std::string source_;
   int64_t params_ = 0;
 };
-
-// A stable 64-bit hash (FNV-1a) to derive per-file seeds that do not depend on synthesis order.
-uint64_t StableHash(const std::string& s, uint64_t seed);
 
 }  // namespace reel

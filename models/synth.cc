@@ -46,8 +46,10 @@ class PackageWriter {
   }
 
   void Save(StageManifest& stage, const std::string& role, const std::string& file, torch::jit::Module m) {
-    fs::create_directories((dir_ / file).parent_path());
-    m.save((dir_ / file).string());
+    if (!ScriptBuilder::weightless()) {
+      fs::create_directories((dir_ / file).parent_path());
+      m.save((dir_ / file).string());
+    }
     int64_t params = 0, bytes = 0;
     for (const auto& p : m.parameters()) {
       params += p.numel();
@@ -154,7 +156,10 @@ std::string PresetList() {
 
 }  // namespace
 
-Manifest SynthesizePackage(const SynthOptions& opts, const std::function<void(const std::string&)>& on_part) {
+namespace {
+
+// The preset `opts` names with its depth overrides; InvalidArgument/NotFound naming the flag otherwise.
+PresetConfig CheckedPreset(const SynthOptions& opts) {
   if (opts.layers && (*opts.layers < 1 || *opts.layers > 64))
     throw InvalidArgument(fmt::format("--layers {}: accepted 1..64", *opts.layers));
   if (opts.dtype != DType::kF32 && opts.dtype != DType::kBF16)
@@ -166,6 +171,40 @@ Manifest SynthesizePackage(const SynthOptions& opts, const std::function<void(co
       throw InvalidArgument(fmt::format("--text-layers {}: accepted 1..{}", *opts.text_layers, preset->t5.num_layers));
     preset->t5.num_layers = *opts.text_layers;
   }
+  return *preset;
+}
+
+Manifest ManifestHeader(const PresetConfig& preset, const SynthOptions& opts) {
+  Manifest m;
+  m.name = preset.name + (opts.layers ? fmt::format("-{}l", *opts.layers) : "") +
+           (opts.text_layers ? fmt::format("-t{}", *opts.text_layers) : "");
+  m.preset = preset.name;
+  m.seed = opts.seed;
+  m.image_conditioned = preset.image_conditioned;
+  m.tokenizer = preset.tokenizer;
+  m.vae = preset.vae_spec;
+  m.vae.latent_channels = preset.vae.latent_channels;
+  m.scheduler = preset.scheduler;
+  m.limits = preset.limits;
+  m.defaults = preset.defaults;
+  return m;
+}
+
+}  // namespace
+
+Manifest PresetManifest(const SynthOptions& opts) {
+  const PresetConfig preset = CheckedPreset(opts);
+  ScriptBuilder::WeightlessScope weightless;
+  Manifest m = ManifestHeader(preset, opts);
+  const std::function<void(const std::string&)> no_progress;
+  PackageWriter writer(fs::path(), opts.seed, TorchDtype(opts.dtype), no_progress);
+  WriteStages(preset, opts.dtype, writer, m);
+  return m;
+}
+
+Manifest SynthesizePackage(const SynthOptions& opts, const std::function<void(const std::string&)>& on_part) {
+  const PresetConfig preset_config = CheckedPreset(opts);
+  const PresetConfig* preset = &preset_config;
   std::error_code ec;
   if (fs::exists(opts.out, ec) && !(fs::is_directory(opts.out, ec) && fs::is_empty(opts.out, ec)))
     throw InvalidArgument(fmt::format("--out {}: already exists and is not an empty directory", opts.out.string()));
@@ -182,18 +221,7 @@ Manifest SynthesizePackage(const SynthOptions& opts, const std::function<void(co
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
   try {
-    Manifest m;
-    m.name = preset->name + (opts.layers ? fmt::format("-{}l", *opts.layers) : "") +
-             (opts.text_layers ? fmt::format("-t{}", *opts.text_layers) : "");
-    m.preset = preset->name;
-    m.seed = opts.seed;
-    m.image_conditioned = preset->image_conditioned;
-    m.tokenizer = preset->tokenizer;
-    m.vae = preset->vae_spec;
-    m.vae.latent_channels = preset->vae.latent_channels;
-    m.scheduler = preset->scheduler;
-    m.limits = preset->limits;
-    m.defaults = preset->defaults;
+    Manifest m = ManifestHeader(*preset, opts);
     PackageWriter writer(tmp, opts.seed, TorchDtype(opts.dtype), on_part);
     WriteStages(*preset, opts.dtype, writer, m);
     SaveManifest(m, tmp);

@@ -28,6 +28,10 @@ struct SynthOptions {
 Manifest SynthesizePackage(const SynthOptions& opts,
                            const std::function<void(const std::string&)>& on_part = nullptr);
 
+// The manifest SynthesizePackage would write for `opts` (its `out` unused), built without weights: parameter
+// counts and bytes from shapes alone, in about a second for any preset. For planning (`reel plan`).
+Manifest PresetManifest(const SynthOptions& opts);
+
 // The directory holding synthesized preset packages: $REEL_CACHE_DIR, else $XDG_CACHE_HOME/reel, else
 // ~/.cache/reel.
 std::filesystem::path ModelCacheDir();

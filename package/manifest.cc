@@ -1,5 +1,6 @@
 #include "package/manifest.h"
 
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -7,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/stable_hash.h"
 
 namespace reel {
 namespace fs = std::filesystem;
@@ -181,6 +183,14 @@ int StageManifest::num_blocks() const {
   int n = 0;
   for (const auto& p : parts) n += p.role == "block";
   return n;
+}
+
+std::string StageDigest(const Manifest& m, const StageManifest& s) {
+  std::string key = m.name + "/" + StageKindName(s.kind);
+  for (const auto& p : s.parts) key += "|" + p.file + ":" + std::to_string(p.params) + ":" + std::to_string(p.bytes);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(StableHash(key, m.seed.value_or(0))));
+  return hex;
 }
 
 const StageManifest& Manifest::stage(StageKind k) const {

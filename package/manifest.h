@@ -117,6 +117,10 @@ struct Manifest {
   bool has_stage(StageKind k) const { return stages.count(k) != 0; }
 };
 
+// Identifies a stage's weights (16 hex digits): the package name and seed and every part's file, parameter count
+// and bytes. Profiles are stored under it, so measurements of other weights never mix.
+std::string StageDigest(const Manifest& m, const StageManifest& s);
+
 // Serialises to JSON text (stable key order).
 std::string ManifestToJson(const Manifest& m);
 // Parses and validates; errors are BadPackage naming `source` (a file path) and the field at fault.

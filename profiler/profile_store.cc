@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS stage_profiles (
   outcome TEXT NOT NULL,
   error TEXT NOT NULL,
   peak_device_bytes INTEGER NOT NULL,
+  base_device_bytes INTEGER NOT NULL DEFAULT 0,
   peak_host_rss_bytes INTEGER NOT NULL,
   pinned_host_bytes INTEGER NOT NULL,
   copied_bytes INTEGER NOT NULL,
@@ -47,16 +48,18 @@ CREATE INDEX IF NOT EXISTS stage_profiles_by_digest ON stage_profiles (stage_dig
 constexpr const char* kInsert = R"sql(
 INSERT INTO stage_profiles (stage, stage_digest, device_kind, device_name, device_capacity_bytes, strategy, dtype,
   frames, height, width, steps, batch, outcome, error, peak_device_bytes, peak_host_rss_bytes, pinned_host_bytes,
-  copied_bytes, load_seconds, copy_seconds, compute_seconds, wall_seconds, step_seconds, block_seconds, recorded_at)
+  copied_bytes, load_seconds, copy_seconds, compute_seconds, wall_seconds, step_seconds, block_seconds, recorded_at,
+  base_device_bytes)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23,
-  ?24, ?25)
+  ?24, ?25, ?26)
 )sql";
 
 // Wildcards are decided by the bound values, so one prepared statement serves every key.
 constexpr const char* kFind = R"sql(
 SELECT id, stage, stage_digest, device_kind, device_name, device_capacity_bytes, strategy, dtype,
   frames, height, width, steps, batch, outcome, error, peak_device_bytes, peak_host_rss_bytes, pinned_host_bytes,
-  copied_bytes, load_seconds, copy_seconds, compute_seconds, wall_seconds, step_seconds, block_seconds, recorded_at
+  copied_bytes, load_seconds, copy_seconds, compute_seconds, wall_seconds, step_seconds, block_seconds, recorded_at,
+  base_device_bytes
 FROM stage_profiles
 WHERE (?1 = '' OR stage_digest = ?1)
   AND (?2 = '' OR device_kind = ?2)
@@ -153,6 +156,12 @@ ProfileStore::ProfileStore(const std::string& path) : path_(path) {
         Statement set(*this, "INSERT INTO schema_version (version) VALUES (?1)");
         set.Bind(1, kSchemaVersion);
         set.Step("writing the schema version");
+      } else if (version.Int(0) < kSchemaVersion) {
+        // Version 1 had no base_device_bytes: its rows read as 0 (the stage's peak taken as its own need).
+        Exec("ALTER TABLE stage_profiles ADD COLUMN base_device_bytes INTEGER NOT NULL DEFAULT 0");
+        Statement set(*this, "INSERT INTO schema_version (version) VALUES (?1)");
+        set.Bind(1, kSchemaVersion);
+        set.Step("writing the schema version");
       } else if (version.Int(0) > kSchemaVersion) {
         throw IoError("profile store " + path + ": written with schema version " + std::to_string(version.Int(0)) +
                       ", this reel reads version " + std::to_string(kSchemaVersion) +
@@ -212,6 +221,7 @@ int64_t ProfileStore::Insert(const StageProfile& p) {
     s.Bind(23, nlohmann::json(p.step_seconds).dump());
     s.Bind(24, nlohmann::json(p.block_seconds).dump());
     s.Bind(25, p.recorded_at);
+    s.Bind(26, p.base_device_bytes);
     s.Step("inserting a profile");
     const int64_t id = sqlite3_last_insert_rowid(db_);
     s.Reset();
@@ -267,6 +277,7 @@ std::vector<StoredProfile> ProfileStore::Find(const ProfileKey& key) const {
       p.step_seconds = ParseSeconds(s.Text(23), r.id, "step_seconds");
       p.block_seconds = ParseSeconds(s.Text(24), r.id, "block_seconds");
       p.recorded_at = s.Int(25);
+      p.base_device_bytes = s.Int(26);
       rows.push_back(std::move(r));
     }
   } catch (...) {

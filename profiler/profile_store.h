@@ -37,7 +37,7 @@ struct StoredProfile {
 
 class ProfileStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens or creates the file (WAL, so readers in other processes never block a writer). Throws IoError
   // ("profile store <path>: ...") for a missing directory, a file that is not SQLite, or a newer schema.

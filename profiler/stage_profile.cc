@@ -94,13 +94,14 @@ void StageProfile::Validate(const std::string& what) const {
   check(OneOf(dtype, kDtypes), "dtype", dtype, Joined(kDtypes));
   check(OneOf(outcome, kOutcomes), "outcome", outcome, Joined(kOutcomes));
   check(!strategy.empty(), "strategy", strategy, "a strategy such as none, model, block:2 or tiling=256");
-  const std::array<std::pair<const char*, int64_t>, 9> counts = {{{"device_capacity_bytes", device_capacity_bytes},
+  const std::array<std::pair<const char*, int64_t>, 10> counts = {{{"device_capacity_bytes", device_capacity_bytes},
                                                                   {"frames", frames},
                                                                   {"height", height},
                                                                   {"width", width},
                                                                   {"steps", steps},
                                                                   {"batch", batch},
                                                                   {"peak_device_bytes", peak_device_bytes},
+                                                                  {"base_device_bytes", base_device_bytes},
                                                                   {"peak_host_rss_bytes", peak_host_rss_bytes},
                                                                   {"pinned_host_bytes", pinned_host_bytes}}};
   for (const auto& [field, v] : counts) check(v >= 0, field, std::to_string(v), "0 or more");
@@ -130,6 +131,7 @@ nlohmann::json StageProfile::ToJson() const {
           {"outcome", outcome},
           {"error", error},
           {"peak_device_bytes", peak_device_bytes},
+          {"base_device_bytes", base_device_bytes},
           {"peak_host_rss_bytes", peak_host_rss_bytes},
           {"pinned_host_bytes", pinned_host_bytes},
           {"copied_bytes", copied_bytes},
@@ -160,6 +162,7 @@ StageProfile StageProfile::FromJson(const nlohmann::json& j, const std::string& 
   r.Str("outcome", p.outcome, true);
   r.Str("error", p.error);
   r.Integer("peak_device_bytes", p.peak_device_bytes);
+  if (j.contains("base_device_bytes")) r.Integer("base_device_bytes", p.base_device_bytes);  // absent before v2
   r.Integer("peak_host_rss_bytes", p.peak_host_rss_bytes);
   r.Integer("pinned_host_bytes", p.pinned_host_bytes);
   r.Integer("copied_bytes", p.copied_bytes);

@@ -31,6 +31,8 @@ struct StageProfile {
   std::string error;           // the error line when outcome is not ok
 
   int64_t peak_device_bytes = 0;
+  // Device bytes held by other stages and job tensors when this stage began: its own need is the peak less this.
+  int64_t base_device_bytes = 0;
   int64_t peak_host_rss_bytes = 0;
   int64_t pinned_host_bytes = 0;
   int64_t copied_bytes = 0;  // host<->device weight traffic, for reel_copied_bytes_total

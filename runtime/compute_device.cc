@@ -17,7 +17,7 @@ namespace reel {
 #ifdef REEL_HAVE_CUDA
 // cuda_device.cc
 ComputeDevice& CudaDevice(int index);
-int CudaDevices();
+int TorchCudaDevices();
 #endif
 
 namespace {
@@ -126,7 +126,7 @@ bool CudaBuilt() {
 
 int CudaDeviceCount() {
 #ifdef REEL_HAVE_CUDA
-  return CudaDevices();
+  return TorchCudaDevices();
 #else
   return 0;
 #endif

@@ -112,6 +112,9 @@ class Cuda : public ComputeDevice {
     C10_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
     name_ = prop.name;
     total_ = static_cast<int64_t>(prop.totalGlobalMem);
+    // LibTorch 2.x initialises the caching allocator for a device on its first allocation; its statistics and
+    // memory fraction refuse a device before that.
+    (void)torch::empty({1}, torch::TensorOptions().device(device()));
   }
   c10::Device device() const override { return c10::Device(c10::kCUDA, index_); }
   bool simulated() const override { return false; }
@@ -171,7 +174,7 @@ class Cuda : public ComputeDevice {
 
 }  // namespace
 
-int CudaDevices() { return static_cast<int>(c10::cuda::device_count()); }
+int TorchCudaDevices() { return static_cast<int>(c10::cuda::device_count()); }
 
 ComputeDevice& CudaDevice(int index) {
   static std::mutex mu;

@@ -1,5 +1,7 @@
 #include "runtime/device_memory.h"
 
+#include <cstring>
+
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
@@ -40,7 +42,16 @@ class TrackingAllocator final : public c10::Allocator {
  public:
   explicit TrackingAllocator(c10::Allocator* base) : base_(base) {}
 
-  c10::DataPtr allocate(size_t n) const override {
+  // LibTorch 1.13 declares allocate() const; 2.x declares it non-const and adds copy_data(). Both spellings are
+  // here, without `override`, so one source builds against either.
+  c10::DataPtr allocate(size_t n) const { return Allocate(n); }
+  c10::DataPtr allocate(size_t n) { return Allocate(n); }
+  void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &DeleteTracked; }
+
+ private:
+  c10::DataPtr Allocate(size_t n) const {
     const bool device = device_depth > 0;
     if (device && !DeviceMemory::Get().Reserve(static_cast<int64_t>(n)))
       TORCH_CHECK(false, "reel device out of memory: tried to allocate ", n, " bytes");
@@ -62,9 +73,6 @@ class TrackingAllocator final : public c10::Allocator {
     return c10::DataPtr(data, data, &DeleteTracked, dev);
   }
 
-  c10::DeleterFnPtr raw_deleter() const override { return &DeleteTracked; }
-
- private:
   c10::Allocator* base_;
 };
 
@@ -72,8 +80,9 @@ class TrackingAllocator final : public c10::Allocator {
 
 DeviceMemory& DeviceMemory::Get() {
   static DeviceMemory* instance = [] {
-    static TrackingAllocator allocator(c10::GetDefaultCPUAllocator());
-    c10::SetCPUAllocator(&allocator, /*priority=*/100);
+    // Never destroyed: LibTorch frees (and may allocate) CPU tensors during static destruction at exit.
+    static TrackingAllocator* allocator = new TrackingAllocator(c10::GetDefaultCPUAllocator());
+    c10::SetCPUAllocator(allocator, /*priority=*/100);
     return new DeviceMemory();
   }();
   return *instance;

@@ -2,17 +2,7 @@
 
 #include <ctime>
 
-#include <fmt/format.h>
-
-#include "models/script_builder.h"
-
 namespace reel {
-
-std::string StageDigest(const Manifest& m, const StageManifest& s) {
-  std::string key = m.name + "/" + StageKindName(s.kind);
-  for (const auto& p : s.parts) key += "|" + p.file + ":" + std::to_string(p.params) + ":" + std::to_string(p.bytes);
-  return fmt::format("{:016x}", StableHash(key, m.seed.value_or(0)));
-}
 
 StageProfile ProfileOf(StageKind kind, const StageStats& st, const ProfileContext& c, const std::string& oom) {
   StageProfile p;
@@ -31,6 +21,7 @@ StageProfile ProfileOf(StageKind kind, const StageStats& st, const ProfileContex
   p.outcome = oom.empty() ? "ok" : "oom";
   p.error = oom;
   p.peak_device_bytes = st.peak_device_bytes;
+  p.base_device_bytes = std::min(st.base_device_bytes, st.peak_device_bytes);
   p.peak_host_rss_bytes = c.peak_host_rss;
   p.pinned_host_bytes = 0;  // the CPU device has no pinned memory
   p.load_seconds = st.load_seconds;

@@ -11,9 +11,6 @@
 
 namespace reel {
 
-// Identifies a stage's weights: the package name and every part's file, parameter count and bytes.
-std::string StageDigest(const Manifest& m, const StageManifest& s);
-
 struct ProfileContext {
   const Manifest* manifest = nullptr;
   GenerateRequest request;

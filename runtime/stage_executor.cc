@@ -33,7 +33,11 @@ std::vector<torch::Tensor> PlacedPart::ToDevice(ComputeDevice& device) {
     shape[0] = codes.size(0);
     copies.push_back(codes.to(w.compute).mul_(device.Upload(w.scale).view(shape).to(w.compute)));
   }
-  for (size_t i = 0; i < host_.size(); ++i) module_.setattr(host_[i].name, copies[i]);
+  device_bytes_ = 0;
+  for (size_t i = 0; i < host_.size(); ++i) {
+    module_.setattr(host_[i].name, copies[i]);
+    device_bytes_ += copies[i].numel() * static_cast<int64_t>(copies[i].element_size());
+  }
   on_device_ = true;
   return copies;
 }
@@ -52,6 +56,7 @@ void PlacedPart::ToHost() {
   // A quantized weight has no host copy in its compute dtype: an empty tensor stands in until the next ToDevice.
   for (const auto& w : host_) module_.setattr(w.name, w.scale.defined() ? torch::empty({0}, w.compute) : w.value);
   on_device_ = false;
+  device_bytes_ = 0;
 }
 
 void PlacedPart::ConvertHost(torch::Dtype dtype) {
@@ -160,6 +165,9 @@ void StageExecutor::PlaceResident() {
 void StageExecutor::Begin() {
   began_ = Clock::now();
   device_.ResetPeak();
+  int64_t own = 0;
+  for (const auto& p : parts_) own += p.device_bytes();
+  stats_.base_device_bytes = std::max<int64_t>(0, device_.Memory().allocated - own);
   if (offload_.mode == OffloadMode::kModel) {
     for (auto& p : parts_) p.ToDevice(device_);
   } else if (offload_.mode != OffloadMode::kNone) {

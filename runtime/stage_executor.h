@@ -41,6 +41,7 @@ struct StageStats {
   double wall_seconds = 0;
   int64_t copied_bytes = 0;
   int64_t peak_device_bytes = 0;  // device peak while this stage was active
+  int64_t base_device_bytes = 0;  // device bytes not this stage's when it last began (others' weights, job tensors)
   std::vector<double> step_seconds;
   std::vector<double> block_seconds;  // summed per block index
   std::vector<int> block_runs;
@@ -56,6 +57,7 @@ class PlacedPart {
   // Keeps the host weights in the form the device copies from fastest (pinned on CUDA).
   void PrepareHost(ComputeDevice& device);
   bool on_device() const { return on_device_; }
+  int64_t device_bytes() const { return device_bytes_; }  // bytes of its device copies (0 when on the host)
   int64_t bytes() const { return bytes_; }
   torch::jit::Module& module() { return module_; }
   const std::string& file() const { return file_; }
@@ -77,6 +79,7 @@ class PlacedPart {
   std::string file_;
   std::vector<Weight> host_;
   int64_t bytes_ = 0;
+  int64_t device_bytes_ = 0;
   bool on_device_ = false;
 };
 

@@ -68,9 +68,14 @@ TEST_F(GpuRuntime, EveryStrategyGivesTheSameLatentsOnTheDevice) {
   EXPECT_TRUE(torch::isfinite(none).all().item<bool>());
   for (const std::string s : {"model", "block:1", "sequential"}) {
     const torch::Tensor other = Denoise(pkg, s);
-    // The same kernels on the same weights: prefetching on another stream or thread changes no arithmetic.
-    EXPECT_TRUE(torch::equal(none, other)) << s << " differs from none by "
-                                           << (none - other).abs().max().item<double>();
+    // The same kernels on the same weights: prefetching on another thread changes no arithmetic on the simulated
+    // device. cuBLAS may pick other algorithms for other allocations: on CUDA the latents agree to 1e-4.
+    if (DeviceUnderTest().simulated())
+      EXPECT_TRUE(torch::equal(none, other)) << s << " differs from none by "
+                                             << (none - other).abs().max().item<double>();
+    else
+      EXPECT_TRUE(torch::allclose(none, other, 1e-4, 1e-4)) << s << " differs from none by "
+                                                             << (none - other).abs().max().item<double>();
   }
 }
 

@@ -122,6 +122,41 @@ TEST(ProfileStore, RoundTripsAcrossReopenAndFindsByKeyAndWildcards) {
   EXPECT_EQ(all[3].id, idd);  // oldest recorded_at
 }
 
+TEST(ProfileStore, AVersionOneStoreIsMigratedAndKeepsItsRows) {
+  ScratchDir dir("profile-store-v1");
+  const std::string path = (dir / "old.sqlite").string();
+  // A store as version 1 wrote it: no base_device_bytes column.
+  const std::string v1 =
+      "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);"
+      "CREATE TABLE stage_profiles (id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, stage_digest TEXT NOT "
+      "NULL, device_kind TEXT NOT NULL, device_name TEXT NOT NULL, device_capacity_bytes INTEGER NOT NULL, strategy "
+      "TEXT NOT NULL, dtype TEXT NOT NULL, frames INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL, "
+      "steps INTEGER NOT NULL, batch INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT NOT NULL, peak_device_bytes "
+      "INTEGER NOT NULL, peak_host_rss_bytes INTEGER NOT NULL, pinned_host_bytes INTEGER NOT NULL, copied_bytes "
+      "INTEGER NOT NULL, load_seconds REAL NOT NULL, copy_seconds REAL NOT NULL, compute_seconds REAL NOT NULL, "
+      "wall_seconds REAL NOT NULL, step_seconds TEXT NOT NULL, block_seconds TEXT NOT NULL, recorded_at INTEGER NOT "
+      "NULL);"
+      "INSERT INTO stage_profiles VALUES (NULL, 'denoiser', 'old', 'cpu', '', 0, 'none', 'f32', 9, 64, 64, 2, 2, "
+      "'ok', '', 1000, 2000, 0, 0, 0, 0, 0.5, 0.6, '[0.3]', '[]', 7);";
+  const auto r = testing::RunCommand("sqlite3 " + testing::Quote(path) + " " + testing::Quote(v1));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  {
+    ProfileStore store(path);
+    const auto rows = store.All();
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows[0].profile.stage_digest, "old");
+    EXPECT_EQ(rows[0].profile.peak_device_bytes, 1000);
+    EXPECT_EQ(rows[0].profile.base_device_bytes, 0);
+    StageProfile p = Make("new", "block:2", 8);
+    p.base_device_bytes = 123;
+    store.Insert(p);
+  }
+  ProfileStore reopened(path);  // migrated once: opening again changes nothing
+  const auto rows = reopened.All();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].profile.base_device_bytes, 123);
+}
+
 TEST(ProfileStore, SameTimestampOrdersByInsertion) {
   ScratchDir dir("profile-store-ties");
   ProfileStore store((dir / "p.sqlite").string());

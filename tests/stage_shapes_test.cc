@@ -131,5 +131,27 @@ TEST_F(StageShapes, SynthesisIsDeterministicFromTheSeed) {
   EXPECT_FALSE(torch::equal(weights(a.out), weights(c.out)));
 }
 
+TEST_F(StageShapes, PresetManifestWithoutWeightsEqualsTheSynthesizedOne) {
+  for (const std::string preset : {"tiny", "tiny-i2v"}) {
+    SynthOptions o;
+    o.preset = preset;
+    o.seed = 4;
+    o.dtype = DType::kBF16;
+    o.out = *scratch_ / (preset + "-manifest");
+    const Manifest written = SynthesizePackage(o);
+    EXPECT_EQ(ManifestToJson(PresetManifest(o)), ManifestToJson(written)) << preset;
+  }
+  // The full presets in about a second and no memory: CogVideoX-5B's transformer holds ~5.6B parameters.
+  SynthOptions big;
+  big.preset = "cogvideox-5b";
+  big.dtype = DType::kBF16;
+  const Manifest m = PresetManifest(big);
+  int64_t params = 0;
+  for (const auto& p : m.stage(StageKind::kDenoiser).parts) params += p.params;
+  EXPECT_GT(params, 5'000'000'000);
+  EXPECT_LT(params, 6'000'000'000);
+  EXPECT_EQ(m.stage(StageKind::kDenoiser).bytes(), params * 2);
+}
+
 }  // namespace
 }  // namespace reel

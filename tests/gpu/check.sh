@@ -85,7 +85,7 @@ if [ "$MODE" = gpu ]; then
   say "build"
   if ! cmake --build "$BUILD" -j "$(nproc)" -- -k 0 >>"$LOG" 2>&1; then
     say "FAIL: build (errors follow)"
-    grep -E "error|Error" "$LOG" | head -60
+    grep -E "error:|Error " "$LOG" | sort -u | head -60
     exit 1
   fi
 else
@@ -118,13 +118,16 @@ if [ ! -x "$BENCH" ]; then
   skip "strategy benchmark: $BENCH was not built"
 else
   if [ "$MODE" = gpu ] && [ "$QUICK" = 0 ]; then
+    read -r BF BH BW <<<"${REEL_GPU_BENCH_SHAPE:-49 480 720}"
     for preset in ${REEL_GPU_PRESETS:-cogvideox-2b cogvideox-5b}; do
-      say "benchmark $preset 49x480x720 bf16"
-      "$BENCH" --preset "$preset" --device cuda:0 --frames 49 --height 480 --width 720 --dtype bf16 \
-        --steps "${REEL_GPU_BENCH_STEPS:-3}" --strategies "none,block:4,block:2,sequential,model" \
-        --decode "plain,slicing,tiling=256,slicing+tiling=256" \
+      say "benchmark $preset ${BF}x${BH}x${BW} bf16"
+      timeout "${REEL_GPU_BENCH_TIMEOUT:-900}" "$BENCH" --preset "$preset" --device cuda:0 --frames "$BF" \
+        --height "$BH" --width "$BW" --dtype bf16 --steps "${REEL_GPU_BENCH_STEPS:-3}" \
+        --strategies "${REEL_GPU_STRATEGIES:-none,block:4,block:2,sequential,model}" \
+        --decode "${REEL_GPU_DECODE:-plain,slicing,tiling=256,slicing+tiling=256}" \
         --json "$OUT_DIR/bench-$preset.json" --markdown "$OUT_DIR/bench-$preset.md" >>"$LOG" 2>&1 ||
         say "FAIL: benchmark $preset (see $LOG)"
+      tail -3 "$LOG"
     done
   else
     [ "$MODE" = gpu ] || skip "benchmark at 49x480x720 on a GPU: no GPU (ran tiny on the simulated device instead)"

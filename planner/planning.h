@@ -1,0 +1,34 @@
+// From a package and a machine to a plan: the problem the cost model prices for the pipeline's stages, and, when
+// nothing fits, the nearest job shapes and budgets that would. What `reel plan` and the coordinator call.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "planner/cost_model.h"
+#include "planner/problem.h"
+#include "planner/search.h"
+
+namespace reel::planner {
+
+// The stages a job runs, in order: text encoder, image encoder (image-to-video), denoiser, decoder.
+std::vector<StageKind> PipelineStages(const Manifest& manifest);
+
+// What a plan may trade for memory beyond strategies and dtypes.
+struct PlanningOptions {
+  // int8-stored weights cost picture quality (docs/MEMORY.md: ~29 dB PSNR against bf16), so they are offered only
+  // when asked for.
+  bool allow_int8 = false;
+};
+
+// Every option of every stage on every device of `machine` at `job`, with the stages' output sizes.
+Problem BuildProblem(const CostModel& model, const Machine& machine, const Job& job,
+                     const PlanningOptions& options = {});
+
+// When `job` fits nowhere on `machine`: what would, each as a phrase a user can act on ("--frames 33",
+// "--height 384 --width 576", "32.0 GiB of host RAM per host", "a device with 14.2 GiB"). Empty when it fits or
+// when none of those changes helps.
+std::vector<std::string> WhatWouldFit(const CostModel& model, const Machine& machine, const Job& job,
+                                      Objective objective, const PlanningOptions& options = {});
+
+}  // namespace reel::planner
