@@ -104,11 +104,29 @@ say "build ready: $BUILD"
 TEST_REGEX="GpuRuntime|CudaHost|Nvml|Nccl"
 [ "$MODE" = gpu ] && TEST_REGEX="$TEST_REGEX|RuntimeMemory|VaeDecode|Scheduler|Manifest"
 say "tests matching $TEST_REGEX"
-ctest --test-dir "$BUILD" -j "$(nproc)" --timeout 600 -R "$TEST_REGEX" >"$OUT_DIR/ctest.log" 2>&1
-TEST_RC=$?
+if [ "$MODE" = gpu ]; then
+  ctest --test-dir "$BUILD" -j "$(nproc)" --timeout 600 -R "$TEST_REGEX" >"$OUT_DIR/ctest.log" 2>&1
+  TEST_RC=$?
+else
+  # The test binaries directly: a nested ctest would overwrite the log of the ctest run this fallback is part of.
+  TEST_RC=0
+  : >"$OUT_DIR/ctest.log"
+  for t in gpu_runtime_test gpu_host_test; do
+    if [ ! -x "$BUILD/tests/$t" ]; then
+      skip "test: $t was not built (no CUDA toolkit here)"
+      continue
+    fi
+    "$BUILD/tests/$t" >>"$OUT_DIR/ctest.log" 2>&1 || TEST_RC=1
+  done
+  passed=$(grep -c "^\[       OK \]" "$OUT_DIR/ctest.log")
+  failed=$(grep -c "^\[  FAILED  \] [A-Za-z]*\." "$OUT_DIR/ctest.log")
+  echo "$passed tests passed, $failed tests failed (gtest, run directly)" >>"$OUT_DIR/ctest.log"
+fi
 grep -E "tests passed|tests failed|\*\*\*Failed|Not Run|\(Failed\)|Timeout" "$OUT_DIR/ctest.log" | tee -a "$LOG"
 # What skipped, and why: the line after each GTEST_SKIP's "file:line: Skipped".
-mapfile -t WHY < <(grep -h -A1 ": Skipped$" "$BUILD"/Testing/Temporary/LastTest.log 2>/dev/null |
+LOGS=("$OUT_DIR/ctest.log")
+[ "$MODE" = gpu ] && LOGS+=("$BUILD/Testing/Temporary/LastTest.log")
+mapfile -t WHY < <(grep -h -A1 ": Skipped$" "${LOGS[@]}" 2>/dev/null |
   grep -v ": Skipped$\|^--$" | sort -u | head -20)
 for why in "${WHY[@]}"; do skip "test: $why"; done
 
