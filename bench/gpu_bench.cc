@@ -18,6 +18,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/split.h"
 #include "models/synth.h"
 #include "profiler/host_memory.h"
 #include "runtime/compute_device.h"
@@ -84,13 +85,8 @@ int main(int argc, char** argv) {
 
   try {
     if (threads > 0) torch::set_num_threads(threads);
-    std::vector<std::string> names;
-    for (size_t start = 0; start <= strategies.size();) {
-      const size_t end = std::min(strategies.find(',', start), strategies.size());
-      names.push_back(strategies.substr(start, end - start));
-      reel::ParseOffload(names.back(), "--strategies");  // all checked before anything runs
-      start = end + 1;
-    }
+    const std::vector<std::string> names = reel::SplitList(strategies);
+    for (const auto& name : names) reel::ParseOffload(name, "--strategies");  // all checked before anything runs
     reel::ComputeDevice& dev = reel::OpenComputeDevice(device);
     const bool own_work = work.empty() && model.empty();
     fs::path dir = model;
@@ -178,11 +174,9 @@ int main(int argc, char** argv) {
 
     // The decoder under each VAE setting, on latents of the job's shape (weights resident, as `none`).
     std::vector<Row> decodes;
-    for (size_t start = 0; !decode.empty() && start <= decode.size();) {
-      const size_t end = std::min(decode.find(',', start), decode.size());
+    for (const std::string& setting : decode.empty() ? std::vector<std::string>{} : reel::SplitList(decode)) {
       Row row;
-      row.strategy = decode.substr(start, end - start);
-      start = end + 1;
+      row.strategy = setting;
       reel::RunOptions o;
       o.device = &dev;
       o.offload[StageKind::kDenoiser] = reel::ParseOffload("model", "");  // not resident: the rows are the decoder's

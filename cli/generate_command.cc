@@ -118,7 +118,7 @@ void RunGenerate(GenerateFlags& f) {
   options.device = &device;
   Image image;
   if (!r.image.empty()) image = ReadImage(r.image, r.height, r.width);
-  RunProfiling profiling(f.profiling, manifest, r);  // opens the store and the metrics endpoint up front
+  RunProfiling profiling(f.profiling, manifest, r, device);  // opens the store and the metrics endpoint up front
   profiling.set_host_budget(options.host_budget);
 
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));

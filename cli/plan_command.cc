@@ -14,6 +14,7 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/split.h"
 #include "models/presets.h"
 #include "models/synth.h"
 #include "package/job_request.h"
@@ -71,11 +72,7 @@ planner::Machine MachineOf(const PlanFlags& f) {
   host.ram_bytes = f.host_memory.empty() ? MachineMemory().total_bytes : ParseSize(f.host_memory, "--host-memory");
   m.hosts.push_back(host);
   std::vector<int64_t> sizes;
-  for (size_t start = 0; start <= f.device_memory.size();) {
-    const size_t end = std::min(f.device_memory.find(',', start), f.device_memory.size());
-    sizes.push_back(ParseSize(f.device_memory.substr(start, end - start), "--device-memory"));
-    start = end + 1;
-  }
+  for (const std::string& item : SplitList(f.device_memory)) sizes.push_back(ParseSize(item, "--device-memory"));
   for (int r = 0; r < f.devices; ++r)
     for (int64_t size : sizes) {
       planner::Device d;

@@ -41,8 +41,9 @@ void AddProfilingFlags(CLI::App& cmd, ProfilingFlags& f) {
   cmd.add_option("--sample-ms", f.sample_ms, "Memory sampler period in milliseconds (0: off)")->default_val(10);
 }
 
-RunProfiling::RunProfiling(const ProfilingFlags& flags, const Manifest& manifest, const GenerateRequest& request)
-    : flags_(flags), manifest_(manifest), request_(request) {
+RunProfiling::RunProfiling(const ProfilingFlags& flags, const Manifest& manifest, const GenerateRequest& request,
+                           ComputeDevice& device)
+    : flags_(flags), manifest_(manifest), device_(device), request_(request) {
   if (flags_.sample_ms < 0)
     throw InvalidArgument("--sample-ms " + std::to_string(flags_.sample_ms) + ": accepted 0 (off) or more");
   for (const auto* path : {&flags_.report, &flags_.trace})
@@ -65,7 +66,7 @@ RunProfiling::RunProfiling(const ProfilingFlags& flags, const Manifest& manifest
   observer_ = std::make_unique<Observer>(trace_.get());
   if (flags_.sample_ms > 0)
     sampler_ = std::make_unique<MemorySampler>(std::chrono::milliseconds(flags_.sample_ms),
-                                             [] { return DeviceMemory::Get().used(); }, trace_.get());
+                                             [this] { return device_.Memory().allocated; }, trace_.get());
 }
 
 RunProfiling::~RunProfiling() = default;
@@ -111,8 +112,8 @@ void RunProfiling::Finish(Runtime* runtime, const StagePackage& package, int64_t
       metrics_->RecordStage(p);
     }
   }
-  const auto& mem = DeviceMemory::Get();
-  metrics_->SetDeviceMemory("cpu", mem.used(), mem.peak(), capacity);
+  const DeviceMemoryStats mem = device_.Memory();
+  metrics_->SetDeviceMemory(device_.simulated() ? "cpu" : device_.device().str(), mem.allocated, mem.peak, capacity);
   metrics_->SetHost(HostRssBytes(), 0, host_budget_);
   if (!error) {
     metrics_->AddFrames(request_.frames);

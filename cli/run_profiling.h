@@ -31,7 +31,9 @@ void AddProfilingFlags(CLI::App& cmd, ProfilingFlags& flags);
 
 class RunProfiling {
  public:
-  RunProfiling(const ProfilingFlags& flags, const Manifest& manifest, const GenerateRequest& request);
+  // `device` is what the memory sampler and the device-memory gauges read (the simulated device or CUDA).
+  RunProfiling(const ProfilingFlags& flags, const Manifest& manifest, const GenerateRequest& request,
+               ComputeDevice& device);
   ~RunProfiling();
   RunObserver* observer();
   void Start();
@@ -49,6 +51,7 @@ class RunProfiling {
   class Observer;
   ProfilingFlags flags_;
   const Manifest& manifest_;
+  ComputeDevice& device_;
   GenerateRequest request_;
   std::unique_ptr<TraceRecorder> trace_;
   std::unique_ptr<MemorySampler> sampler_;

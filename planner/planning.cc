@@ -37,10 +37,8 @@ Problem BuildProblem(const CostModel& model, const Machine& machine, const Job& 
 namespace {
 
 bool Fits(const CostModel& model, const Machine& machine, const Job& job, Objective objective,
-          const PlanningOptions& options, Plan* plan = nullptr) {
-  const Plan p = Search(BuildProblem(model, machine, job, options), objective);
-  if (plan) *plan = p;
-  return p.feasible;
+          const PlanningOptions& options) {
+  return Search(BuildProblem(model, machine, job, options), objective).feasible;
 }
 
 int RoundDown(double v, int multiple) { return std::max(multiple, static_cast<int>(v / multiple) * multiple); }
@@ -57,7 +55,15 @@ std::string FormatAtLeast(int64_t bytes) {
 std::vector<std::string> WhatWouldFit(const CostModel& model, const Machine& machine, const Job& job,
                                       Objective objective, const PlanningOptions& options) {
   std::vector<std::string> out;
-  if (Fits(model, machine, job, objective, options)) return out;
+  // Prices do not depend on the planned devices' capacities or RAM: the bisections below search this one priced
+  // problem on other machines instead of pricing it again at every step.
+  const Problem priced = BuildProblem(model, machine, job, options);
+  const auto fits_on = [&](const Machine& m) {
+    Problem p = priced;
+    p.machine = m;
+    return Search(p, objective).feasible;
+  };
+  if (fits_on(machine)) return out;
   const ShapeLimits& lim = model.manifest().limits;
   // Fewer frames, the longest clip that fits.
   for (int f = job.frames - lim.frame_step; f >= 1 + lim.frame_step; f -= lim.frame_step) {
@@ -92,13 +98,13 @@ std::vector<std::string> WhatWouldFit(const CostModel& model, const Machine& mac
     int64_t hi = unlimited, lo = 0;
     Machine m = base;
     apply(m, hi);
-    if (!Fits(model, m, job, objective, options)) return 0;
+    if (!fits_on(m)) return 0;
     hi = int64_t{1} << 44;  // 16 TiB: more than any machine
     while (hi - lo > std::max<int64_t>(hi / 100, int64_t{1} << 20)) {
       const int64_t mid = lo + (hi - lo) / 2;
       Machine t = base;
       apply(t, mid);
-      (Fits(model, t, job, objective, options) ? hi : lo) = mid;
+      (fits_on(t) ? hi : lo) = mid;
     }
     return hi;
   };

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/split.h"
 
 namespace reel {
 
@@ -51,10 +52,7 @@ std::map<StageKind, std::string> ParsePerStage(const std::string& value, const s
       out[k] = value;
     return out;
   }
-  size_t start = 0;
-  while (start <= value.size()) {
-    const size_t end = std::min(value.find(',', start), value.size());
-    const std::string item = value.substr(start, end - start);
+  for (const std::string& item : SplitList(value)) {
     const size_t eq = item.find('=');
     const auto kind = eq == std::string::npos ? std::nullopt : ParseStageKind(item.substr(0, eq));
     if (!kind)
@@ -62,7 +60,6 @@ std::map<StageKind, std::string> ParsePerStage(const std::string& value, const s
                                         "denoiser, vae_decoder",
                                         flag, value, item));
     out[*kind] = item.substr(eq + 1);
-    start = end + 1;
   }
   return out;
 }

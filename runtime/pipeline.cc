@@ -154,10 +154,7 @@ std::map<StageKind, std::string> Runtime::strategies() const {
   std::map<StageKind, std::string> out;
   for (const auto& [k, e] : executors_) {
     std::string s = e->offload().ToString();
-    if (k == StageKind::kVaeDecoder) {
-      if (options_.vae.slicing) s += "+slicing";
-      if (options_.vae.tile > 0) s += fmt::format("+tiling={}", options_.vae.tile);
-    }
+    if (k == StageKind::kVaeDecoder && !VaeDecodeName(options_.vae).empty()) s += "+" + VaeDecodeName(options_.vae);
     out[k] = s;
   }
   return out;

@@ -7,8 +7,7 @@ namespace reel {
 namespace {
 
 std::string VaeString(const VaeDecodeOptions& v) {
-  std::string s = v.slicing ? "slicing" : "";
-  if (v.tile > 0) s += fmt::format("{}tiling={}", s.empty() ? "" : "+", v.tile);
+  const std::string s = VaeDecodeName(v);
   return s.empty() ? "whole" : s;
 }
 

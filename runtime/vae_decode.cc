@@ -168,6 +168,12 @@ class Decoder {
 
 }  // namespace
 
+std::string VaeDecodeName(const VaeDecodeOptions& opts) {
+  std::string s = opts.slicing ? "slicing" : "";
+  if (opts.tile > 0) s += fmt::format("{}tiling={}", s.empty() ? "" : "+", opts.tile);
+  return s;
+}
+
 void ValidateVaeDecodeOptions(const VaeDecodeOptions& opts) {
   if (opts.tile != 0 && (opts.tile < 16 || opts.tile % kSpatialCompression != 0)) {
     throw InvalidArgument(fmt::format(

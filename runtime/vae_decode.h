@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 #include <torch/script.h>
 
@@ -14,6 +15,9 @@ struct VaeDecodeOptions {
   int tile = 0;          // 0 = no tiling; else the tile size in PIXELS (sample space), e.g. 256; latent tile = tile / 8
   double overlap_h = 1.0 / 6, overlap_w = 1.0 / 5;  // diffusers' overlap factors
 };
+
+// "slicing", "tiling=256", "slicing+tiling=256", or "" for whole decoding: how strategies and profiles name it.
+std::string VaeDecodeName(const VaeDecodeOptions& opts);
 
 // Throws InvalidArgument unless `tile` is 0 or a multiple of 8 that is at least 16, and each overlap leaves a tile
 // stride of at least one latent.
