@@ -29,6 +29,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "coordinator/job_store.h"
+#include "coordinator/job_validation.h"
 #include "coordinator/placement.h"
 #include "media/video_io.h"
 #include "models/synth.h"
@@ -874,36 +875,13 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
 
   grpc::Status SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* req, v1::SubmitJobResponse* resp) override {
     v1::JobSpec spec = req->spec();
-    auto mit = models.find(spec.model());
-    if (mit == models.end()) {
-      std::vector<std::string> names;
-      for (const auto& [n, m] : models) names.push_back(n);
-      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    fmt::format("model '{}': this coordinator serves {}", spec.model(), fmt::join(names, ", ")));
-    }
-    const Manifest& m = mit->second;
-    if (req->priority() < -1000 || req->priority() > 1000)
-      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    fmt::format("priority {}: accepted -1000 to 1000", req->priority()));
-    if (spec.frames() == 0) spec.set_frames(m.defaults.frames);
-    if (spec.height() == 0) spec.set_height(m.defaults.height);
-    if (spec.width() == 0) spec.set_width(m.defaults.width);
-    if (spec.steps() == 0) spec.set_steps(m.defaults.steps);
-    if (spec.fps() == 0) spec.set_fps(m.defaults.fps);
-    const GenerateRequest r = RequestOf(spec);
+    const Manifest* m_ptr = nullptr;
     try {
-      ValidateRequest(m, r);
+      m_ptr = &ValidateSubmit(models, *req, spec);
     } catch (const Error& e) {
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT, e.what());
     }
-    if (!spec.image().empty()) {
-      // Refused now rather than when its stage runs: the bytes must decode as an image.
-      try {
-        DecodeImageBytes(spec.image(), "image " + spec.image_name(), spec.height(), spec.width());
-      } catch (const Error& e) {
-        return Refuse(grpc::StatusCode::INVALID_ARGUMENT, e.what());
-      }
-    }
+    const Manifest& m = *m_ptr;
     JobRecord rec;
     {
       std::lock_guard lock(mu);
