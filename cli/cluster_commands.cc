@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -23,12 +24,14 @@
 
 #include "cli/commands.h"
 #include "cli/job_flags.h"
+#include "cli/service_flags.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/progress.h"
 #include "coordinator/coordinator.h"
 #include "profiler/host_memory.h"
 #include "reel/v1/coordinator.grpc.pb.h"
+#include "security/transport_security.h"
 #include "transfer/tensor_stream.h"
 #include "worker/worker.h"
 
@@ -39,13 +42,33 @@ namespace v1 = reel::v1;
 
 namespace {
 
+// A TLS client refused during the handshake, or a plaintext client whose connection a TLS server closed.
+bool IsHandshakeFailure(const std::string& message) {
+  for (const char* sign : {"handshake", "Handshake", "SSL", "ssl", "certificate"})
+    if (message.find(sign) != std::string::npos) return true;
+  return message.find("Socket closed") != std::string::npos && !ClientSecurityFlags().WithEnvironmentDefaults().tls.any();
+}
+
 // A gRPC failure as the one line a user sees, with the exit code its kind deserves.
 [[noreturn]] void Raise(const grpc::Status& st, const std::string& address) {
   switch (st.error_code()) {
     case grpc::StatusCode::INVALID_ARGUMENT: throw InvalidArgument(st.error_message());
     case grpc::StatusCode::NOT_FOUND: throw NotFound(st.error_message());
+    case grpc::StatusCode::UNAUTHENTICATED: throw InvalidArgument(fmt::format("coordinator {}: {}", address,
+                                                                              st.error_message()));
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      // gRPC's own refusal of a large message names the sizes but not the flag.
+      if (st.error_message().find("larger than max") != std::string::npos)
+        throw InvalidArgument(fmt::format("coordinator {}: {}; the coordinator's --max-message-bytes raises its "
+                                          "limit",
+                                          address, st.error_message()));
+      throw Unavailable(st.error_message());
     case grpc::StatusCode::UNAVAILABLE:
     case grpc::StatusCode::DEADLINE_EXCEEDED:
+      if (IsHandshakeFailure(st.error_message()))
+        throw Unavailable(fmt::format("coordinator {}: no TLS connection ({}); if it serves TLS, give --tls-cert, "
+                                      "--tls-key and --tls-ca (or $REEL_TLS_*) that its CA signed and trusts",
+                                      address, st.error_message()));
       throw Unavailable(fmt::format("coordinator {}: unreachable ({}); start one with `reel serve` or "
                                     "`reel coordinator`, or pass --coordinator HOST:PORT",
                                     address, st.error_message()));
@@ -153,12 +176,27 @@ void AddCoordinatorFlags(CLI::App& c, CoordinatorOptions& o) {
   c.add_option("--metrics", o.metrics, "HOST:PORT to serve Prometheus /metrics on");
   c.add_option("--data", o.data, "Data directory: jobs.db, profiles.db, outputs/ (default ~/.local/share/reel)");
   c.add_option("--model", o.models, "Model(s) to serve: presets or package directories")->default_val("tiny");
-  c.add_option("--placement", o.placement, "Placement file: which worker holds which stages (docs/COORDINATOR.md)");
+  c.add_option("--placement", o.placement,
+               "Placement file: which worker holds which stages (docs/COORDINATOR.md); default: the planner decides");
+  c.add_flag("!--no-plan", o.plan, "Without a placement file, every worker holds every stage with no offload");
+  c.add_option("--plan-objective", o.plan_objective, "What the planned placement optimises: throughput or latency")
+      ->default_val(o.plan_objective)
+      ->check(CLI::IsMember({"throughput", "latency"}));
+  c.add_option("--plan-dtype", o.plan_dtype,
+               "package: stages compute in their package's dtype (as reel generate); any: the plan may pick bf16/f16")
+      ->default_val(o.plan_dtype)
+      ->check(CLI::IsMember({"package", "any"}));
+  c.add_option("--plan-margin", o.plan_margin, "Fraction of every device's and host's memory the plan keeps free")
+      ->default_val(o.plan_margin)
+      ->check(CLI::Range(0.0, 0.9));
   c.add_flag("!--no-guidance-parallel", o.guidance_parallel,
              "Never split a guided denoise across two workers");
   c.add_option("--heartbeat-ms", o.heartbeat_ms, "Worker heartbeat interval")->default_val(o.heartbeat_ms);
   c.add_option("--worker-timeout-ms", o.worker_timeout_ms, "A worker silent this long is lost")
       ->default_val(o.worker_timeout_ms);
+  AddServerSecurityFlags(c, o.security);
+  AddModelRootFlag(c, o.model_roots);
+  AddLimitFlags(c, o.limits);
 }
 
 void RunServe(ServeFlags& f) {
@@ -177,13 +215,19 @@ void RunServe(ServeFlags& f) {
 
   Coordinator coordinator(f.coordinator);
   coordinator.Start();
+  // Local workers reach it over loopback, whatever it listens on (a certificate names 127.0.0.1, not 0.0.0.0).
+  std::string local_address = coordinator.address();
+  for (const char* any : {"0.0.0.0:", "[::]:"})
+    if (local_address.rfind(any, 0) == 0) local_address = "127.0.0.1:" + local_address.substr(std::strlen(any));
   const std::string self = fs::read_symlink("/proc/self/exe").string();
   std::map<pid_t, std::string> children;
   for (int i = 0; i < f.workers; ++i) {
     const std::string name = fmt::format("w{}", i);
-    std::vector<std::string> args = {self,     "worker",      "--coordinator", coordinator.address(),
+    std::vector<std::string> args = {self,     "worker",      "--coordinator", local_address,
                                      "--name", name,          "--threads",     std::to_string(threads),
                                      "--device", "cpu"};
+    for (const auto& a : WorkerArgs(f.coordinator.security, f.coordinator.model_roots, f.coordinator.limits))
+      args.push_back(a);
     if (!f.device_memory.empty()) {
       args.push_back("--device-memory");
       args.push_back(f.device_memory);
@@ -444,10 +488,33 @@ void RunWorkers(ListFlags& f) {
 // --coordinator on every client command, and --json where there is a table to replace.
 void AddClientFlags(CLI::App& c, std::string& coordinator, bool* json = nullptr) {
   c.add_option("--coordinator", coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
+  AddClientSecurityFlags(c);
   if (json) c.add_flag("--json", *json, "JSON for scripts");
 }
 
 }  // namespace
+
+std::string PlanOnCoordinator(const std::string& address_flag, const PlanQuery& q) {
+  const std::string address = address_flag.empty() ? DefaultCoordinatorAddress() : address_flag;
+  auto stub = Connect(address);
+  v1::PlanJobRequest req;
+  req.set_model(q.model);
+  req.set_frames(q.frames);
+  req.set_height(q.height);
+  req.set_width(q.width);
+  req.set_steps(q.steps);
+  if (q.guidance) req.set_guidance(*q.guidance);
+  req.set_objective(q.objective);
+  req.set_margin(q.margin);
+  req.set_explain(q.explain);
+  req.set_allow_int8(q.allow_int8);
+  v1::PlanJobResponse resp;
+  grpc::ClientContext ctx;
+  Deadline(ctx, 60);
+  const grpc::Status st = stub->PlanJob(&ctx, req, &resp);
+  if (!st.ok()) Raise(st, address);
+  return resp.report_json();
+}
 
 void AddClusterCommands(CLI::App& app) {
   {
@@ -471,6 +538,12 @@ void AddClusterCommands(CLI::App& app) {
     c->add_option("--metrics", o->metrics, "HOST:PORT to serve Prometheus /metrics on");
     c->add_option("--name", o->name, "Name in placement files and listings (default HOST-DEVICE-PID)");
     c->add_option("--threads", o->threads, "Intra-op CPU threads (0 = all cores)")->default_val(0);
+    c->add_flag("--no-oom-retry", o->no_oom_retry,
+                "A stage out of device memory fails instead of running again with a cheaper strategy");
+    AddServerSecurityFlags(*c, o->security);
+    AddModelRootFlag(*c, o->model_roots);
+    c->add_option("--max-message-bytes", o->max_message_bytes, "Largest gRPC message it receives or sends")
+        ->default_val(o->max_message_bytes);
     c->callback([o, mem] {
       if (!mem->empty()) o->device_memory = ParseSize(*mem, "--device-memory");
       CommandExitCode() = RunWorker(*o);

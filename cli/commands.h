@@ -1,6 +1,9 @@
 // Subcommand registration: each Add*Command wires flags to a callback that runs the command.
 #pragma once
 
+#include <optional>
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 namespace reel::cli {
@@ -9,6 +12,18 @@ void AddModelCommand(CLI::App& app);
 void AddGenerateCommand(CLI::App& app);
 void AddClusterCommands(CLI::App& app);
 void AddPlanCommand(CLI::App& app);
+void AddTopCommand(CLI::App& app);
+
+// `reel plan --coordinator`: the job shape and options sent to the coordinator's PlanJob (0 = the model's default).
+struct PlanQuery {
+  std::string model, objective;  // empty: the coordinator's --plan-objective
+  int frames = 0, height = 0, width = 0, steps = 0;
+  std::optional<double> guidance;
+  double margin = 0.10;
+  bool explain = false, allow_int8 = false;
+};
+// The coordinator's plan report (planner/plan_report.h) as JSON text; throws the client commands' errors.
+std::string PlanOnCoordinator(const std::string& address, const PlanQuery& query);
 
 // What main returns when a command finishes without throwing (long-running services set it).
 inline int& CommandExitCode() {

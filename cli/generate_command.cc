@@ -142,7 +142,9 @@ void RunGenerate(GenerateFlags& f) {
       } catch (const StageOutOfMemory& e) {
         // Retry with the next cheaper choice for the stage that ran out; the store remembers the failure.
         std::string why;
-        const auto cheaper = f.no_oom_retry ? std::nullopt : CheaperAfterOom(options, manifest, e.stage(), &why);
+        const auto cheaper = f.no_oom_retry ? std::nullopt
+                                             : CheaperAfterOom(options, manifest, e.stage(), &why,
+                                                               std::max(r.height, r.width));
         if (!cheaper) {
           progress.Finish();
           profiling.Finish(runtime.get(), package, capacity, &e, 0.0, "");

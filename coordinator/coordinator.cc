@@ -28,18 +28,25 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "coordinator/auto_placement.h"
 #include "coordinator/job_store.h"
 #include "coordinator/job_validation.h"
 #include "coordinator/placement.h"
 #include "media/video_io.h"
+#include "models/presets.h"
 #include "models/synth.h"
 #include "package/job_request.h"
 #include "package/manifest.h"
+#include "planner/plan_report.h"
+#include "planner/planning.h"
+#include "planner/search.h"
 #include "profiler/metrics.h"
 #include "profiler/profile_store.h"
 #include "profiler/stage_profile.h"
 #include "reel/v1/coordinator.grpc.pb.h"
 #include "reel/v1/worker.grpc.pb.h"
+#include "security/path_policy.h"
+#include "security/transport_security.h"
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
 
@@ -168,6 +175,11 @@ struct CoordinatorMetrics {
 struct WorkerEntry {
   v1::WorkerInfo info;
   std::set<std::pair<std::string, StageKind>> holds;
+  std::map<std::string, StageAssignment> target;  // the plan's stages for it, by model (planned placement)
+  std::map<std::string, StageAssignment> applied;  // what its last LoadWorker asked for
+  bool reload_pending = false;  // the plan changed while it was busy or loading
+  bool load_in_flight = false;  // a LoadWorker call for it is running
+  bool loaded_once = false;     // its first LoadWorker finished
   int64_t last_heartbeat_ms = 0;
   bool lost_run = false;  // its running stage was given up when it went silent
 };
@@ -188,6 +200,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   std::map<std::string, Manifest> models;
   Placement placement;
   CoordinatorMetrics metrics;
+  TransportSecurity security;  // loaded from o.security: what the server requires and its channels present
 
   std::mutex mu;
   std::condition_variable cv;        // dispatcher wake-ups and watchers
@@ -288,11 +301,23 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
 
   // ---- placement ----
 
-  // The stages (and strategies) a worker holds for a model: the placement file's entry for its name, else every
-  // stage with no offload.
-  std::vector<std::pair<StageKind, v1::StageStrategy>> Assignment(const std::string& worker, const Manifest& m) {
-    std::vector<std::pair<StageKind, v1::StageStrategy>> out;
-    if (const auto* entry = placement.Find(worker)) {
+  bool Planned() const { return o.placement.empty() && o.plan; }
+
+  planner::PlanningOptions PlanOptions() const {
+    planner::PlanningOptions po;
+    po.package_dtype_only = o.plan_dtype != "any";
+    return po;
+  }
+
+  // The stages (and strategies) a worker is to hold for a model (mu held): the plan's, else the placement file's
+  // entry for its name, else every stage with no offload.
+  StageAssignment Assignment(const WorkerEntry& w, const std::string& model, const Manifest& m) {
+    if (Planned()) {
+      auto it = w.target.find(model);
+      return it == w.target.end() ? StageAssignment{} : it->second;
+    }
+    StageAssignment out;
+    if (const auto* entry = placement.Find(w.info.name())) {
       for (const auto& [k, s] : entry->stages)
         if (m.has_stage(k)) out.emplace_back(k, s);
       return out;
@@ -301,54 +326,185 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     return out;
   }
 
+  // ---- planned placement ----
+
+  int64_t replan_due_ms = 0;  // when the worker set last changed + a settling delay; 0: nothing to do
+  uint64_t worker_generation = 0;  // bumped on every change of the worker set
+
+  void ScheduleReplan() {
+    ++worker_generation;
+    if (!Planned()) return;
+    replan_due_ms = SteadyMs() + o.plan_settle_ms;
+    monitor_cv.notify_all();
+  }
+
+  // The workers a plan may use: registered, not lost, not failed.
+  std::vector<WorkerSlot> PlannableWorkers() {
+    std::vector<WorkerSlot> out;
+    for (const auto& [id, w] : workers) {
+      const std::string& st = w.info.state();
+      if (st == "lost" || st == "failed") continue;
+      out.push_back({w.info.name(), w.info.host(), w.info.device(), w.info.device_capacity_bytes(),
+                     w.info.host_memory_bytes()});
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    return out;
+  }
+
+  std::vector<StageProfile> StoredProfiles() {
+    std::vector<StageProfile> out;
+    try {
+      for (auto& row : profiles->All()) out.push_back(std::move(row.profile));
+    } catch (const Error& e) {
+      spdlog::warn("planning without the profile store: {}", e.what());
+    }
+    return out;
+  }
+
+  // Plans the current workers (the lock released while the planner runs) and sends each worker whose stages
+  // changed its new ones: an idle worker at once, a busy or loading one when it is free.
+  void Replan(std::unique_lock<std::mutex>& lock) {
+    replan_due_ms = 0;
+    const uint64_t generation = worker_generation;
+    const std::vector<WorkerSlot> slots = PlannableWorkers();
+    lock.unlock();
+    AutoPlacement placed;
+    try {
+      placed = PlanPlacement(models, slots, StoredProfiles(),
+                             planner::ParseObjective(o.plan_objective, "--plan-objective"), o.plan_margin,
+                             PlanOptions());
+    } catch (const std::exception& e) {
+      spdlog::error("planning failed: {}", e.what());
+    }
+    lock.lock();
+    if (generation != worker_generation || stopping) return;  // the workers changed meanwhile: planned again later
+    for (const auto& note : placed.notes) spdlog::info("plan for {} worker(s): {}", slots.size(), note);
+    for (auto& [id, w] : workers) {
+      const std::string& st = w.info.state();
+      if (st == "lost" || st == "failed") continue;
+      auto it = placed.workers.find(w.info.name());
+      w.target = it == placed.workers.end() ? std::map<std::string, StageAssignment>{} : it->second;
+      if (w.loaded_once && SameAssignment(w.target, w.applied)) continue;
+      if (w.load_in_flight || st == "busy") {
+        w.reload_pending = true;  // LoadWorker or FreeWorkers picks it up
+      } else {
+        StartLoad(w);
+      }
+    }
+    UpdateGauges();
+  }
+
+  void StartLoad(WorkerEntry& w) {
+    w.info.set_state("loading");
+    w.load_in_flight = true;
+    w.reload_pending = false;
+    StartThread([this, id = w.info.id()] { LoadWorker(id); });
+  }
+
+  static bool SameAssignment(const std::map<std::string, StageAssignment>& a,
+                             const std::map<std::string, StageAssignment>& b) {
+    if (a.size() != b.size()) return false;
+    for (const auto& [model, x] : a) {
+      auto it = b.find(model);
+      if (it == b.end() || it->second.size() != x.size()) return false;
+      for (size_t i = 0; i < x.size(); ++i)
+        if (x[i].first != it->second[i].first || StrategyString(x[i].second) != StrategyString(it->second[i].second))
+          return false;
+    }
+    return true;
+  }
+
+  // Brings a worker's stages to its assignment: loads (or re-places) what it is to hold, unloads what it no
+  // longer is. Runs on a pool thread; the worker is "loading" (nothing is dispatched to it) meanwhile.
   void LoadWorker(std::string worker_id) {
     std::string address, name;
+    std::map<std::string, StageAssignment> want;
+    std::set<std::pair<std::string, StageKind>> held;
     {
       std::lock_guard lock(mu);
       auto it = workers.find(worker_id);
       if (it == workers.end()) return;
       address = it->second.info.address();
       name = it->second.info.name();
+      for (const auto& [model, manifest] : models) want[model] = Assignment(it->second, model, manifest);
+      held = it->second.holds;
     }
     auto stub = v1::Worker::NewStub(ChannelTo(address));
-    std::set<std::pair<std::string, StageKind>> holds;
-    std::vector<std::string> described;
     std::string error;
-    for (const auto& [model, manifest] : models) {
-      const auto assignment = Assignment(name, manifest);
-      if (assignment.empty()) continue;
-      v1::LoadStagesRequest req;
-      req.set_model(model);
-      for (const auto& [k, s] : assignment) {
-        auto* item = req.add_stages();
-        item->set_stage(StageOf(k));
-        *item->mutable_strategy() = s;
-      }
-      v1::LoadStagesResponse resp;
+    std::optional<google::protobuf::RepeatedPtrField<v1::LoadedStage>> loaded;
+    for (const auto& [model, assignment] : want) {
       grpc::ClientContext ctx;
-      const grpc::Status st = stub->LoadStages(&ctx, req, &resp);
+      grpc::Status st;
+      if (!assignment.empty()) {
+        v1::LoadStagesRequest req;
+        req.set_model(model);
+        for (const auto& [k, s] : assignment) {
+          auto* item = req.add_stages();
+          item->set_stage(StageOf(k));
+          *item->mutable_strategy() = s;
+        }
+        v1::LoadStagesResponse resp;
+        st = stub->LoadStages(&ctx, req, &resp);
+        if (st.ok()) loaded = resp.loaded();
+      }
+      // Stages of this model it holds and is no longer to hold.
+      v1::UnloadStagesRequest unload;
+      unload.set_model(model);
+      for (const auto& [m, k] : held) {
+        if (m != model) continue;
+        const bool kept = std::any_of(assignment.begin(), assignment.end(), [&](const auto& a) { return a.first == k; });
+        if (!kept) unload.add_stages(StageOf(k));
+      }
+      if (st.ok() && unload.stages_size() > 0) {
+        if (assignment.empty()) unload.clear_stages();  // the whole model goes
+        grpc::ClientContext uctx;
+        v1::UnloadStagesResponse uresp;
+        st = stub->UnloadStages(&uctx, unload, &uresp);
+        if (st.ok()) loaded = uresp.loaded();
+      }
       if (!st.ok()) {
         error = fmt::format("loading {} failed: {}", model, st.error_message());
         spdlog::error("worker {}: {}", name, error);
         break;
       }
-      for (const auto& l : resp.loaded()) {
-        if (l.model() != model) continue;
-        holds.insert({model, KindOfStage(l.stage())});
-        const std::string strategy = StrategyString(l.strategy());
-        described.push_back(fmt::format("{}/{} ({})", model, StageKindName(KindOfStage(l.stage())), strategy));
+    }
+    std::set<std::pair<std::string, StageKind>> holds;
+    std::vector<std::string> described;
+    if (loaded) {
+      for (const auto& l : *loaded) {
+        if (!models.count(l.model())) continue;
+        holds.insert({l.model(), KindOfStage(l.stage())});
+        described.push_back(fmt::format("{}/{} ({})", l.model(), StageKindName(KindOfStage(l.stage())),
+                                        StrategyString(l.strategy())));
       }
+    } else if (error.empty()) {
+      holds = held;  // nothing asked of it: it keeps what it had
     }
     std::lock_guard lock(mu);
     auto it = workers.find(worker_id);
     if (it == workers.end()) return;
     WorkerEntry& w = it->second;
-    w.holds = holds;
-    w.info.clear_stages();
-    for (const auto& d : described) w.info.add_stages(d);
-    if (w.info.state() == "loading") w.info.set_state(error.empty() ? "idle" : "failed");
+    if (loaded || !error.empty()) {
+      w.holds = holds;
+      w.info.clear_stages();
+      for (const auto& d : described) w.info.add_stages(d);
+    }
+    w.applied = want;
     w.info.set_error(error);
-    if (error.empty()) spdlog::info("worker {} holds {}", name, fmt::join(described, ", "));
+    w.load_in_flight = false;
+    w.loaded_once = true;
+    if (w.info.state() == "loading") {
+      if (!error.empty()) {
+        w.info.set_state("failed");
+        ScheduleReplan();  // the others take over what it was to hold
+      } else if (w.reload_pending) {
+        StartLoad(w);  // the plan changed while it loaded
+      } else {
+        w.info.set_state("idle");
+      }
+    }
+    if (error.empty()) spdlog::info("worker {} holds {}", name, described.empty() ? "nothing" : fmt::format("{}", fmt::join(described, ", ")));
+    UpdateGauges();
     Dispatch();
   }
 
@@ -526,13 +682,21 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     std::string profile;
     while (reader->Read(&ev)) {
       if (ev.has_result()) {
+        if (ev.result().loaded_size() > 0) Reloaded(run.worker_id, ev.result().loaded());
         // Acted on at once: the next stage is dispatched before the worker's profile and the call's end arrive.
         Finished(run, grpc::Status::OK, ev.result());
         completed = true;
         continue;
       }
       if (ev.has_profile()) {
-        profile = ev.profile().json();
+        if (completed) {
+          profile = ev.profile().json();
+        } else {
+          // An attempt that ran out of device memory (the worker retries cheaper): the planner must know.
+          StoreProfile(ev.profile().json());
+          std::lock_guard lock(mu);
+          ScheduleReplan();
+        }
         continue;
       }
       if (completed) continue;
@@ -551,6 +715,17 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     }
     if (st.ok()) st = grpc::Status(grpc::StatusCode::INTERNAL, "the worker ended the stage without a result");
     Finished(run, st, std::nullopt);
+  }
+
+  // A worker changed its strategies after running out of device memory: list what it holds now.
+  void Reloaded(const std::string& worker_id, const google::protobuf::RepeatedPtrField<v1::LoadedStage>& loaded) {
+    std::lock_guard lock(mu);
+    auto it = workers.find(worker_id);
+    if (it == workers.end()) return;
+    it->second.info.clear_stages();
+    for (const auto& l : loaded)
+      it->second.info.add_stages(fmt::format("{}/{} ({})", l.model(), StageKindName(KindOfStage(l.stage())),
+                                             StrategyString(l.strategy())));
   }
 
   // The worker's measurements of a finished run: into the profile store (the planner's truth) and the job's row.
@@ -574,6 +749,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       w.info.set_job_id("");
       if (id == run.worker_id) w.info.set_stages_run(w.info.stages_run() + 1);
       if (w.info.state() == "busy") w.info.set_state("idle");
+      if (w.reload_pending && !w.load_in_flight && w.info.state() == "idle") StartLoad(w);
     }
     active.erase(std::remove_if(active.begin(), active.end(),
                                 [&](const ActiveRun& a) { return a.ctx == run.ctx; }),
@@ -764,7 +940,11 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   void Monitor() {
     std::unique_lock lock(mu);
     while (!stopping) {
-      monitor_cv.wait_for(lock, std::chrono::milliseconds(std::max(50, o.heartbeat_ms / 2)));
+      int64_t wait_ms = std::max(50, o.heartbeat_ms / 2);
+      if (replan_due_ms > 0) wait_ms = std::clamp<int64_t>(replan_due_ms - SteadyMs(), 0, wait_ms);
+      monitor_cv.wait_for(lock, std::chrono::milliseconds(wait_ms));
+      if (stopping) break;
+      if (replan_due_ms > 0 && SteadyMs() >= replan_due_ms) Replan(lock);
       if (stopping) break;
       const int64_t now = SteadyMs();
       bool changed = false;
@@ -783,6 +963,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
             }
       }
       if (changed) {
+        ScheduleReplan();  // what the lost worker held goes elsewhere
         UpdateGauges();
         Dispatch();
       }
@@ -838,8 +1019,12 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       workers[id] = w;
       resp->set_worker_id(id);
       resp->set_heartbeat_interval_ms(o.heartbeat_ms);
+      if (Planned()) {
+        ScheduleReplan();  // every worker's share may change with one more
+      } else {
+        StartLoad(workers[id]);
+      }
       UpdateGauges();
-      StartThread([this, id] { LoadWorker(id); });
     }
     spdlog::info("worker {} registered from {} ({}, {}){}", req->name(), req->address(), req->device(),
                  req->device_capacity_bytes() > 0 ? FormatCapacity(req->device_capacity_bytes()) : "unlimited",
@@ -877,7 +1062,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     v1::JobSpec spec = req->spec();
     const Manifest* m_ptr = nullptr;
     try {
-      m_ptr = &ValidateSubmit(models, *req, spec);
+      m_ptr = &ValidateSubmit(models, *req, spec, o.limits);
     } catch (const Error& e) {
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT, e.what());
     }
@@ -886,6 +1071,13 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     {
       std::lock_guard lock(mu);
       if (stopping) return Refuse(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+      const auto queued = std::count_if(live.begin(), live.end(),
+                                        [&](const std::string& id) { return jobs.at(id).job.state() == v1::QUEUED; });
+      if (queued >= o.limits.max_queued_jobs)
+        return Refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      fmt::format("queue full: {} jobs queued, the most this coordinator holds (its "
+                                  "--max-queued-jobs {} raises it); retry when jobs have started",
+                                  queued, o.limits.max_queued_jobs));
       try {
         rec.seq = store->NextSeq();
       } catch (const Error& e) {
@@ -983,7 +1175,63 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*, v1::ListWorkersResponse* resp) override {
     std::lock_guard lock(mu);
     for (const auto& [id, w] : workers) *resp->add_workers() = w.info;
+    // What each busy worker runs now, read from the runs in flight (a worker is in at most one).
+    for (auto& info : *resp->mutable_workers())
+      for (const auto& a : active) {
+        if (a.worker_id != info.id() && a.peer_id != info.id()) continue;
+        auto it = jobs.find(a.job);
+        if (it == jobs.end() || a.stage_index >= it->second.job.stages_size()) continue;
+        const v1::StageRun& s = it->second.job.stages(a.stage_index);
+        info.set_stage(s.stage());
+        info.set_step(s.step());
+        info.set_steps(s.steps());
+        info.set_guidance_branch(a.peer_id == info.id());
+      }
     for (const auto& [name, m] : models) resp->add_models(name);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PlanJob(grpc::ServerContext*, const v1::PlanJobRequest* req, v1::PlanJobResponse* resp) override {
+    auto mit = models.find(req->model());
+    if (mit == models.end()) {
+      std::vector<std::string> names;
+      for (const auto& [n, m] : models) names.push_back(n);
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    fmt::format("model '{}': this coordinator serves {}", req->model(), fmt::join(names, ", ")));
+    }
+    const Manifest& m = mit->second;
+    planner::Job job = planner::JobOf(m, req->frames(), req->height(), req->width(), req->steps());
+    if (req->has_guidance()) job.guidance = req->guidance();
+    const double margin = req->has_margin() ? req->margin() : 0.10;
+    std::vector<WorkerSlot> slots;
+    try {
+      if (!(margin >= 0 && margin < 0.9))
+        throw InvalidArgument(fmt::format("margin {}: accepted 0 to 0.9", margin));
+      const planner::Objective objective =
+          planner::ParseObjective(req->objective().empty() ? o.plan_objective : req->objective(), "objective");
+      planner::ValidateJob(m, job);
+      {
+        std::lock_guard lock(mu);
+        slots = PlannableWorkers();
+      }
+      if (slots.empty())
+        return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                      "no live workers to plan for; start workers, or plan for a described machine with "
+                      "`reel plan --device-memory SIZE`");
+      const planner::Machine machine = MachineOfWorkers(slots, margin);
+      const planner::CostModel model(m, StoredProfiles());
+      planner::PlanningOptions po = PlanOptions();
+      po.allow_int8 = req->allow_int8();
+      const planner::Problem problem = planner::BuildProblem(model, machine, job, po);
+      const planner::Plan plan = planner::Search(problem, objective);
+      const std::vector<std::string> would_fit =
+          plan.feasible ? std::vector<std::string>{} : planner::WhatWouldFit(model, machine, job, objective, po);
+      resp->set_report_json(planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain()).dump());
+    } catch (const Error& e) {
+      return Refuse(e.kind() == ErrorKind::kInvalidArgument ? grpc::StatusCode::INVALID_ARGUMENT
+                                                            : grpc::StatusCode::INTERNAL,
+                    e.what());
+    }
     return grpc::Status::OK;
   }
 
@@ -1019,11 +1267,17 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
   if (m.o.heartbeat_ms <= 0 || m.o.worker_timeout_ms <= m.o.heartbeat_ms)
     throw InvalidArgument(fmt::format("--worker-timeout-ms {}: accepted more than the heartbeat interval ({} ms)",
                                       m.o.worker_timeout_ms, m.o.heartbeat_ms));
+  ValidateLimits(m.o.limits);
+  m.security = LoadSecurity(m.o.security);
+  CheckListen(m.o.listen, m.security);
+  SetClientSecurity(m.security);  // its calls to workers present the same certificate and token
+  const ModelRoots roots(m.o.model_roots, ModelCacheDir());
   std::error_code ec;
   fs::create_directories(m.o.data / "outputs", ec);
   RequireWritableDirectory(m.o.data, "--data");
   if (m.o.models.empty()) throw InvalidArgument("--model: accepted one or more presets or package directories");
-  for (const auto& name : m.o.models) m.models[name] = LoadManifest(ResolveModel(name));
+  for (const auto& name : m.o.models)
+    m.models[name] = LoadManifest(FindPreset(name) ? ResolveModel(name) : roots.Confine(name, "--model"));
   if (!m.o.placement.empty()) m.placement = LoadPlacement(m.o.placement);
   m.store = std::make_unique<JobStore>((m.o.data / "jobs.db").string());
   m.profiles = std::make_unique<ProfileStore>((m.o.data / "profiles.db").string());
@@ -1063,8 +1317,9 @@ void Coordinator::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(m.o.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(m.o.listen, ServerCredentials(m.security), &port);
   ConfigureServer(builder);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(m.o.limits.max_message_bytes));  // --max-message-bytes
   builder.RegisterService(&m);
   m.server = builder.BuildAndStart();
   if (!m.server || port == 0)
@@ -1089,7 +1344,8 @@ void Coordinator::Start() {
   }
   std::vector<std::string> names;
   for (const auto& [n, man] : m.models) names.push_back(n);
-  spdlog::info("coordinator serving on {} (models {}; data {}){}", m.bound, fmt::join(names, ", "), m.o.data.string(),
+  spdlog::info("coordinator serving on {} (models {}; data {}; {}){}", m.bound, fmt::join(names, ", "),
+               m.o.data.string(), m.security.Describe(),
                m.metrics.endpoint.port() > 0 ? fmt::format("; metrics on port {}", metrics_port()) : "");
 }
 

@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/limits.h"
+#include "security/security_flags.h"
+
 namespace reel {
 
 struct CoordinatorOptions {
@@ -15,10 +18,18 @@ struct CoordinatorOptions {
   std::string metrics;  // HOST:PORT for /metrics, empty for none
   std::filesystem::path data;
   std::vector<std::string> models = {"tiny"};  // presets or package directories it serves
-  std::string placement;                       // placement file (docs/COORDINATOR.md); empty: every worker holds every stage
+  std::string placement;  // placement file (docs/COORDINATOR.md); empty: the planner places stages
+  bool plan = true;       // false (and no placement file): every worker holds every stage with no offload
+  std::string plan_objective = "throughput";  // what the default placement optimises: throughput | latency
+  std::string plan_dtype = "package";  // package: each stage's own dtype; any: the planner may pick bf16/f16
+  double plan_margin = 0.10;                  // fraction of every device's and host's memory the plan keeps free
+  int plan_settle_ms = 300;  // the worker set must be still this long before it is planned (workers start together)
   bool guidance_parallel = true;               // split guided denoising across two idle denoiser workers
   int heartbeat_ms = 1000;
   int worker_timeout_ms = 5000;  // a worker silent this long is lost
+  Limits limits;                 // queue, job shape, prompt and message bounds (coordinator/limits.h)
+  SecurityFlags security;        // TLS, token file, --insecure (docs/SECURITY.md)
+  std::vector<std::string> model_roots;  // package directories load only from under these; none: the model cache
 };
 
 // The default data directory: $XDG_DATA_HOME/reel, else ~/.local/share/reel.

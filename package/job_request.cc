@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/printable.h"
 
 namespace reel {
 
@@ -42,7 +43,7 @@ void ValidateRequest(const Manifest& m, const GenerateRequest& r) {
   if (!m.image_conditioned && !r.image.empty())
     throw InvalidArgument(fmt::format("--image {}: model '{}' is text-to-video; use an image-to-video model "
                                       "(e.g. tiny-i2v, cogvideox-5b-i2v)",
-                                      r.image, m.name));
+                                      Printable(r.image), m.name));
   if (r.prompt.size() > 64 * 1024)
     throw InvalidArgument(fmt::format("--prompt: {} bytes, accepted at most 65536", r.prompt.size()));
 }

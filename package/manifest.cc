@@ -4,10 +4,12 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/printable.h"
 #include "common/stable_hash.h"
 
 namespace reel {
@@ -18,6 +20,15 @@ namespace {
 
 const char* const kStageNames[] = {"text_encoder", "vae_encoder", "denoiser", "vae_decoder"};
 const std::set<std::string> kSymbols = {"B", "T", "F", "H", "W", "f", "h", "w"};
+
+// A JSON value as an error shows it: scalars as written (strings cut to a printable line), containers by kind only
+// (a field holding the whole rest of the file must not end up in the message).
+std::string Shown(const ordered_json& v) {
+  if (v.is_object()) return "an object";
+  if (v.is_array()) return "an array";
+  if (v.is_string()) return "\"" + Printable(v.get_ref<const std::string&>(), 64) + "\"";
+  return v.dump();
+}
 
 // Reads fields of one JSON object and names the file and the field path in every error.
 class Reader {
@@ -32,7 +43,8 @@ class Reader {
   }
   std::string Field(const std::string& key) const {
     if (key.empty()) return path_.empty() ? "(top level)" : path_;
-    return path_.empty() ? key : path_ + "." + key;
+    // Stage and config names are the file's own keys.
+    return path_.empty() ? Printable(key, 64) : path_ + "." + Printable(key, 64);
   }
   bool Has(const std::string& key) const { return j_.contains(key); }
   const ordered_json& At(const std::string& key) const {
@@ -42,21 +54,23 @@ class Reader {
   Reader Object(const std::string& key) const { return Reader(At(key), source_, Field(key)); }
   std::string String(const std::string& key) const {
     const auto& v = At(key);
-    if (!v.is_string()) Fail(key, "must be a string, got " + v.dump());
+    if (!v.is_string()) Fail(key, "must be a string, got " + Shown(v));
     return v.get<std::string>();
   }
   std::string String(const std::string& key, const std::string& dflt) const { return Has(key) ? String(key) : dflt; }
   int64_t Int(const std::string& key, int64_t lo, int64_t hi) const {
     const auto& v = At(key);
-    if (!v.is_number_integer()) Fail(key, "must be an integer, got " + v.dump());
-    const int64_t x = v.get<int64_t>();
-    if (x < lo || x > hi)
-      Fail(key, "is " + std::to_string(x) + ", accepted " + std::to_string(lo) + ".." + std::to_string(hi));
+    if (!v.is_number_integer()) Fail(key, "must be an integer, got " + Shown(v));
+    // Above INT64_MAX JSON integers are unsigned: compared as such, not wrapped to a negative value.
+    const bool above = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
+    const int64_t x = above ? INT64_MAX : v.get<int64_t>();
+    if (above || x < lo || x > hi)
+      Fail(key, "is " + v.dump() + ", accepted " + std::to_string(lo) + ".." + std::to_string(hi));
     return x;
   }
   double Number(const std::string& key, double lo, double hi) const {
     const auto& v = At(key);
-    if (!v.is_number()) Fail(key, "must be a number, got " + v.dump());
+    if (!v.is_number()) Fail(key, "must be a number, got " + Shown(v));
     const double x = v.get<double>();
     if (!(x >= lo && x <= hi)) {
       std::ostringstream s;
@@ -67,12 +81,12 @@ class Reader {
   }
   bool Bool(const std::string& key) const {
     const auto& v = At(key);
-    if (!v.is_boolean()) Fail(key, "must be true or false, got " + v.dump());
+    if (!v.is_boolean()) Fail(key, "must be true or false, got " + Shown(v));
     return v.get<bool>();
   }
   const ordered_json& Array(const std::string& key) const {
     const auto& v = At(key);
-    if (!v.is_array()) Fail(key, "must be an array, got " + v.dump());
+    if (!v.is_array()) Fail(key, "must be an array, got " + Shown(v));
     return v;
   }
   const std::string& source() const { return source_; }
@@ -112,7 +126,7 @@ std::vector<TensorSpec> TensorsFromJson(const Reader& r, const std::string& key)
     spec.name = t.String("name");
     const std::string dt = t.String("dtype");
     auto d = ParseDType(dt);
-    if (!d) t.Fail("dtype", "is '" + dt + "', accepted f32, bf16, f16, i64");
+    if (!d) t.Fail("dtype", "is '" + Printable(dt, 64) + "', accepted f32, bf16, f16, i64");
     spec.dtype = *d;
     const auto& shape = t.Array("shape");
     if (shape.empty()) t.Fail("shape", "must have at least one dimension");
@@ -122,7 +136,7 @@ std::vector<TensorSpec> TensorsFromJson(const Reader& r, const std::string& key)
       } else if (dim.is_string() && kSymbols.count(dim.get<std::string>())) {
         spec.shape.emplace_back(dim.get<std::string>());
       } else {
-        t.Fail("shape", "has dimension " + dim.dump() + ", accepted a positive integer or one of B T F H W f h w");
+        t.Fail("shape", "has dimension " + Shown(dim) + ", accepted a positive integer or one of B T F H W f h w");
       }
     }
     out.push_back(std::move(spec));
@@ -259,15 +273,28 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
   ordered_json j;
   try {
     j = ordered_json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw BadPackage(source + ": not valid JSON (" + std::string(e.what()) + ")");
+  } catch (const nlohmann::json::exception& e) {
+    // Syntax errors, and numbers beyond a double ("1e999"), which nlohmann reports as out_of_range. Its text
+    // quotes the offending token whole ("last read: '…'"), however long: the message keeps the position and what
+    // was expected, one line of bounded length.
+    std::string what = e.what();
+    if (const size_t p = what.find("] "); what.rfind("[json.exception", 0) == 0 && p != std::string::npos)
+      what.erase(0, p + 2);
+    if (const size_t p = what.find("; last read: '"); p != std::string::npos) {
+      const size_t q = what.find("'; expected", p);
+      what = what.substr(0, p) + (q == std::string::npos ? "" : what.substr(q + 1));
+    }
+    throw BadPackage(source + ": not valid JSON (" + Printable(what, 200) + ")");
   }
   Reader r(j, source, "");
   if (r.String("format") != "reel-stage-package")
-    r.Fail("format", "is '" + r.String("format") + "', accepted 'reel-stage-package'");
+    r.Fail("format", "is '" + Printable(r.String("format"), 64) + "', accepted 'reel-stage-package'");
   Manifest m;
   m.format_version = static_cast<int>(r.Int("format_version", kManifestFormatVersion, kManifestFormatVersion));
   m.name = r.String("name");
+  // The name is in many of Reel's messages (and is the model name clients submit): one printable line.
+  if (m.name.size() > 128 || Printable(m.name, 128) != m.name)
+    r.Fail("name", "is '" + Printable(m.name, 64) + "', accepted at most 128 bytes of text without control characters");
   m.preset = r.String("preset", "");
   if (r.Has("seed")) m.seed = static_cast<uint64_t>(r.Int("seed", 0, INT64_MAX));
   m.image_conditioned = r.Bool("image_conditioned");
@@ -275,7 +302,7 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
   Reader tok = r.Object("tokenizer");
   m.tokenizer.kind = tok.String("kind");
   if (m.tokenizer.kind != "bytes" && m.tokenizer.kind != "sentencepiece")
-    tok.Fail("kind", "is '" + m.tokenizer.kind + "', accepted 'bytes' or 'sentencepiece'");
+    tok.Fail("kind", "is '" + Printable(m.tokenizer.kind, 64) + "', accepted 'bytes' or 'sentencepiece'");
   if (m.tokenizer.kind == "sentencepiece") m.tokenizer.file = tok.String("file");
   m.tokenizer.max_length = static_cast<int>(tok.Int("max_length", 2, 4096));
   m.tokenizer.vocab_size = static_cast<int>(tok.Int("vocab_size", 260, 1 << 22));
@@ -291,19 +318,20 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
   Reader sch = r.Object("scheduler");
   auto& s = m.scheduler;
   s.kind = sch.String("kind");
-  if (s.kind != "cogvideox_ddim") sch.Fail("kind", "is '" + s.kind + "', accepted 'cogvideox_ddim'");
+  if (s.kind != "cogvideox_ddim") sch.Fail("kind", "is '" + Printable(s.kind, 64) + "', accepted 'cogvideox_ddim'");
   s.num_train_timesteps = static_cast<int>(sch.Int("num_train_timesteps", 2, 100000));
   s.beta_schedule = sch.String("beta_schedule");
   if (s.beta_schedule != "scaled_linear" && s.beta_schedule != "linear")
-    sch.Fail("beta_schedule", "is '" + s.beta_schedule + "', accepted 'scaled_linear' or 'linear'");
+    sch.Fail("beta_schedule", "is '" + Printable(s.beta_schedule, 64) + "', accepted 'scaled_linear' or 'linear'");
   s.beta_start = sch.Number("beta_start", 0, 1);
   s.beta_end = sch.Number("beta_end", 0, 1);
   s.prediction_type = sch.String("prediction_type");
   if (s.prediction_type != "v_prediction" && s.prediction_type != "epsilon")
-    sch.Fail("prediction_type", "is '" + s.prediction_type + "', accepted 'v_prediction' or 'epsilon'");
+    sch.Fail("prediction_type", "is '" + Printable(s.prediction_type, 64) + "', accepted 'v_prediction' or 'epsilon'");
   s.timestep_spacing = sch.String("timestep_spacing");
   if (s.timestep_spacing != "trailing" && s.timestep_spacing != "leading" && s.timestep_spacing != "linspace")
-    sch.Fail("timestep_spacing", "is '" + s.timestep_spacing + "', accepted 'trailing', 'leading' or 'linspace'");
+    sch.Fail("timestep_spacing",
+             "is '" + Printable(s.timestep_spacing, 64) + "', accepted 'trailing', 'leading' or 'linspace'");
   s.rescale_betas_zero_snr = sch.Bool("rescale_betas_zero_snr");
   s.set_alpha_to_one = sch.Bool("set_alpha_to_one");
   s.snr_shift_scale = sch.Number("snr_shift_scale", 1e-3, 1e3);
@@ -311,6 +339,11 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
   Reader lim = r.Object("limits");
   auto& l = m.limits;
   l.size_multiple = static_cast<int>(lim.Int("size_multiple", 1, 1024));
+  // Every accepted size must map to whole latent pixels (h = H / spatial_compression).
+  if (l.size_multiple % m.vae.spatial_compression != 0)
+    lim.Fail("size_multiple", "is " + std::to_string(l.size_multiple) +
+                                  ", accepted a multiple of vae.spatial_compression (" +
+                                  std::to_string(m.vae.spatial_compression) + ")");
   l.min_height = static_cast<int>(lim.Int("min_height", 1, 65536));
   l.max_height = static_cast<int>(lim.Int("max_height", l.min_height, 65536));
   l.min_width = static_cast<int>(lim.Int("min_width", 1, 65536));
@@ -323,11 +356,24 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
 
   Reader def = r.Object("defaults");
   auto& d = m.defaults;
+  // The defaults are a job the package must itself accept (package/job_request.cc checks jobs the same way).
   d.frames = static_cast<int>(def.Int("frames", 1, l.max_frames));
-  d.height = static_cast<int>(def.Int("height", l.min_height, l.max_height));
-  d.width = static_cast<int>(def.Int("width", l.min_width, l.max_width));
-  d.steps = static_cast<int>(def.Int("steps", 1, 10000));
-  d.guidance = def.Number("guidance", 0, 1000);
+  if ((d.frames - 1) % l.frame_step != 0)
+    def.Fail("frames", "is " + std::to_string(d.frames) + ", accepted limits.frame_step·k+1 (" +
+                           std::to_string(l.frame_step) + "k+1) up to limits.max_frames (" +
+                           std::to_string(l.max_frames) + ")");
+  auto size = [&](const char* key, int lo, int hi) {
+    const int v = static_cast<int>(def.Int(key, lo, hi));
+    if (v % l.size_multiple != 0)
+      def.Fail(key, "is " + std::to_string(v) + ", accepted a multiple of limits.size_multiple (" +
+                        std::to_string(l.size_multiple) + ") from " + std::to_string(lo) + " to " +
+                        std::to_string(hi));
+    return v;
+  };
+  d.height = size("height", l.min_height, l.max_height);
+  d.width = size("width", l.min_width, l.max_width);
+  d.steps = static_cast<int>(def.Int("steps", 1, s.num_train_timesteps));
+  d.guidance = def.Number("guidance", 0, 100);
   d.fps = static_cast<int>(def.Int("fps", 1, 240));
 
   Reader stages = r.Object("stages");
@@ -340,21 +386,28 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
     sm.kind = *kind;
     const std::string dt = st.String("dtype");
     auto d = ParseDType(dt);
-    if (!d || *d == DType::kI64) st.Fail("dtype", "is '" + dt + "', accepted f32, bf16 or f16");
+    if (!d || *d == DType::kI64) st.Fail("dtype", "is '" + Printable(dt, 64) + "', accepted f32, bf16 or f16");
     sm.dtype = *d;
     const auto& parts = st.Array("parts");
     if (parts.empty()) st.Fail("parts", "must list at least one TorchScript file");
+    int64_t params = 0, bytes = 0;
     for (size_t i = 0; i < parts.size(); ++i) {
       Reader p(parts[i], source, st.Field("parts") + "[" + std::to_string(i) + "]");
       StagePart part;
       part.role = p.String("role");
       if (part.role != "module" && part.role != "embed" && part.role != "block" && part.role != "head")
-        p.Fail("role", "is '" + part.role + "', accepted module, embed, block or head");
+        p.Fail("role", "is '" + Printable(part.role, 64) + "', accepted module, embed, block or head");
       part.file = p.String("file");
       if (part.file.empty() || fs::path(part.file).is_absolute() || part.file.find("..") != std::string::npos)
-        p.Fail("file", "is '" + part.file + "', accepted a relative path inside the package");
+        p.Fail("file", "is '" + Printable(part.file, 64) + "', accepted a relative path inside the package");
       part.params = p.Int("params", 0, INT64_MAX);
       part.bytes = p.Int("bytes", 0, INT64_MAX);
+      // The stage's totals (StageManifest::params/bytes) must not overflow.
+      for (const auto& [key, value, total] : {std::tuple{"params", part.params, &params},
+                                              std::tuple{"bytes", part.bytes, &bytes}})
+        if (__builtin_add_overflow(*total, value, total))
+          p.Fail(key, "is " + std::to_string(value) + ": the stage's parts add up to more than " +
+                          std::to_string(INT64_MAX));
       sm.parts.push_back(part);
     }
     const bool single = sm.parts.size() == 1 && sm.parts[0].role == "module";

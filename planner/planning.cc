@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "package/job_request.h"
 #include "profiler/host_memory.h"
 
 namespace reel::planner {
@@ -14,6 +15,29 @@ std::vector<StageKind> PipelineStages(const Manifest& manifest) {
   for (StageKind k : {StageKind::kTextEncoder, StageKind::kVaeEncoder, StageKind::kDenoiser, StageKind::kVaeDecoder})
     if (manifest.has_stage(k)) out.push_back(k);
   return out;
+}
+
+Job JobOf(const Manifest& m, int frames, int height, int width, int steps) {
+  Job job;
+  job.frames = frames > 0 ? frames : m.defaults.frames;
+  job.height = height > 0 ? height : m.defaults.height;
+  job.width = width > 0 ? width : m.defaults.width;
+  job.steps = steps > 0 ? steps : m.defaults.steps;
+  job.guidance = m.defaults.guidance;
+  return job;
+}
+
+void ValidateJob(const Manifest& manifest, const Job& job) {
+  GenerateRequest r;
+  r.prompt = "plan";
+  r.frames = job.frames;
+  r.height = job.height;
+  r.width = job.width;
+  r.steps = job.steps;
+  r.guidance = job.guidance;
+  r.fps = manifest.defaults.fps;
+  if (manifest.image_conditioned) r.image = "(any image: its size does not change the plan)";
+  ValidateRequest(manifest, r);
 }
 
 Problem BuildProblem(const CostModel& model, const Machine& machine, const Job& job, const PlanningOptions& options) {
@@ -26,6 +50,10 @@ Problem BuildProblem(const CostModel& model, const Machine& machine, const Job& 
       std::vector<Option> opts = model.Options(k, d, job);
       if (!options.allow_int8)
         std::erase_if(opts, [](const Option& o) { return o.dtype == "int8"; });
+      if (options.package_dtype_only) {
+        const std::string own = DTypeName(model.manifest().stage(k).dtype);
+        std::erase_if(opts, [&](const Option& o) { return o.dtype != own; });
+      }
       s.per_device.push_back(std::move(opts));
     }
     s.output_bytes = model.OutputBytes(k, job);

@@ -19,7 +19,17 @@ struct PlanningOptions {
   // int8-stored weights cost picture quality (docs/MEMORY.md: ~29 dB PSNR against bf16), so they are offered only
   // when asked for.
   bool allow_int8 = false;
+  // Only each stage's package dtype: the numbers `reel generate` computes by default. The coordinator's default
+  // placement keeps them (precision is the package author's or the user's choice, not a side effect of placement);
+  // `reel plan` and `--plan-dtype any` let the planner pick bf16/f16 where it is faster or smaller.
+  bool package_dtype_only = false;
 };
+
+// The manifest's default job shape; `frames`, `height`, `width`, `steps` > 0 override it.
+Job JobOf(const Manifest& manifest, int frames = 0, int height = 0, int width = 0, int steps = 0);
+// Refuses a job shape the package does not accept, as `reel generate` and `reel submit` would (InvalidArgument
+// naming the flag, the value and what is accepted).
+void ValidateJob(const Manifest& manifest, const Job& job);
 
 // Every option of every stage on every device of `machine` at `job`, with the stages' output sizes.
 Problem BuildProblem(const CostModel& model, const Machine& machine, const Job& job,

@@ -14,7 +14,7 @@ std::string VaeString(const VaeDecodeOptions& v) {
 }  // namespace
 
 std::optional<RunOptions> CheaperAfterOom(const RunOptions& options, const Manifest& manifest, StageKind failed,
-                                          std::string* why) {
+                                          std::string* why, int max_side) {
   RunOptions o = options;
   // Another stage's resident weights first: moving them off between runs costs one copy per run.
   std::optional<StageKind> largest;
@@ -38,12 +38,16 @@ std::optional<RunOptions> CheaperAfterOom(const RunOptions& options, const Manif
   if (failed == StageKind::kVaeDecoder) {
     VaeDecodeOptions& v = o.vae;
     const std::string was = VaeString(v);
-    if (v.tile == 0) {
-      v.tile = 256;
+    // A tile as large as the frame decodes it whole: no saving, so the ladder goes past it.
+    const auto splits = [&](int tile) { return max_side <= 0 || tile < max_side; };
+    int next_tile = v.tile == 0 ? 256 : v.tile / 2;
+    while (next_tile >= 64 && !splits(next_tile)) next_tile /= 2;
+    if (v.tile == 0 && next_tile >= 64) {
+      v.tile = next_tile;
     } else if (!v.slicing) {
       v.slicing = true;
-    } else if (v.tile > 64) {
-      v.tile = std::max(64, v.tile / 2);
+    } else if (v.tile > 64 && next_tile >= 64) {
+      v.tile = next_tile;
     } else if (off.mode == OffloadMode::kNone) {
       off.mode = OffloadMode::kModel;
       if (why) *why = fmt::format("{}: {} -> model", name, before);

@@ -13,8 +13,9 @@ namespace reel {
 // left to give. First, the largest other stage kept resident (none) leaves the device between its runs (model):
 // its weights were in the way. Then the failed stage itself: none/model → block:⌈n/2⌉ → … → block:1 →
 // sequential for stages with blocks; for the VAE decoder tiling=256 → +slicing → tiles of 128, then 64, then
-// model offload. `why` says what changed ("text_encoder: none -> model").
+// model offload. Given the job's larger pixel side `max_side`, tile sizes that would not split the frame (no
+// saving) are skipped. `why` says what changed ("text_encoder: none -> model").
 std::optional<RunOptions> CheaperAfterOom(const RunOptions& options, const Manifest& manifest, StageKind failed,
-                                          std::string* why);
+                                          std::string* why, int max_side = 0);
 
 }  // namespace reel

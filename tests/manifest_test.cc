@@ -1,4 +1,5 @@
 // Manifest round trip and every validation error, plus request validation and the tokenizers.
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -123,6 +124,73 @@ TEST(Manifest, InvalidJsonIsReported) {
   }
 }
 
+// Inputs the fuzzer (fuzz/manifest_fuzzer.cc) found or that guard what it checks: each is refused with one line of
+// bounded length naming the field, where the parser used to crash, hit UB, or print the input back whole.
+TEST(Manifest, HostileInputsGetOneBoundedLine) {
+  auto error = [](const std::string& text) -> std::string {
+    try {
+      ManifestFromJson(text, "pkg/manifest.json");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kBadPackage);
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+      EXPECT_LT(msg.size(), 300u) << msg;
+      return msg;
+    }
+    return "accepted";
+  };
+  auto edited = [](const std::function<void(ordered_json&)>& edit) {
+    ordered_json j = ordered_json::parse(ManifestToJson(Sample()));
+    edit(j);
+    return j.dump();
+  };
+  // A number beyond a double was an uncaught nlohmann out_of_range: the process terminated.
+  EXPECT_EQ(error("{\"format\": 22432e6144}"),
+            "pkg/manifest.json: not valid JSON (number overflow parsing '22432e6144')");
+  // The syntax error quoted the whole offending token.
+  EXPECT_EQ(error("{\"file\":" + std::string(5000, '\t') + "%}"),
+            "pkg/manifest.json: not valid JSON (parse error at line 1, column 5009: syntax error while parsing value - "
+            "invalid literal)");
+  // A wrongly typed field printed its whole value (here most of the file).
+  EXPECT_EQ(error(edited([](auto& j) { j["format"] = j["stages"]; })),
+            "pkg/manifest.json: field 'format' must be a string, got an object");
+  EXPECT_EQ(error(edited([](auto& j) { j["name"] = std::string(1000, 'x'); })),
+            "pkg/manifest.json: field 'name' is '" + std::string(64, 'x') +
+                "… (1000 bytes)', accepted at most 128 bytes of text without control characters");
+  EXPECT_NE(error(edited([](auto& j) { j["name"] = "fox\nRUNNING"; })).find("field 'name' is 'fox\\x0aRUNNING'"),
+            std::string::npos);
+  EXPECT_NE(error(edited([](auto& j) { j["stages"]["den\noiser"] = 1; }))
+                .find("field 'stages.den\\x0aoiser' is not a stage kind"),
+            std::string::npos);
+  EXPECT_NE(error(edited([](auto& j) { j["tokenizer"]["kind"] = std::string(10000, 'k'); }))
+                .find("… (10000 bytes)', accepted 'bytes' or 'sentencepiece'"),
+            std::string::npos);
+  // Integers above INT64_MAX were wrapped and reported as negative.
+  EXPECT_EQ(error(edited([](auto& j) { j["seed"] = UINT64_MAX; })),
+            "pkg/manifest.json: field 'seed' is 18446744073709551615, accepted 0..9223372036854775807");
+  // Parts whose counts add up past INT64_MAX overflowed StageManifest::params() (UBSan: signed overflow).
+  EXPECT_EQ(error(edited([](auto& j) {
+              j["stages"]["denoiser"]["parts"][0]["params"] = INT64_MAX;
+              j["stages"]["denoiser"]["parts"][1]["params"] = INT64_MAX;
+            })),
+            "pkg/manifest.json: field 'stages.denoiser.parts[1].params' is 9223372036854775807: the stage's parts add "
+            "up to more than 9223372036854775807");
+  // Defaults the package's own limits refuse: `reel generate` without flags failed on them.
+  EXPECT_EQ(error(edited([](auto& j) { j["defaults"]["height"] = 65; })),
+            "pkg/manifest.json: field 'defaults.height' is 65, accepted a multiple of limits.size_multiple (16) "
+            "from 16 to 256");
+  EXPECT_EQ(error(edited([](auto& j) { j["defaults"]["frames"] = 10; })),
+            "pkg/manifest.json: field 'defaults.frames' is 10, accepted limits.frame_step·k+1 (8k+1) up to "
+            "limits.max_frames (49)");
+  EXPECT_EQ(error(edited([](auto& j) { j["defaults"]["steps"] = 1001; })),
+            "pkg/manifest.json: field 'defaults.steps' is 1001, accepted 1..1000");
+  EXPECT_EQ(error(edited([](auto& j) { j["defaults"]["guidance"] = 500; })),
+            "pkg/manifest.json: field 'defaults.guidance' is 500, accepted 0..100");
+  // Sizes that are not whole latent pixels.
+  EXPECT_EQ(error(edited([](auto& j) { j["limits"]["size_multiple"] = 4; })),
+            "pkg/manifest.json: field 'limits.size_multiple' is 4, accepted a multiple of vae.spatial_compression (8)");
+}
+
 class PackageDir : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -200,6 +268,11 @@ TEST(JobRequest, EachBadValueIsRefusedWithTheAcceptedRange) {
   EXPECT_NE(error([](auto& r) { r.guidance = -1; }).find("--guidance -1: accepted 0 to 100"), std::string::npos);
   EXPECT_NE(error([](auto& r) { r.image = "cat.png"; }).find("--image cat.png: model 'sample' is text-to-video"),
             std::string::npos);
+  // The image name comes from a client (SubmitJob's image_name): shown as one printable line.
+  EXPECT_NE(error([](auto& r) { r.image = "cat.png\n" + std::string(500, 'c'); })
+                .find("--image cat.png\\x0acccc"),
+            std::string::npos);
+  EXPECT_LT(error([](auto& r) { r.image = std::string(5000, 'c'); }).size(), 300u);
   Manifest i2v = m;
   i2v.image_conditioned = true;
   GenerateRequest r = DefaultRequest(i2v, "");

@@ -278,6 +278,19 @@ TEST(OomRecovery, TheLadderFreesOtherStagesThenCheapensTheFailedOneAndEnds) {
                                              "vae_decoder: slicing+tiling=256 -> slicing+tiling=128",
                                              "vae_decoder: slicing+tiling=128 -> slicing+tiling=64",
                                              "vae_decoder: none -> model"}));
+
+  // At 128×128 pixels, tiles of 256 and 128 decode the frame whole (no saving): the ladder goes straight to 64.
+  RunOptions small = d;
+  small.offload[StageKind::kVaeDecoder] = ParseOffload("none", "t");
+  small.vae = {};
+  steps.clear();
+  while (auto next = CheaperAfterOom(small, m, StageKind::kVaeDecoder, &why, 128)) {
+    steps.push_back(why);
+    small = *next;
+    ASSERT_LT(steps.size(), 10u);
+  }
+  EXPECT_EQ(steps, (std::vector<std::string>{"vae_decoder: whole -> tiling=64", "vae_decoder: tiling=64 -> slicing+tiling=64",
+                                             "vae_decoder: none -> model"}));
 }
 
 }  // namespace

@@ -2,12 +2,25 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
+
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "common/error.h"
+#include "common/printable.h"
 #include "reel/v1/worker.grpc.pb.h"
+#include "security/transport_security.h"
 
 namespace reel {
+
+int64_t WireDTypeBytes(const std::string& dtype) {
+  if (dtype == "f32") return 4;
+  if (dtype == "bf16" || dtype == "f16") return 2;
+  if (dtype == "i64") return 8;
+  if (dtype == "u8") return 1;
+  return 0;
+}
 
 uint64_t Checksum(const std::string& data) { return XXH3_64bits(data.data(), data.size()); }
 
@@ -60,15 +73,50 @@ bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error
       return false;
     }
     const auto& h = chunk.header();
-    if (h.total_bytes() < 0 || h.total_bytes() > (int64_t{1} << 40)) {
-      *error = fmt::format("tensor stream: header total_bytes {} is out of range", h.total_bytes());
+    if (h.total_bytes() < 0 || h.total_bytes() > kMaxTensorBytes) {
+      *error = fmt::format("tensor stream: header total_bytes {} is out of range, accepted 0 to {} (1 TiB)",
+                           h.total_bytes(), kMaxTensorBytes);
+      return false;
+    }
+    // The receiver turns the bytes into a tensor of this dtype and shape (worker FromBlob): they must agree.
+    const int64_t element = WireDTypeBytes(h.dtype());
+    if (element == 0) {
+      *error = fmt::format("tensor stream: header dtype '{}' is not one of f32, bf16, f16, i64, u8",
+                           Printable(h.dtype(), 32));
+      return false;
+    }
+    if (h.shape_size() > kMaxTensorRank) {
+      *error = fmt::format("tensor stream: header shape has {} dimensions, accepted at most {}", h.shape_size(),
+                           kMaxTensorRank);
+      return false;
+    }
+    const std::string shape = fmt::format("[{}]", fmt::join(h.shape(), ", "));
+    if (std::any_of(h.shape().begin(), h.shape().end(), [](int64_t d) { return d < 0; })) {
+      *error = fmt::format("tensor stream: header shape {} has a negative dimension", shape);
+      return false;
+    }
+    // A zero dimension makes an empty tensor whatever the others are.
+    int64_t bytes = std::count(h.shape().begin(), h.shape().end(), 0) ? 0 : element;
+    for (int64_t d : h.shape()) {
+      if (bytes != 0 && (__builtin_mul_overflow(bytes, d, &bytes) || bytes > kMaxTensorBytes)) {
+        *error = fmt::format("tensor stream: header shape {} of {} holds more than {} bytes (1 TiB)", shape,
+                             h.dtype(), kMaxTensorBytes);
+        return false;
+      }
+    }
+    if (bytes != h.total_bytes()) {
+      *error = fmt::format("tensor stream: header shape {} of {} holds {} bytes, but total_bytes is {}", shape,
+                           h.dtype(), bytes, h.total_bytes());
       return false;
     }
     blob_.dtype = h.dtype();
     blob_.shape.assign(h.shape().begin(), h.shape().end());
     blob_.xxh3 = h.xxh3();
     total_ = h.total_bytes();
-    blob_.data.reserve(static_cast<size_t>(total_));
+    // Reserved up front only as far as a header can be trusted; beyond that the string grows with the bytes that
+    // actually arrive (a peer announcing 1 TiB and sending 1 byte must not cost 1 TiB).
+    constexpr int64_t kReserveBytes = 64 << 20;
+    blob_.data.reserve(static_cast<size_t>(std::min(total_, kReserveBytes)));
     have_header_ = true;
   }
   if (chunk.offset() != blob_.bytes()) {
@@ -117,7 +165,8 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
   static std::mutex mu;
   static std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
   std::lock_guard lock(mu);
-  auto& c = channels[address];
+  // Keyed by the process's client security too: channels made before it changed are not reused.
+  auto& c = channels[address + "#" + std::to_string(ClientSecurityGeneration())];
   if (!c) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(kMaxMessageBytes);
@@ -127,7 +176,7 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
     // Large frames and a deep receive window: tensors arrive in few frames without waiting for window updates.
     args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
     args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
-    c = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    c = CreateClientChannel(address, args);  // TLS and the token when configured (security/)
   }
   return c;
 }

@@ -29,6 +29,12 @@ struct TensorBlob {
   int64_t bytes() const { return static_cast<int64_t>(data.size()); }
 };
 
+// Bytes per element of a wire dtype; 0 for a dtype Reel does not send.
+int64_t WireDTypeBytes(const std::string& dtype);
+// What a receiver accepts in a header: at most 1 TiB in at most 8 dimensions (Reel's tensors have 5).
+inline constexpr int64_t kMaxTensorBytes = int64_t{1} << 40;
+inline constexpr int kMaxTensorRank = 8;
+
 uint64_t Checksum(const std::string& data);
 // Fills in the checksum.
 std::shared_ptr<const TensorBlob> SealBlob(TensorBlob blob);
@@ -42,7 +48,9 @@ inline constexpr int kMaxMessageBytes = 256 << 20;
 bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob,
                  int chunk_bytes = kDefaultChunkBytes);
 
-// Assembles chunks as they arrive; Finish checks the byte count and checksum.
+// Assembles chunks as they arrive; Finish checks the byte count and checksum. The header is checked before any
+// byte is kept: a known dtype and a shape that holds exactly total_bytes, so a finished blob always rebuilds into a
+// tensor of its shape. Memory follows the bytes that arrived, not what the header claims.
 class TensorAssembler {
  public:
   TensorAssembler();

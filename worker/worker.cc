@@ -22,6 +22,7 @@
 
 #include "common/error.h"
 #include "media/video_io.h"
+#include "models/presets.h"
 #include "models/synth.h"
 #include "profiler/host_memory.h"
 #include "profiler/metrics.h"
@@ -29,7 +30,10 @@
 #include "reel/v1/worker.grpc.pb.h"
 #include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
+#include "runtime/recovery.h"
 #include "runtime/run_profile.h"
+#include "security/path_policy.h"
+#include "security/transport_security.h"
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
 
@@ -121,6 +125,21 @@ RunOptions OptionsOf(const std::map<StageKind, v1::StageStrategy>& stages) {
   return o;
 }
 
+// The inverse of OptionsOf for the stages in `held`: what CheaperAfterOom chose, as the strategies a worker reports.
+std::map<StageKind, v1::StageStrategy> StrategiesOf(const RunOptions& o,
+                                                    const std::map<StageKind, v1::StageStrategy>& held) {
+  std::map<StageKind, v1::StageStrategy> out = held;
+  for (auto& [k, s] : out) {
+    if (auto it = o.offload.find(k); it != o.offload.end()) s.set_offload(it->second.ToString());
+    if (auto it = o.dtype.find(k); it != o.dtype.end()) s.set_dtype(DTypeName(it->second));
+    if (auto it = o.int8.find(k); it != o.int8.end()) s.set_int8_weights(it->second);
+    if (k == StageKind::kVaeDecoder) {
+      s.set_vae_slicing(o.vae.slicing);
+      s.set_vae_tile(o.vae.tile);
+    }
+  }
+  return out;
+}
 
 // The stages of one model this worker holds, and the runtime that runs them.
 struct ModelHost {
@@ -136,7 +155,8 @@ bool SameStrategy(const v1::StageStrategy& a, const v1::StageStrategy& b) {
 
 class WorkerService final : public v1::Worker::Service {
  public:
-  WorkerService(const WorkerOptions& o, Metrics* metrics) : options_(o), metrics_(metrics) {}
+  WorkerService(const WorkerOptions& o, Metrics* metrics)
+      : options_(o), metrics_(metrics), roots_(o.model_roots, ModelCacheDir()) {}
 
   void set_name(const std::string& n) { name_ = n; }
   void set_address(const std::string& a) { address_ = a; }
@@ -147,9 +167,12 @@ class WorkerService final : public v1::Worker::Service {
     std::lock_guard lock(run_mu_);
     try {
       ModelHost& host = models_[req->model()];
-      if (host.dir.empty()) host.dir = ResolveModel(req->model());
+      // A name from the coordinator: a preset, or a package under a model root (no `..` or symlink leads out).
+      const bool preset = FindPreset(req->model()).has_value();
+      if (host.dir.empty()) host.dir = preset ? ResolveModel(req->model()) : roots_.Confine(req->model(), "model");
       auto wanted = host.strategies;
       const Manifest manifest = LoadManifest(host.dir);
+      if (!preset) roots_.ConfinePackage(host.dir, manifest);
       for (const auto& item : req->stages()) {
         auto k = KindOf(item.stage());
         if (!k) return {grpc::StatusCode::INVALID_ARGUMENT, "stage: accepted text_encoder, vae_encoder, denoiser or vae_decoder"};
@@ -202,13 +225,17 @@ class WorkerService final : public v1::Worker::Service {
     std::lock_guard lock(run_mu_);
     const auto kind = KindOf(req->stage());
     if (!kind) return {grpc::StatusCode::INVALID_ARGUMENT, "stage: unspecified"};
+    try {
+      CheckNameComponent(req->job_id(), "job_id");  // it becomes part of a temporary file's name
+    } catch (const Error& e) {
+      return StatusOf(e);
+    }
     auto it = models_.find(req->spec().model());
     if (it == models_.end() || !it->second.strategies.count(*kind))
       return {grpc::StatusCode::FAILED_PRECONDITION,
               fmt::format("worker {} does not hold stage {} of model {}", name_, StageKindName(*kind),
                           req->spec().model())};
     ModelHost& host = it->second;
-    Runtime& rt = *host.runtime;
     ApplyThreads();
     const GenerateRequest r = RequestOf(req->spec());
     const std::string& job = req->job_id();
@@ -221,33 +248,21 @@ class WorkerService final : public v1::Worker::Service {
       result.set_input_seconds(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count());
 
-      rt.executor(*kind).stats() = StageStats{};
       const int64_t started = NowUnixUs();
       torch::NoGradGuard no_grad;
       std::map<std::string, torch::Tensor> outputs;
-      switch (*kind) {
-        case StageKind::kTextEncoder:
-          outputs["text"] = rt.EncodePrompt(r);
+      // A stage that runs out of device memory runs again with the next cheaper choice (fewer resident blocks,
+      // another stage's weights off the device, VAE tiling and slicing) until one fits or none is left; each
+      // failed attempt goes to the coordinator as an "oom" profile so the planner does not choose it again.
+      for (;;) {
+        try {
+          Compute(ctx, writer, *host.runtime, *kind, r, *req, inputs, result, outputs);
           break;
-        case StageKind::kVaeEncoder: {
-          const Image image = DecodeImageBytes(req->spec().image(), "image " + req->spec().image_name(), r.height,
-                                               r.width);
-          outputs["image_moments"] = rt.EncodeImageMoments(r, image.rgb);
-          break;
-        }
-        case StageKind::kDenoiser:
-          outputs["latents"] = Denoise(ctx, writer, rt, r, *req, inputs);
-          break;
-        case StageKind::kVaeDecoder: {
-          torch::Tensor z;
-          {
-            DeviceScope device;  // the latents arrive on this device, as a GPU receives them
-            z = FromBlob(*Need(inputs, "latents"));
-          }
-          const Video video = rt.DecodeVideo(r, z);
-          result.set_frames(video.frames);
-          store_.Put(job, "video.mp4", EncodeMp4(job, video, r.fps));
-          break;
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::kDeviceOutOfMemory || options_.no_oom_retry) throw;
+          RetryCheaper(e, host, *kind, r, *req, writer);  // rethrows when nothing cheaper is left
+          outputs.clear();
+          Describe(result.mutable_loaded());
         }
       }
       bool awaited = false;
@@ -273,7 +288,19 @@ class WorkerService final : public v1::Worker::Service {
         Gauges();
       }
     } catch (const Error& e) {
-      if (metrics_) Gauges();
+      if (metrics_) {
+        // A run that ran out of device memory counts (reel_device_oom_total, outcome "oom"): the OOM alert reads it.
+        if (e.kind() == ErrorKind::kDeviceOutOfMemory && host.runtime && host.runtime->strategies().count(*kind)) {
+          try {
+            StageProfile p = Profile(host, *kind, r);
+            p.outcome = "oom";
+            p.error = e.what();
+            metrics_->RecordStage(p);
+          } catch (const std::exception&) {
+          }
+        }
+        Gauges();
+      }
       if (e.kind() != ErrorKind::kCancelled) spdlog::error("job {} stage {}: {}", job, StageKindName(*kind), e.what());
       return StatusOf(e);
     } catch (const std::exception& e) {
@@ -334,6 +361,13 @@ class WorkerService final : public v1::Worker::Service {
 
   grpc::Status FetchTensor(grpc::ServerContext* ctx, const v1::FetchTensorRequest* req,
                            grpc::ServerWriter<v1::TensorChunk>* writer) override {
+    // A chunk is one message: it must fit under the message limit with its header.
+    const int64_t max_chunk = options_.max_message_bytes - (64 << 10);
+    if (req->chunk_bytes() < 0 || req->chunk_bytes() > max_chunk)
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("chunk_bytes {}: accepted 0 (the default, {}) to {} (this worker's --max-message-bytes {} "
+                          "less 64 KiB)",
+                          req->chunk_bytes(), kDefaultChunkBytes, max_chunk, options_.max_message_bytes)};
     auto blob = req->wait_ms() > 0 ? store_.WaitGet(req->job_id(), req->name(),
                                                     std::chrono::milliseconds(req->wait_ms()),
                                                     [ctx] { return ctx->IsCancelled(); })
@@ -355,6 +389,72 @@ class WorkerService final : public v1::Worker::Service {
   void ApplyThreads() {
     // Intra-op thread counts are per thread under OpenMP; each handler thread sets its own.
     at::set_num_threads(options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  }
+
+  // One run of a stage on the runtime as it is placed now: its outputs (and, for the decoder, the MP4 in the store).
+  void Compute(grpc::ServerContext* ctx, grpc::ServerWriter<v1::RunStageEvent>* writer, Runtime& rt, StageKind kind,
+               const GenerateRequest& r, const v1::RunStageRequest& req,
+               const std::map<std::string, std::shared_ptr<const TensorBlob>>& inputs, v1::RunStageResult& result,
+               std::map<std::string, torch::Tensor>& outputs) {
+    rt.executor(kind).stats() = StageStats{};
+    switch (kind) {
+      case StageKind::kTextEncoder:
+        outputs["text"] = rt.EncodePrompt(r);
+        break;
+      case StageKind::kVaeEncoder: {
+        const Image image = DecodeImageBytes(req.spec().image(), "image " + req.spec().image_name(), r.height,
+                                             r.width);
+        outputs["image_moments"] = rt.EncodeImageMoments(r, image.rgb);
+        break;
+      }
+      case StageKind::kDenoiser:
+        outputs["latents"] = Denoise(ctx, writer, rt, r, req, inputs);
+        break;
+      case StageKind::kVaeDecoder: {
+        torch::Tensor z;
+        {
+          DeviceScope device;  // the latents arrive on this device, as a GPU receives them
+          z = FromBlob(*Need(inputs, "latents"));
+        }
+        const Video video = rt.DecodeVideo(r, z);
+        result.set_frames(video.frames);
+        store_.Put(req.job_id(), "video.mp4", EncodeMp4(req.job_id(), video, r.fps));
+        break;
+      }
+    }
+  }
+
+  // After `oom`: reports the failed attempt as an "oom" profile (the coordinator stores it, so the planner does
+  // not choose that again for this device and shape) and re-places the model one step cheaper (CheaperAfterOom:
+  // another stage's weights off the device, fewer resident blocks, VAE tiling and slicing), stepping further while
+  // even placing it does not fit. Rethrows `oom` when nothing cheaper is left.
+  void RetryCheaper(const Error& oom, ModelHost& host, StageKind kind, const GenerateRequest& r,
+                    const v1::RunStageRequest& req, grpc::ServerWriter<v1::RunStageEvent>* writer) {
+    const Manifest manifest = host.package->manifest();
+    const auto held = host.strategies;
+    std::string why;
+    auto cheaper = CheaperAfterOom(OptionsOf(held), manifest, kind, &why, std::max(r.height, r.width));
+    if (!cheaper) throw oom;  // the caller reports the failure as it would without retries
+    StageProfile failed = Profile(host, kind, r);
+    failed.outcome = "oom";
+    failed.error = oom.what();
+    if (metrics_) metrics_->RecordStage(failed);
+    v1::RunStageEvent pe;
+    pe.mutable_profile()->set_json(failed.ToJson().dump());
+    writer->Write(pe);
+    for (;;) {
+      spdlog::warn("job {} stage {}: {}; retrying with {}", req.job_id(), StageKindName(kind), oom.what(), why);
+      try {
+        Reload(req.spec().model(), host, StrategiesOf(*cheaper, held));
+        return;
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kDeviceOutOfMemory) throw;
+      }
+      // Even placing it did not fit. A failed placement leaves the model unplaced (no runtime, no stages): the
+      // coordinator's next LoadStages places it again.
+      cheaper = CheaperAfterOom(*cheaper, manifest, kind, &why, std::max(r.height, r.width));
+      if (!cheaper) throw oom;
+    }
   }
 
   void Reload(const std::string& model, ModelHost& host, const std::map<StageKind, v1::StageStrategy>& wanted) {
@@ -517,6 +617,7 @@ class WorkerService final : public v1::Worker::Service {
 
   WorkerOptions options_;
   Metrics* metrics_;
+  ModelRoots roots_;  // --model-root
   std::string name_, address_;
   std::mutex run_mu_;  // one stage or guidance branch at a time on the device; guards models_
   std::map<std::string, ModelHost> models_;
@@ -536,6 +637,12 @@ int RunWorker(const WorkerOptions& o) {
   if (o.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", o.threads));
   if (o.device_memory < 0)
     throw InvalidArgument(fmt::format("--device-memory {}: accepted a positive size", o.device_memory));
+  if (o.max_message_bytes < kDefaultChunkBytes + (64 << 10) || o.max_message_bytes > INT32_MAX)
+    throw InvalidArgument(fmt::format("--max-message-bytes {}: accepted {} (a tensor chunk and its header) to {}",
+                                      o.max_message_bytes, kDefaultChunkBytes + (64 << 10), INT32_MAX));
+  const TransportSecurity security = LoadSecurity(o.security);
+  CheckListen(o.listen, security);
+  SetClientSecurity(security);  // its calls to the coordinator and other workers present the same credentials
 
   // Signals are taken by sigwait on this thread only; every thread started from here inherits the mask.
   sigset_t sigs;
@@ -554,8 +661,10 @@ int RunWorker(const WorkerOptions& o) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(o.listen, ServerCredentials(security), &port);
   ConfigureServer(builder);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));  // --max-message-bytes
+  builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0)
@@ -570,7 +679,8 @@ int RunWorker(const WorkerOptions& o) {
       o.name.empty() ? fmt::format("{}-{}-{}", HostName(), o.device, ::getpid()) : o.name;
   service.set_name(name);
   service.set_address(address);
-  spdlog::info("worker {} ({}) serving on {}; coordinator {}", name, o.device, address, o.coordinator);
+  spdlog::info("worker {} ({}) serving on {} ({}); coordinator {}{}", name, o.device, address, security.Describe(),
+               o.coordinator, metrics ? fmt::format("; metrics on port {}", metrics->port()) : "");
 
   std::atomic<bool> stop{false};
   std::atomic<int> exit_code{0};

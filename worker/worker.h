@@ -4,6 +4,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "security/security_flags.h"
 
 namespace reel {
 
@@ -15,6 +18,10 @@ struct WorkerOptions {
   std::string metrics;              // HOST:PORT for /metrics, empty for none
   int64_t device_memory = 0;        // simulated capacity on cpu, 0 = unlimited
   int threads = 0;                  // intra-op threads, 0 = all cores
+  bool no_oom_retry = false;        // a stage out of device memory fails instead of retrying cheaper
+  SecurityFlags security;           // TLS, token file, --insecure (docs/SECURITY.md)
+  std::vector<std::string> model_roots;      // packages load only from under these; none: the model cache
+  int64_t max_message_bytes = 64 << 20;      // the largest gRPC message it receives or sends
 };
 
 // Validates the options (InvalidArgument naming the flag), serves until SIGINT/SIGTERM, returns the exit code.

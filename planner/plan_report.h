@@ -1,0 +1,28 @@
+// A plan as one JSON document: the job, the machine, each stage's replicas with their predicted memory, time and
+// basis (measured or estimate), the totals, and for --explain the rejected alternatives. `reel plan` prints it
+// (or a table made from it) and the coordinator's PlanJob call returns it, so a described machine and a running
+// cluster are reported the same way.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "package/manifest.h"
+#include "planner/cost_model.h"
+#include "planner/problem.h"
+
+namespace reel::planner {
+
+const char* ObjectiveName(Objective objective);
+// "latency" or "throughput"; throws InvalidArgument naming `flag` otherwise.
+Objective ParseObjective(const std::string& value, const std::string& flag);
+
+nlohmann::json PlanReport(const Manifest& manifest, const Job& job, Objective objective, const Problem& problem,
+                          const Plan& plan, const std::vector<std::string>& would_fit, bool explain);
+
+// The report as the table `reel plan` prints.
+std::string PlanTable(const nlohmann::json& report);
+
+}  // namespace reel::planner
