@@ -12,6 +12,7 @@ void AddModelCommand(CLI::App& app);
 void AddGenerateCommand(CLI::App& app);
 void AddClusterCommands(CLI::App& app);
 void AddPlanCommand(CLI::App& app);
+void AddTuneCommand(CLI::App& app);
 void AddTopCommand(CLI::App& app);
 
 // `reel plan --coordinator`: the job shape and options sent to the coordinator's PlanJob (0 = the model's default).

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   reel::cli::AddGenerateCommand(app);
   reel::cli::AddClusterCommands(app);
   reel::cli::AddPlanCommand(app);
+  reel::cli::AddTuneCommand(app);
   reel::cli::AddTopCommand(app);
   try {
     app.parse(argc, argv);

@@ -31,19 +31,10 @@ planner::Machine MachineOfWorkers(const std::vector<WorkerSlot>& workers, double
 
 reel::v1::StageStrategy StrategyOf(const planner::Option& o) {
   reel::v1::StageStrategy s;
-  size_t start = 0;
-  for (int i = 0; start <= o.strategy.size(); ++i) {
-    const size_t end = std::min(o.strategy.find('+', start), o.strategy.size());
-    const std::string item = o.strategy.substr(start, end - start);
-    start = end + 1;
-    if (i == 0) {
-      s.set_offload(item);
-    } else if (item == "slicing") {
-      s.set_vae_slicing(true);
-    } else if (item.rfind("tiling=", 0) == 0) {
-      s.set_vae_tile(std::stoi(item.substr(7)));
-    }
-  }
+  const planner::StrategyParts parts = planner::SplitStrategy(o.strategy);
+  s.set_offload(parts.offload);
+  s.set_vae_slicing(parts.slicing);
+  s.set_vae_tile(parts.tile);
   if (o.dtype == "int8") {
     s.set_int8_weights(true);
     s.set_dtype(o.compute_dtype);

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS stages (
   profile TEXT NOT NULL,            -- the worker's StageProfile JSON
   PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS boots (boot INTEGER PRIMARY KEY, started_us INTEGER NOT NULL);
 )sql";
 
 class Stmt {
@@ -142,11 +143,32 @@ int64_t JobStore::NextSeq() {
   return s.Int(0);
 }
 
-void JobStore::Save(const JobRecord& r) {
+void JobStore::Save(const JobRecord& r) { SaveAll({&r}); }
+
+void JobStore::SaveAll(const std::vector<const JobRecord*>& records) {
   std::lock_guard lock(mu_);
-  const auto& j = r.job;
   Exec("BEGIN IMMEDIATE");
   try {
+    for (const JobRecord* r : records) Write(*r);
+    Exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+int64_t JobStore::Boot() {
+  std::lock_guard lock(mu_);
+  Stmt s(db_, R"sql(INSERT INTO boots (boot, started_us)
+    VALUES ((SELECT COALESCE(MAX(boot), 0) + 1 FROM boots), CAST(strftime('%s', 'now') AS INTEGER) * 1000000)
+    RETURNING boot)sql");
+  if (!s.ok() || s.Step() != SQLITE_ROW) Fail("counting this start");
+  return s.Int(0);
+}
+
+void JobStore::Write(const JobRecord& r) {
+  const auto& j = r.job;
+  {
     Stmt ins(db_, R"sql(INSERT OR REPLACE INTO jobs (id, seq, state, priority, model, spec, submitted_us,
       started_us, finished_us, error, output_path, output_bytes, attempts)
       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))sql");
@@ -169,10 +191,6 @@ void JobStore::Save(const JobRecord& r) {
       st.Bind(12, i < static_cast<int>(r.stage_profiles.size()) ? r.stage_profiles[i] : std::string());
       if (st.Step() != SQLITE_DONE) Fail("writing the stages of job " + j.id());
     }
-    Exec("COMMIT");
-  } catch (...) {
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    throw;
   }
 }
 

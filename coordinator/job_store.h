@@ -34,6 +34,11 @@ class JobStore {
   int64_t NextSeq();
   // Inserts or replaces the job and all its stage rows in one transaction.
   void Save(const JobRecord& r);
+  // The same for several jobs, all in one transaction (a restart's re-queue, a shutdown).
+  void SaveAll(const std::vector<const JobRecord*>& records);
+  // Counts this start of the coordinator (1 for a new store) and returns the count, so ids made from it (worker
+  // ids, stage attempts) never repeat across restarts.
+  int64_t Boot();
   // Every job, oldest first.
   std::vector<JobRecord> LoadAll();
 
@@ -41,6 +46,7 @@ class JobStore {
 
  private:
   void Exec(const char* sql);
+  void Write(const JobRecord& r);  // mu_ held, inside a transaction
   [[noreturn]] void Fail(const std::string& doing);
 
   std::string path_;

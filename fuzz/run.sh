@@ -50,6 +50,8 @@ for t in "${targets[@]}"; do
   seeds=("$root/fuzz/corpus/$t")
   extra=()
   [ "$t" = manifest ] && seeds+=("$root/fuzz/manifests") && extra+=(-dict="$root/fuzz/manifest.dict")
+  # Validating one request must not allocate hundreds of MB (a small image claiming a huge size did).
+  [ "$t" = job_request ] && extra+=(-malloc_limit_mb=512)
   # New inputs go to a scratch corpus in the build directory; the checked-in seeds are only read.
   work=$build/corpus/$t
   mkdir -p "$work"

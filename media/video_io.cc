@@ -267,8 +267,22 @@ Image ReadImage(const fs::path& path, int height, int width) {
   const int index = av_find_best_stream(in.get(), AVMEDIA_TYPE_VIDEO, -1, -1, &decoder, 0);
   if (index < 0) throw InvalidArgument(where + ": not a PNG or JPEG image (" + AvError(index) + ")");
   CodecPtr dec(NotNull(avcodec_alloc_context3(decoder)));
-  auto bad = [&](int ret) { return InvalidArgument(where + ": cannot decode the image (" + AvError(ret) + ")"); };
+  // The decoder refuses a size over max_pixels from the image's header, before it allocates a frame of it: a
+  // 200-byte PNG claiming 16000x16000 cost a coordinator validating a submitted image ~1 GB and 3 s.
+  constexpr int64_t kMaxPixels = int64_t{8192} * 8192;
+  auto bad = [&](int ret) {
+    std::string why = AvError(ret);
+    // FFmpeg's own text for it names its option ("see the documentation ..."): say what Reel accepts instead.
+    const size_t at = why.find("Picture size ");
+    if (at != std::string::npos && why.find("max pixel count") != std::string::npos) {
+      const std::string size = why.substr(at + 13, why.find(' ', at + 13) - (at + 13));
+      return InvalidArgument(where + ": " + size + " pixels, accepted at most " + std::to_string(kMaxPixels) +
+                             " pixels (8192x8192)");
+    }
+    return InvalidArgument(where + ": cannot decode the image (" + why + ")");
+  };
   if (int ret = avcodec_parameters_to_context(dec.get(), in->streams[index]->codecpar); ret < 0) throw bad(ret);
+  dec->max_pixels = kMaxPixels;
   if (int ret = avcodec_open2(dec.get(), decoder, nullptr); ret < 0) throw bad(ret);
 
   FramePtr frame(NotNull(av_frame_alloc()));

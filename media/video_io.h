@@ -26,7 +26,8 @@ struct Image {
 
 // Decodes a still image (PNG, JPEG, BMP, WebP, ... detected by content, not by extension) and resizes it to
 // exactly height x width with Lanczos, as CogVideoX's I2V preprocessing does. Alpha is dropped.
-// Throws InvalidArgument("--image <path>: ...") for a missing, unreadable, non-image or video file.
+// Throws InvalidArgument("--image <path>: ...") for a missing, unreadable, non-image or video file, and for an
+// image over 8192 pixels a side (checked from its header, before decoding).
 Image ReadImage(const std::filesystem::path& path, int height, int width);
 
 // The same for an image file's bytes (sent with a job); errors name `what` (e.g. "image fox.png").

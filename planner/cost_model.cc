@@ -1042,6 +1042,26 @@ Option CostModel::Price(StageKind stage, const Device& device, const Job& job, c
   if (failures > 0 && failed_at > o.peak_device_bytes) {
     o.peak_device_bytes = failed_at;
     o.basis += fmt::format("; raised to what ran out of memory ({} run{})", failures, failures == 1 ? "" : "s");
+    return o;
+  }
+  // Another choice of this stage ran out of memory on this device kind at this shape although its estimate fitted:
+  // the estimator under-predicts here, so every estimate of the stage is scaled by the worst such miss.
+  double worst = 1.0;
+  for (const auto& p : profiles_) {
+    if (p.outcome != "oom" || p.stage != StageKindName(stage) || p.device_kind != device.kind ||
+        p.frames != job.frames || p.height != job.height || p.width != job.width || p.batch != job.batch() ||
+        p.device_capacity_bytes <= 0)
+      continue;
+    try {
+      const Estimate pe = Estimated(stage, device, job, p.strategy, p.dtype);
+      const double need = static_cast<double>(p.device_capacity_bytes - p.base_device_bytes + pe.input_bytes);
+      if (pe.peak_bytes() > 0) worst = std::max(worst, need / static_cast<double>(pe.peak_bytes()));
+    } catch (const Error&) {
+    }
+  }
+  if (worst > 1.0) {
+    o.peak_device_bytes = static_cast<int64_t>(static_cast<double>(o.peak_device_bytes) * worst);
+    o.basis += fmt::format("; raised ×{:.2f}: a choice estimated to fit ran out of memory", worst);
   }
   return o;
 }

@@ -41,7 +41,7 @@ inline constexpr int64_t kAttentionChunkElements = int64_t{1} << 26;
 struct CostModelOptions {
   Implementation implementation = Implementation::kReel;
   std::vector<int> block_windows = {1, 2, 4, 8};  // K of block:K, kept where K < the stage's blocks
-  std::vector<int> vae_tiles = {256};              // --vae-tiling sizes offered where the latent exceeds a tile
+  std::vector<int> vae_tiles = {256, 128, 64};     // --vae-tiling sizes offered where the latent exceeds a tile
   bool calibrate = true;                           // fit scale factors to the profiles at hand
 };
 

@@ -17,6 +17,24 @@ std::vector<StageKind> PipelineStages(const Manifest& manifest) {
   return out;
 }
 
+StrategyParts SplitStrategy(const std::string& strategy) {
+  StrategyParts p;
+  size_t start = 0;
+  for (int i = 0; start <= strategy.size(); ++i) {
+    const size_t end = std::min(strategy.find('+', start), strategy.size());
+    const std::string item = strategy.substr(start, end - start);
+    start = end + 1;
+    if (i == 0) {
+      p.offload = item;
+    } else if (item == "slicing") {
+      p.slicing = true;
+    } else if (item.rfind("tiling=", 0) == 0) {
+      p.tile = std::stoi(item.substr(7));
+    }
+  }
+  return p;
+}
+
 Job JobOf(const Manifest& m, int frames, int height, int width, int steps) {
   Job job;
   job.frames = frames > 0 ? frames : m.defaults.frames;

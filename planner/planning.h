@@ -25,6 +25,15 @@ struct PlanningOptions {
   bool package_dtype_only = false;
 };
 
+// An Option::strategy split into what a worker or runtime sets: "model+slicing+tiling=128" → offload "model",
+// slicing, tile 128.
+struct StrategyParts {
+  std::string offload = "none";
+  bool slicing = false;
+  int tile = 0;
+};
+StrategyParts SplitStrategy(const std::string& strategy);
+
 // The manifest's default job shape; `frames`, `height`, `width`, `steps` > 0 override it.
 Job JobOf(const Manifest& manifest, int frames = 0, int height = 0, int width = 0, int steps = 0);
 // Refuses a job shape the package does not accept, as `reel generate` and `reel submit` would (InvalidArgument

@@ -44,7 +44,9 @@ fs::path ModelRoots::Confine(const std::string& model, const std::string& what) 
                                       what, model, List()));
   // Symlinks in the part that exists are followed before `..` is applied, as the kernel would.
   const fs::path resolved = fs::weakly_canonical(fs::absolute(model, ec), ec);
-  if (!ec) return resolved;
+  if (!ec)
+    for (const auto& r : roots_)
+      if (IsWithin(resolved, r)) return resolved;
   throw InvalidArgument(fmt::format("{} '{}': leads to {}, outside the model roots ({}); accepted a preset name or a "
                                     "package directory under a --model-root",
                                     what, model, ec ? std::string("an unresolvable path") : resolved.string(), List()));

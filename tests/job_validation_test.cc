@@ -1,5 +1,6 @@
 // SubmitJob's checks (coordinator/job_validation.cc) on requests fuzz/job_request_fuzzer.cc showed printed a
 // client's text back raw: every refusal is one line, whatever the model or image name holds.
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -9,6 +10,8 @@
 
 #include "common/error.h"
 #include "coordinator/job_validation.h"
+#include "models/presets.h"
+#include "models/synth.h"
 
 namespace reel {
 namespace {
@@ -38,6 +41,23 @@ std::string Refusal(const v1::SubmitJobRequest& req) {
     return msg;
   }
   return "accepted";
+}
+
+// The presets' manifests checked in for these tests and for fuzz/job_request_fuzzer.cc (which builds without
+// LibTorch, so without models/) are what PresetManifest makes. REEL_UPDATE_FUZZ_MANIFESTS=1 rewrites them.
+TEST(JobValidation, CheckedInPresetManifestsAreCurrent) {
+  const bool update = std::getenv("REEL_UPDATE_FUZZ_MANIFESTS") != nullptr;
+  for (const std::string& preset : PresetNames()) {
+    SynthOptions o;
+    o.preset = preset;
+    const std::string want = ManifestToJson(PresetManifest(o));
+    const std::string path = std::string(REEL_SOURCE_DIR) + "/fuzz/manifests/" + preset + ".json";
+    if (update) std::ofstream(path, std::ios::binary | std::ios::trunc) << want;
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream have;
+    have << in.rdbuf();
+    EXPECT_EQ(have.str(), want) << path << " is stale: run this test with REEL_UPDATE_FUZZ_MANIFESTS=1";
+  }
 }
 
 TEST(JobValidation, AClientsNamesAreShownAsOnePrintableLine) {

@@ -233,6 +233,24 @@ TEST_F(MediaTest, ReadImageErrorsAreOneLineNamingThePath) {
   ExpectImageError(video, "not a still image");
 }
 
+// A small PNG whose header claims 16000x16000 made the decoder allocate ~1 GB before failing (found fuzzing
+// SubmitJob, fuzz/corpus/job_request/found-image-16000x16000): refused from the header instead.
+TEST_F(MediaTest, ImageClaimingAHugeSizeIsRefusedBeforeDecoding) {
+  const auto rgb = Pattern(1, 16, 24);
+  WritePngFrames(dir_, rgb.data(), 1, 16, 24);
+  std::ifstream in(dir_ / "frame_0000.png", std::ios::binary);
+  std::string png((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(png.size(), 24u);
+  for (int i : {16, 20}) png.replace(i, 4, std::string("\x00\x00\x3e\x80", 4));  // IHDR width, height: 16000
+  try {
+    DecodeImageBytes(png, "image big.png", 64, 64);
+    FAIL() << "decoded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_STREQ(e.what(), "image big.png: 16000x16000 pixels, accepted at most 67108864 pixels (8192x8192)");
+  }
+}
+
 TEST_F(MediaTest, ReadImageReportsPermissionDenied) {
   if (::geteuid() == 0) GTEST_SKIP() << "root reads every file";
   const auto rgb = Pattern(1, 8, 8);

@@ -95,15 +95,16 @@ bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error
       *error = fmt::format("tensor stream: header shape {} has a negative dimension", shape);
       return false;
     }
-    // A zero dimension makes an empty tensor whatever the others are.
-    int64_t bytes = std::count(h.shape().begin(), h.shape().end(), 0) ? 0 : element;
+    // The other dimensions of an empty tensor are bounded too: a receiver still computes with them (strides).
+    int64_t bytes = element;
     for (int64_t d : h.shape()) {
-      if (bytes != 0 && (__builtin_mul_overflow(bytes, d, &bytes) || bytes > kMaxTensorBytes)) {
+      if (d != 0 && (__builtin_mul_overflow(bytes, d, &bytes) || bytes > kMaxTensorBytes)) {
         *error = fmt::format("tensor stream: header shape {} of {} holds more than {} bytes (1 TiB)", shape,
                              h.dtype(), kMaxTensorBytes);
         return false;
       }
     }
+    if (std::count(h.shape().begin(), h.shape().end(), 0) != 0) bytes = 0;
     if (bytes != h.total_bytes()) {
       *error = fmt::format("tensor stream: header shape {} of {} holds {} bytes, but total_bytes is {}", shape,
                            h.dtype(), bytes, h.total_bytes());
