@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "cli/job_flags.h"
+#include "cli/reconnect.h"
 #include "cli/service_flags.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -134,14 +135,19 @@ std::string Activity(const v1::Job& j) {
   return "";
 }
 
-void Download(v1::Coordinator::Stub& stub, const std::string& address, const std::string& job, const fs::path& out) {
-  grpc::ClientContext ctx;
-  v1::GetJobRequest req;
-  req.set_job_id(job);
-  auto reader = stub.DownloadOutput(&ctx, req);
+// With `reconnect`, a coordinator that is away (restarting) is waited for.
+void Download(v1::Coordinator::Stub& stub, const std::string& address, const std::string& job, const fs::path& out,
+              Reconnect* reconnect = nullptr) {
   grpc::Status st;
   std::string error;
-  auto blob = ReadTensor(*reader, ctx, &st, &error);
+  std::shared_ptr<const TensorBlob> blob;
+  do {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest req;
+    req.set_job_id(job);
+    auto reader = stub.DownloadOutput(&ctx, req);
+    blob = ReadTensor(*reader, ctx, &st, &error);
+  } while (!st.ok() && reconnect && reconnect->Again(st, "downloading the output of " + job));
   if (!st.ok()) {
     if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) throw InvalidArgument(st.error_message());
     Raise(st, address);
@@ -194,6 +200,9 @@ void AddCoordinatorFlags(CLI::App& c, CoordinatorOptions& o) {
   c.add_option("--heartbeat-ms", o.heartbeat_ms, "Worker heartbeat interval")->default_val(o.heartbeat_ms);
   c.add_option("--worker-timeout-ms", o.worker_timeout_ms, "A worker silent this long is lost")
       ->default_val(o.worker_timeout_ms);
+  c.add_option("--drain-seconds", o.drain_seconds,
+               "On SIGTERM: accept no jobs and let running ones finish for at most this long, then stop")
+      ->default_val(o.drain_seconds);
   AddServerSecurityFlags(c, o.security);
   AddModelRootFlag(c, o.model_roots);
   AddLimitFlags(c, o.limits);
@@ -265,6 +274,8 @@ void RunServe(ServeFlags& f) {
       children.erase(pid);
     }
   }
+  // Running jobs finish on the workers first; then the workers, idle by then, leave at once.
+  DrainCoordinator(coordinator, sigs, f.coordinator.drain_seconds);
   spdlog::info("reel serve: stopping");
   for (const auto& [pid, name] : children) ::kill(pid, SIGTERM);
   for (const auto& [pid, name] : children) ::waitpid(pid, nullptr, 0);
@@ -277,6 +288,7 @@ struct SubmitFlags {
   JobFlags job;
   int priority = 0;
   bool wait = false;
+  int reconnect_seconds = 60;
   std::string out;
   std::string coordinator = DefaultCoordinatorAddress();
 };
@@ -289,36 +301,63 @@ std::string ReadFile(const std::string& path, const std::string& flag) {
   return ss.str();
 }
 
-// Follows a job until it ends, showing its stages and denoising progress on stderr.
-v1::Job Follow(v1::Coordinator::Stub& stub, const std::string& address, const std::string& id) {
-  grpc::ClientContext ctx;
-  v1::GetJobRequest req;
-  req.set_job_id(id);
-  auto reader = stub.WatchJob(&ctx, req);
+// One update of a followed job: a line when its activity changes, the progress bar while it denoises.
+void Show(const v1::Job& job, const std::string& id, std::string& last, std::unique_ptr<Progress>& progress) {
+  for (const auto& s : job.stages()) {
+    if (s.stage() == v1::DENOISER && s.state() == "running" && s.steps() > 0) {
+      if (!progress) progress = std::make_unique<Progress>("denoise", s.steps());
+      progress->Step(s.step());
+    }
+  }
+  const std::string activity = StateName(job.state()) + (Activity(job).empty() ? "" : ": " + Activity(job));
+  const bool stepping = progress && activity.find("denoiser on") != std::string::npos;
+  if (activity != last && !stepping) {
+    if (progress) {
+      progress->Finish();
+      progress.reset();
+    }
+    spdlog::info("{} {}", id, activity);
+  }
+  last = activity;
+}
+
+// The coordinator is away (stopped, restarting), as opposed to refusing this client.
+bool CoordinatorAway(const grpc::Status& st) {
+  return st.error_code() == grpc::StatusCode::UNAVAILABLE && !IsHandshakeFailure(st.error_message());
+}
+
+// Follows a job until it ends, showing its stages and denoising progress on stderr. When the coordinator goes away
+// (a restart), it is watched again once the coordinator is back, within the reconnect window.
+v1::Job Follow(v1::Coordinator::Stub& stub, const std::string& address, const std::string& id, Reconnect& reconnect) {
   v1::Job job;
   std::string last;
   std::unique_ptr<Progress> progress;
-  while (reader->Read(&job)) {
-    for (const auto& s : job.stages()) {
-      if (s.stage() == v1::DENOISER && s.state() == "running" && s.steps() > 0) {
-        if (!progress) progress = std::make_unique<Progress>("denoise", s.steps());
-        progress->Step(s.step());
-      }
+  for (;;) {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest req;
+    req.set_job_id(id);
+    auto reader = stub.WatchJob(&ctx, req);
+    while (reader->Read(&job)) {
+      reconnect.Reached();
+      Show(job, id, last, progress);
     }
-    const std::string activity = StateName(job.state()) + (Activity(job).empty() ? "" : ": " + Activity(job));
-    const bool stepping = progress && activity.find("denoiser on") != std::string::npos;
-    if (activity != last && !stepping) {
-      if (progress) {
-        progress->Finish();
-        progress.reset();
-      }
-      spdlog::info("{} {}", id, activity);
+    grpc::Status st = reader->Finish();
+    const bool ended = job.state() == v1::SUCCEEDED || job.state() == v1::FAILED || job.state() == v1::CANCELLED;
+    if (st.ok() && ended) break;
+    if (st.ok()) st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the watch ended before the job did");
+    if (progress) {
+      progress->Finish();
+      progress.reset();
     }
-    last = activity;
+    if (reconnect.Again(st, "lost while following " + id)) continue;
+    if (CoordinatorAway(st) && reconnect.seconds() > 0)
+      throw Unavailable(fmt::format("coordinator {}: unreachable for {:.0f} s while following {} (--reconnect-seconds "
+                                    "{}); the job is kept: `reel job {} --out FILE` gets its video once the "
+                                    "coordinator is back",
+                                    address, reconnect.away_seconds(), id, reconnect.seconds(), id));
+    Raise(st, address);
   }
   if (progress) progress->Finish();
-  const grpc::Status st = reader->Finish();
-  if (!st.ok()) Raise(st, address);
   return job;
 }
 
@@ -345,22 +384,28 @@ void RunSubmit(SubmitFlags& f) {
     s->set_image_name(r.image);
   }
   req.set_priority(f.priority);
+  if (f.reconnect_seconds < 0 || f.reconnect_seconds > 86400)
+    throw InvalidArgument(fmt::format("--reconnect-seconds {}: accepted 0 to 86400", f.reconnect_seconds));
   auto stub = Connect(f.coordinator);
+  Reconnect reconnect(f.coordinator, f.reconnect_seconds, CoordinatorAway);
   v1::SubmitJobResponse resp;
-  {
+  for (;;) {
     grpc::ClientContext ctx;
     Deadline(ctx, 30);
     const grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
-    if (!st.ok()) Raise(st, f.coordinator);
+    if (st.ok()) break;
+    // Sent again only after a refusal that queued nothing: a job is never submitted twice.
+    if (!Draining(st) || !reconnect.Again(st, "draining")) Raise(st, f.coordinator);
   }
+  reconnect.Reached();
   std::printf("%s\n", resp.job_id().c_str());
   std::fflush(stdout);
   if (!f.wait) return;
-  const v1::Job job = Follow(*stub, f.coordinator, resp.job_id());
+  const v1::Job job = Follow(*stub, f.coordinator, resp.job_id(), reconnect);
   if (job.state() != v1::SUCCEEDED)
     throw Internal(fmt::format("job {} {}: {}", job.id(), StateName(job.state()), job.error()));
   const std::string out = f.out.empty() ? resp.job_id() + ".mp4" : f.out;
-  Download(*stub, f.coordinator, job.id(), out);
+  Download(*stub, f.coordinator, job.id(), out, &reconnect);
   std::fprintf(stderr, "wrote %s (%d frames, %dx%d) in %s\n", out.c_str(), job.spec().frames(), job.spec().width(),
                job.spec().height(), Seconds(job.submitted_unix_us(), job.finished_unix_us()).c_str());
 }
@@ -494,6 +539,18 @@ void AddClientFlags(CLI::App& c, std::string& coordinator, bool* json = nullptr)
 
 }  // namespace
 
+void TuneOnCoordinator(const std::string& address_flag, const v1::TuneClusterRequest& request,
+                       const std::function<void(const v1::TuneClusterEvent&)>& each) {
+  const std::string address = address_flag.empty() ? DefaultCoordinatorAddress() : address_flag;
+  auto stub = Connect(address);
+  grpc::ClientContext ctx;  // no deadline: measuring every candidate on every worker takes what it takes
+  auto reader = stub->Tune(&ctx, request);
+  v1::TuneClusterEvent ev;
+  while (reader->Read(&ev)) each(ev);
+  const grpc::Status st = reader->Finish();
+  if (!st.ok()) Raise(st, address);
+}
+
 std::string PlanOnCoordinator(const std::string& address_flag, const PlanQuery& q) {
   const std::string address = address_flag.empty() ? DefaultCoordinatorAddress() : address_flag;
   auto stub = Connect(address);
@@ -544,6 +601,9 @@ void AddClusterCommands(CLI::App& app) {
     AddModelRootFlag(*c, o->model_roots);
     c->add_option("--max-message-bytes", o->max_message_bytes, "Largest gRPC message it receives or sends")
         ->default_val(o->max_message_bytes);
+    c->add_option("--drain-seconds", o->drain_seconds,
+                  "On SIGTERM: finish the running stage and hand over its tensors for at most this long, then exit")
+        ->default_val(o->drain_seconds);
     c->callback([o, mem] {
       if (!mem->empty()) o->device_memory = ParseSize(*mem, "--device-memory");
       CommandExitCode() = RunWorker(*o);
@@ -568,6 +628,9 @@ void AddClusterCommands(CLI::App& app) {
     c->add_option("--priority", f->priority, "Higher runs first; FIFO within a priority (-1000..1000)")
         ->default_val(0);
     c->add_flag("--wait", f->wait, "Follow the job and download its MP4 when it succeeds");
+    c->add_option("--reconnect-seconds", f->reconnect_seconds,
+                  "With --wait: how long to keep reconnecting to a coordinator that went away (a restart)")
+        ->default_val(f->reconnect_seconds);
     c->add_option("--out", f->out, "With --wait: where to write the MP4 (default JOB.mp4)");
     AddClientFlags(*c, f->coordinator);
     c->callback([f] { RunSubmit(*f); });

@@ -1,10 +1,13 @@
 // Subcommand registration: each Add*Command wires flags to a callback that runs the command.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "reel/v1/coordinator.pb.h"
 
 namespace reel::cli {
 
@@ -25,6 +28,10 @@ struct PlanQuery {
 };
 // The coordinator's plan report (planner/plan_report.h) as JSON text; throws the client commands' errors.
 std::string PlanOnCoordinator(const std::string& address, const PlanQuery& query);
+
+// `reel tune --coordinator`: streams the coordinator's Tune events to `each`; throws the client commands' errors.
+void TuneOnCoordinator(const std::string& address, const reel::v1::TuneClusterRequest& request,
+                       const std::function<void(const reel::v1::TuneClusterEvent&)>& each);
 
 // What main returns when a command finishes without throwing (long-running services set it).
 inline int& CommandExitCode() {

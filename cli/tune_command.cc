@@ -25,11 +25,15 @@
 #include "profiler/host_memory.h"
 #include "profiler/profile_store.h"
 #include "runtime/compute_device.h"
+#include "reel/v1/coordinator.pb.h"
+#include "transfer/wire.h"
+#include "tuner/tune_proto.h"
 #include "tuner/tuner.h"
 
 namespace reel::cli {
 
 namespace fs = std::filesystem;
+namespace v1 = reel::v1;
 
 namespace {
 
@@ -40,11 +44,79 @@ struct TuneFlags {
   int tune_steps = 2, max_candidates = 6, threads = 0;
   double margin = 0.10;
   bool any_dtype = false, allow_int8 = false, json = false;
+  bool on_coordinator = false;
+  std::string coordinator, workers;
 };
 
 std::string Seconds(double s) { return s >= 1 ? fmt::format("{:.2f} s", s) : fmt::format("{:.0f} ms", s * 1000); }
 
-void RunTune(const TuneFlags& f) {
+nlohmann::json MeasurementJson(const std::string& worker, const v1::TuneMeasurement& m) {
+  nlohmann::json j{{"stage", StageKindName(KindOf(m.stage()).value_or(StageKind::kDenoiser))},
+                   {"strategy", m.strategy()},
+                   {"dtype", m.dtype()},
+                   {"outcome", m.outcome()},
+                   {"error", m.error()},
+                   {"estimated_peak_device_bytes", m.estimated_peak_device_bytes()},
+                   {"estimated_seconds", m.estimated_seconds()},
+                   {"peak_device_bytes", m.peak_device_bytes()},
+                   {"seconds", m.seconds()}};
+  if (!worker.empty()) j["worker"] = worker;
+  return j;
+}
+
+// The measurements as a table (a worker column against a cluster), then the plan.
+void Print(const TuneFlags& f, const std::string& heading, const std::vector<std::pair<std::string, v1::TuneMeasurement>>& rows,
+           const nlohmann::json& report) {
+  if (f.json) {
+    nlohmann::json j;
+    j["measurements"] = nlohmann::json::array();
+    for (const auto& [w, m] : rows) j["measurements"].push_back(MeasurementJson(w, m));
+    j["plan"] = report;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    const bool cluster = f.on_coordinator;
+    std::printf("%s\n\n", heading.c_str());
+    std::printf("%s%-13s %-26s %-5s %-8s %12s %12s %10s %10s\n", cluster ? "worker       " : "", "stage", "strategy",
+                "dtype", "outcome", "est. peak", "peak", "est. time", "time");
+    for (const auto& [w, m] : rows) {
+      const bool ok = m.outcome() == "ok";
+      std::printf("%s%-13s %-26s %-5s %-8s %12s %12s %10s %10s\n",
+                  cluster ? fmt::format("{:<12} ", w).c_str() : "",
+                  StageKindName(KindOf(m.stage()).value_or(StageKind::kDenoiser)), m.strategy().c_str(),
+                  m.dtype().c_str(), m.outcome().c_str(), FormatBytes(m.estimated_peak_device_bytes()).c_str(),
+                  ok ? FormatBytes(m.peak_device_bytes()).c_str() : "-", Seconds(m.estimated_seconds()).c_str(),
+                  ok ? Seconds(m.seconds()).c_str() : "-");
+    }
+    std::printf("\n%s", planner::PlanTable(report).c_str());
+  }
+  if (!report.at("feasible").get<bool>()) CommandExitCode() = 3;
+}
+
+v1::TuneRequest RequestOf(const TuneFlags& f) {
+  v1::TuneRequest q;
+  q.set_model(f.model);
+  q.set_frames(f.frames.value_or(0));
+  q.set_height(f.height.value_or(0));
+  q.set_width(f.width.value_or(0));
+  q.set_steps(f.steps.value_or(0));
+  if (f.guidance) q.set_guidance(*f.guidance);
+  q.set_tune_steps(f.tune_steps);
+  q.set_max_candidates(f.max_candidates);
+  q.set_any_dtype(f.any_dtype);
+  q.set_allow_int8(f.allow_int8);
+  q.set_margin(f.margin);
+  for (const std::string& name : f.stages.empty() ? std::vector<std::string>{} : SplitList(f.stages)) {
+    const auto k = ParseStageKind(name);
+    if (!k)
+      throw InvalidArgument(fmt::format("--stages {}: '{}' is not a stage (text_encoder, vae_encoder, denoiser, "
+                                        "vae_decoder)",
+                                        f.stages, name));
+    q.add_stages(StageOf(*k));
+  }
+  return q;
+}
+
+void CheckFlags(const TuneFlags& f) {
   if (f.tune_steps < 1 || f.tune_steps > 50)
     throw InvalidArgument(fmt::format("--tune-steps {}: accepted 1 to 50", f.tune_steps));
   if (f.max_candidates < 1 || f.max_candidates > 64)
@@ -52,6 +124,43 @@ void RunTune(const TuneFlags& f) {
   if (!(f.margin >= 0 && f.margin < 0.9))
     throw InvalidArgument(fmt::format("--margin {}: accepted 0 to 0.9", f.margin));
   if (f.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", f.threads));
+}
+
+void RunTuneOnCoordinator(const TuneFlags& f) {
+  for (const auto& [flag, set] : {std::pair{"--device", f.device != "cpu"}, {"--device-memory", !f.device_memory.empty()},
+                                  {"--profile-db", !f.profile_db.empty()}})
+    if (set)
+      throw InvalidArgument(fmt::format("{}: not accepted with --coordinator (each worker tunes its own device and "
+                                        "the coordinator keeps the profiles); drop one of them",
+                                        flag));
+  v1::TuneClusterRequest req;
+  *req.mutable_tune() = RequestOf(f);
+  for (const std::string& w : f.workers.empty() ? std::vector<std::string>{} : SplitList(f.workers))
+    req.add_workers(w);
+  std::vector<std::pair<std::string, v1::TuneMeasurement>> rows;
+  std::string report;
+  TuneOnCoordinator(f.coordinator, req, [&](const v1::TuneClusterEvent& ev) {
+    if (!ev.plan_report_json().empty()) {
+      report = ev.plan_report_json();
+      return;
+    }
+    if (!f.json)
+      std::fprintf(stderr, "tune: %s %s %s %s: %s\n", ev.worker().c_str(),
+                   StageKindName(KindOf(ev.measurement().stage()).value_or(StageKind::kDenoiser)),
+                   ev.measurement().strategy().c_str(), ev.measurement().dtype().c_str(),
+                   ev.measurement().outcome().c_str());
+    rows.emplace_back(ev.worker(), ev.measurement());
+  });
+  if (report.empty()) throw Internal("the coordinator ended the tuning without a plan");
+  Print(f, fmt::format("Tuned {} on the cluster's workers; measurements stored in the coordinator's profile store",
+                       f.model),
+        rows, nlohmann::json::parse(report));
+}
+
+void RunTune(const TuneFlags& f) {
+  CheckFlags(f);
+  const v1::TuneRequest q = RequestOf(f);  // checks --stages' names
+  if (f.on_coordinator) return RunTuneOnCoordinator(f);
   ComputeDevice& device = OpenComputeDevice(f.device, "--device");
   const int64_t capacity = f.device_memory.empty() ? 0 : ParseSize(f.device_memory, "--device-memory");
   const fs::path dir = ResolveModel(f.model);
@@ -65,11 +174,12 @@ void RunTune(const TuneFlags& f) {
   o.any_dtype = f.any_dtype;
   o.allow_int8 = f.allow_int8;
   o.margin = f.margin;
-  for (const std::string& name : f.stages.empty() ? std::vector<std::string>{} : SplitList(f.stages)) {
-    const auto k = ParseStageKind(name);
-    if (!k || !manifest.has_stage(*k))
-      throw InvalidArgument(fmt::format("--stages {}: '{}' is not a stage of {}", f.stages, name, manifest.name));
-    o.stages.push_back(*k);
+  for (int s : q.stages()) {
+    const StageKind k = *KindOf(static_cast<v1::Stage>(s));
+    if (!manifest.has_stage(k))
+      throw InvalidArgument(fmt::format("--stages {}: '{}' is not a stage of {}", f.stages, StageKindName(k),
+                                        manifest.name));
+    o.stages.push_back(k);
   }
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
 
@@ -80,36 +190,20 @@ void RunTune(const TuneFlags& f) {
     for (auto& row : store.All()) out.push_back(std::move(row.profile));
     return out;
   };
-  planner::Device d;
-  d.name = device.simulated() ? "cpu0" : "gpu0";
-  d.host = "host0";
-  d.kind = device.simulated() ? "cpu" : "cuda";
-  d.capacity_bytes = capacity > 0 ? capacity : device.Memory().total;  // 0: the simulated device, unlimited
-  const planner::CostModel before(manifest, stored());
-  const std::vector<TuneCandidate> candidates = TuneCandidates(before, d, job, o);
-
-  GenerateRequest r;
-  r.prompt = "tune";
-  r.frames = job.frames;
-  r.height = job.height;
-  r.width = job.width;
-  r.steps = std::min(job.steps, f.tune_steps);
-  r.guidance = job.guidance;
-  r.fps = manifest.defaults.fps;
-  std::vector<TuneMeasurement> results;
-  for (const auto& c : candidates) {
-    if (!f.json)
-      std::fprintf(stderr, "tune: %s %s %s ...\n", StageKindName(c.stage), c.strategy.c_str(), c.dtype.c_str());
-    TuneMeasurement m = MeasureCandidate(dir, device, capacity, r, job.steps, c);
+  std::vector<std::pair<std::string, v1::TuneMeasurement>> rows;
+  RunTuning(dir, manifest, device, capacity, job, f.tune_steps, o, stored(), [&](const TuneMeasurement& m) {
     if (m.outcome == "ok" || m.outcome == "oom") store.Insert(m.profile);
-    if (m.outcome == "error") spdlog::warn("{} {}: {}", StageKindName(c.stage), c.strategy, m.error);
-    results.push_back(std::move(m));
-  }
+    if (m.outcome == "error") spdlog::warn("{} {}: {}", StageKindName(m.candidate.stage), m.candidate.strategy, m.error);
+    if (!f.json)
+      std::fprintf(stderr, "tune: %s %s %s: %s\n", StageKindName(m.candidate.stage), m.candidate.strategy.c_str(),
+                   m.candidate.dtype.c_str(), m.outcome.c_str());
+    rows.emplace_back("", ToProto(m));
+  });
 
   // The plan for this device with what was just measured.
   planner::Machine machine;
   machine.margin = f.margin;
-  machine.devices.push_back(d);
+  machine.devices.push_back(TuneDevice(device, capacity));
   machine.hosts.push_back({"host0", MachineMemory().total_bytes, 0});
   const planner::CostModel after(manifest, stored());
   planner::PlanningOptions po;
@@ -119,42 +213,11 @@ void RunTune(const TuneFlags& f) {
   const planner::Plan plan = planner::Search(problem, planner::Objective::kLatency);
   const auto would_fit = plan.feasible ? std::vector<std::string>{}
                                        : planner::WhatWouldFit(after, machine, job, planner::Objective::kLatency, po);
-  const nlohmann::json report =
-      planner::PlanReport(manifest, job, planner::Objective::kLatency, problem, plan, would_fit, false);
-
-  if (f.json) {
-    nlohmann::json j;
-    j["profile_db"] = db.string();
-    j["tune_steps"] = r.steps;
-    j["measurements"] = nlohmann::json::array();
-    for (const auto& m : results)
-      j["measurements"].push_back({{"stage", StageKindName(m.candidate.stage)},
-                                   {"strategy", m.candidate.strategy},
-                                   {"dtype", m.candidate.dtype},
-                                   {"outcome", m.outcome},
-                                   {"error", m.error},
-                                   {"estimated_peak_device_bytes", m.candidate.estimate.peak_device_bytes},
-                                   {"estimated_seconds", m.candidate.estimate.seconds},
-                                   {"peak_device_bytes", m.outcome == "ok" ? m.profile.peak_device_bytes : 0},
-                                   {"seconds", m.job_seconds}});
-    j["plan"] = report;
-    std::printf("%s\n", j.dump(2).c_str());
-  } else {
-    std::printf("Tuned %s at %d frames %dx%d (%d of %d steps run, times extrapolated) on %s; stored in %s\n\n",
-                manifest.name.c_str(), job.frames, job.width, job.height, r.steps, job.steps,
-                device.Describe().c_str(), db.c_str());
-    std::printf("%-13s %-26s %-5s %-8s %12s %12s %10s %10s\n", "stage", "strategy", "dtype", "outcome", "est. peak",
-                "peak", "est. time", "time");
-    for (const auto& m : results)
-      std::printf("%-13s %-26s %-5s %-8s %12s %12s %10s %10s\n", StageKindName(m.candidate.stage),
-                  m.candidate.strategy.c_str(), m.candidate.dtype.c_str(), m.outcome.c_str(),
-                  FormatBytes(m.candidate.estimate.peak_device_bytes).c_str(),
-                  m.outcome == "ok" ? FormatBytes(m.profile.peak_device_bytes).c_str() : "-",
-                  Seconds(m.candidate.estimate.seconds).c_str(),
-                  m.outcome == "ok" ? Seconds(m.job_seconds).c_str() : "-");
-    std::printf("\n%s", planner::PlanTable(report).c_str());
-  }
-  if (!plan.feasible) CommandExitCode() = 3;
+  Print(f,
+        fmt::format("Tuned {} at {} frames {}x{} ({} of {} steps run, times extrapolated) on {}; stored in {}",
+                    manifest.name, job.frames, job.width, job.height, std::min(job.steps, f.tune_steps), job.steps,
+                    device.Describe(), db.string()),
+        rows, planner::PlanReport(manifest, job, planner::Objective::kLatency, problem, plan, would_fit, false));
 }
 
 }  // namespace
@@ -182,7 +245,14 @@ void AddTuneCommand(CLI::App& app) {
   c->add_option("--profile-db", f->profile_db, "Where measurements go (default: profiles.sqlite in the model cache)");
   c->add_option("--threads", f->threads, "Intra-op CPU threads (0 = all cores)")->default_val(0);
   c->add_flag("--json", f->json, "Print the measurements and the plan as JSON");
-  c->callback([f] { RunTune(*f); });
+  c->add_option("--coordinator", f->coordinator,
+                "Tune a running cluster's workers instead of this machine's device (HOST:PORT)")
+      ->expected(0, 1);
+  c->add_option("--workers", f->workers, "With --coordinator: only these workers (default: every idle one)");
+  c->callback([f, c] {
+    f->on_coordinator = c->count("--coordinator") > 0;
+    RunTune(*f);
+  });
 }
 
 }  // namespace reel::cli

@@ -32,6 +32,7 @@
 #include "coordinator/job_store.h"
 #include "coordinator/job_validation.h"
 #include "coordinator/placement.h"
+#include "coordinator/recovery.h"
 #include "media/video_io.h"
 #include "models/presets.h"
 #include "models/synth.h"
@@ -47,6 +48,7 @@
 #include "reel/v1/worker.grpc.pb.h"
 #include "security/path_policy.h"
 #include "security/transport_security.h"
+#include "transfer/stored_name.h"
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
 
@@ -92,15 +94,7 @@ std::vector<std::string> InputsOf(StageKind k, bool i2v) {
   }
 }
 
-std::vector<StageKind> DepsOf(StageKind k, bool i2v) {
-  switch (k) {
-    case StageKind::kDenoiser:
-      return i2v ? std::vector<StageKind>{StageKind::kTextEncoder, StageKind::kVaeEncoder}
-                 : std::vector<StageKind>{StageKind::kTextEncoder};
-    case StageKind::kVaeDecoder: return {StageKind::kDenoiser};
-    default: return {};
-  }
-}
+std::vector<StageKind> DepsOf(StageKind k, bool i2v) { return StageDependencies(k, i2v); }
 
 grpc::Status Refuse(grpc::StatusCode code, const std::string& message) { return {code, message}; }
 
@@ -167,7 +161,7 @@ struct CoordinatorMetrics {
     wait_seconds.Add({}, DurationBuckets());
     dispatch_seconds.Add({}, DispatchBuckets());
     frames.Add({});
-    for (const char* s : {"loading", "idle", "busy", "failed", "lost"}) workers.Add({{"state", s}});
+    for (const char* s : {"loading", "idle", "busy", "draining", "failed", "lost"}) workers.Add({{"state", s}});
   }
   void Count(const std::string& event) { jobs.Add({{"event", event}}).Increment(); }
 };
@@ -181,7 +175,9 @@ struct WorkerEntry {
   bool load_in_flight = false;  // a LoadWorker call for it is running
   bool loaded_once = false;     // its first LoadWorker finished
   int64_t last_heartbeat_ms = 0;
-  bool lost_run = false;  // its running stage was given up when it went silent
+  // A call to it failed as a call to a dead worker does: nothing is dispatched to it until it heartbeats again, so
+  // a worker killed a moment ago is not handed its own job's next attempt before its lease runs out.
+  bool suspect = false;
 };
 
 // A stage run in flight: the call to cancel and the workers it occupies.
@@ -189,6 +185,7 @@ struct ActiveRun {
   std::shared_ptr<grpc::ClientContext> ctx;
   std::string job, worker_id, peer_id;
   int stage_index = 0;
+  uint64_t attempt = 0;  // RunStageRequest.attempt: a result counts only while its stage still has this attempt
 };
 
 }  // namespace
@@ -219,6 +216,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   std::deque<std::function<void()>> tasks;
   std::condition_variable pool_cv, monitor_cv;
   bool stopping = false;
+  bool draining = false;  // BeginDrain: no job is accepted or started; running ones go on
+  int64_t boot = 0;       // this start's count in the job store: ids made here never repeat across restarts
+  uint32_t runs = 0;      // stage runs dispatched since this start (the low half of an attempt)
+  std::map<std::string, std::shared_ptr<grpc::ClientContext>> storing;  // job → its MP4's fetch from the decoder
 
   std::unique_ptr<grpc::Server> server;
   std::string bound;
@@ -256,7 +257,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     }
     metrics.queue_depth.Add({}).Set(queued);
     metrics.running.Add({}).Set(run);
-    std::map<std::string, int> by_state = {{"loading", 0}, {"idle", 0}, {"busy", 0}, {"failed", 0}, {"lost", 0}};
+    std::map<std::string, int> by_state = {{"loading", 0}, {"idle", 0},   {"busy", 0},
+                                           {"draining", 0}, {"failed", 0}, {"lost", 0}};
     for (const auto& [id, w] : workers) by_state[w.info.state()]++;
     for (const auto& [s, n] : by_state) metrics.workers.Add({{"state", s}}).Set(n);
   }
@@ -338,12 +340,16 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     monitor_cv.notify_all();
   }
 
-  // The workers a plan may use: registered, not lost, not failed.
+  // The workers a plan may use: registered, not lost, failed or leaving.
+  static bool Plannable(const WorkerEntry& w) {
+    const std::string& st = w.info.state();
+    return st != "lost" && st != "failed" && st != "draining";
+  }
+
   std::vector<WorkerSlot> PlannableWorkers() {
     std::vector<WorkerSlot> out;
     for (const auto& [id, w] : workers) {
-      const std::string& st = w.info.state();
-      if (st == "lost" || st == "failed") continue;
+      if (!Plannable(w)) continue;
       out.push_back({w.info.name(), w.info.host(), w.info.device(), w.info.device_capacity_bytes(),
                      w.info.host_memory_bytes()});
     }
@@ -381,7 +387,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     for (const auto& note : placed.notes) spdlog::info("plan for {} worker(s): {}", slots.size(), note);
     for (auto& [id, w] : workers) {
       const std::string& st = w.info.state();
-      if (st == "lost" || st == "failed") continue;
+      if (!Plannable(w)) continue;
       auto it = placed.workers.find(w.info.name());
       w.target = it == placed.workers.end() ? std::map<std::string, StageAssignment>{} : it->second;
       if (w.loaded_once && SameAssignment(w.target, w.applied)) continue;
@@ -524,6 +530,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       std::vector<Ready> out;
       for (const auto& id : live) {
         const JobRecord& r = jobs.at(id);
+        if (draining && r.job.state() == v1::QUEUED) continue;  // a draining coordinator starts nothing new
         const bool i2v = models.at(r.job.spec().model()).image_conditioned;
         for (int i = 0; i < r.job.stages_size(); ++i) {
           const auto& s = r.job.stages(i);
@@ -565,7 +572,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       const StageKind kind = KindOfStage(r.job.stages(rd.index).stage());
       std::vector<WorkerEntry*> idle;
       for (auto& [wid, w] : workers)
-        if (w.info.state() == "idle" && w.holds.count({model, kind}) && (!early || waiting_for(&w, rd) == 0))
+        if (w.info.state() == "idle" && !w.suspect && w.holds.count({model, kind}) &&
+            (!early || waiting_for(&w, rd) == 0))
           idle.push_back(&w);
       if (idle.empty()) return;
       // Prefer the worker already holding the inputs, then the one that has run least.
@@ -609,6 +617,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         if (const WorkerEntry* w = WorkerByName(s.worker())) {
           ref.set_address(w->info.address());
           ref.set_worker(w->info.name());
+          ref.set_attempt(s.attempt());
         }
     return ref;
   }
@@ -620,7 +629,16 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         superseded.insert(a.ctx.get());
         a.ctx->TryCancel();
       }
+    CancelStoring(job);
   }
+
+  void CancelStoring(const std::string& job) {
+    if (auto it = storing.find(job); it != storing.end()) it->second->TryCancel();
+  }
+
+  // This start's count in the high half, so an attempt never repeats across restarts of the coordinator (a worker
+  // that outlived one may still hold the tensors of an earlier start's attempts).
+  uint64_t NextAttempt() { return (static_cast<uint64_t>(boot) << 32) | ++runs; }
 
   void Launch(JobRecord& r, int index, WorkerEntry* w, WorkerEntry* peer) {
     const int64_t now = NowUnixUs();
@@ -630,9 +648,11 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       job.set_started_unix_us(now);
       job.set_attempts(job.attempts() + 1);
       metrics.wait_seconds.Add({}, DurationBuckets()).Observe((now - job.submitted_unix_us()) / 1e6);
+      Persist(r);  // its attempts count, across a restart too
     }
     auto* s = job.mutable_stages(index);
     s->set_state("running");
+    s->set_attempt(NextAttempt());
     s->set_worker(w->info.name());
     s->set_guidance_peer(peer ? peer->info.name() : "");
     s->set_started_unix_us(now);
@@ -652,6 +672,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     const StageKind kind = KindOfStage(s->stage());
     if (kind != StageKind::kVaeEncoder) req.mutable_spec()->clear_image();
     req.set_stage(s->stage());
+    req.set_attempt(s->attempt());
     const bool i2v = models.at(job.spec().model()).image_conditioned;
     for (const auto& name : InputsOf(kind, i2v)) *req.add_inputs() = RefFor(r, name);
     if (peer) {
@@ -668,6 +689,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     run.worker_id = w->info.id();
     run.peer_id = peer ? peer->info.id() : "";
     run.stage_index = index;
+    run.attempt = s->attempt();
     active.push_back(run);
     Touch(job.id());
     const std::string address = w->info.address();
@@ -759,6 +781,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   void Finished(const ActiveRun& run, const grpc::Status& st, const std::optional<v1::RunStageResult>& result) {
     std::unique_lock lock(mu);
     FreeWorkers(run);
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE && !stopping) Suspect(run);
     if (superseded.erase(run.ctx.get())) {
       Dispatch();
       return;
@@ -768,9 +791,15 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     JobRecord& r = it->second;
     auto* s = r.job.mutable_stages(run.stage_index);
     const StageKind kind = KindOfStage(s->stage());
+    if (s->attempt() != run.attempt || (s->state() != "running" && !Terminal(r.job.state()))) {
+      // A run the job has moved on from (it was given up when its worker was lost): whatever it did is not the
+      // job's any more. Runs given up are cancelled, so this is the narrow case of a result already on its way.
+      spdlog::warn("job {}: the result of a superseded run of {} (attempt {}) was ignored", run.job,
+                   StageKindName(kind), run.attempt);
+      Dispatch();
+      return;
+    }
     const std::string worker_name = s->worker();
-    bool lost = false;
-    if (auto w = workers.find(run.worker_id); w != workers.end()) lost = std::exchange(w->second.lost_run, false);
     const int64_t now = NowUnixUs();
     metrics.stage_seconds.Add({{"stage", StageKindName(kind)}, {"worker", worker_name}}, DurationBuckets())
         .Observe((now - s->started_unix_us()) / 1e6);
@@ -798,6 +827,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         ref.set_address(address);
         ref.set_worker(worker_name);
         ref.set_bytes(out.bytes());
+        ref.set_attempt(run.attempt);
         outputs[r.job.id()][out.name()] = ref;
       }
       if (kind == StageKind::kVaeDecoder) {
@@ -805,13 +835,16 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         const int frames = result->frames();
         Touch(r.job.id());
         Dispatch();
+        // Cancelled when the decoder's worker is lost meanwhile (the decoder then runs again) or the job ends.
+        auto ctx = std::make_shared<grpc::ClientContext>();
+        storing[run.job] = ctx;
         lock.unlock();
         // The output is the one thing the coordinator keeps: clients download it from here.
         std::string error;
         fs::path path;
         int64_t bytes = 0;
         try {
-          auto blob = FetchTensor(video.address(), r.job.id(), video.name());
+          auto blob = FetchOutput(video, *ctx);
           path = o.data / "outputs" / (run.job + ".mp4");
           AtomicFile file(path, "output");
           {
@@ -825,10 +858,13 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
           error = fmt::format("storing the output: {}", e.what());
         }
         lock.lock();
+        if (auto sit = storing.find(run.job); sit != storing.end() && sit->second == ctx) storing.erase(sit);
         auto again = jobs.find(run.job);
         if (again == jobs.end()) return;
         JobRecord& j = again->second;
         if (Terminal(j.job.state())) return;
+        const v1::StageRun& decoded = j.job.stages(run.stage_index);
+        if (decoded.attempt() != run.attempt || decoded.state() != "done") return;  // lost meanwhile: it runs again
         if (error.empty()) {
           j.output_path = path.string();
           j.job.set_output_bytes(bytes);
@@ -845,12 +881,13 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       // Intermediate stage states need not be durable: a restarted coordinator runs interrupted jobs again.
       return;
     }
-    // The worker went away (or stopped answering): the job runs again from its first stage elsewhere.
-    const bool gone = lost || st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                      (st.error_code() == grpc::StatusCode::CANCELLED && stopping);
+    if (stopping) return;
     const std::string what = fmt::format("stage {} on worker {}: {}", StageKindName(kind), worker_name,
-                                         lost ? "the worker stopped answering" : st.error_message());
-    if (gone && !stopping) {
+                                         st.error_message());
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      // The worker (or one it fetched from, or its guidance peer) went away: the job runs again from its first
+      // stage elsewhere. Which worker failed is not known yet; the lease (Monitor) tells, and Suspect keeps the
+      // job off both meanwhile.
       spdlog::warn("job {}: {}; running it again", r.job.id(), what);
       if (r.job.attempts() >= 3) {
         End(r, v1::FAILED, fmt::format("gave up after {} attempts; last: {}", r.job.attempts(), what));
@@ -860,11 +897,43 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       Dispatch();
       return;
     }
-    if (stopping) return;
     s->set_state("failed");
     s->set_error(st.error_message());
     End(r, v1::FAILED, what);
     Dispatch();
+  }
+
+  // A run's workers are suspect after a call failed as calls to a dead process do; a heartbeat clears it.
+  void Suspect(const ActiveRun& run) {
+    for (const std::string& id : {run.worker_id, run.peer_id})
+      if (auto it = workers.find(id); it != workers.end() && it->second.info.state() != "lost") it->second.suspect = true;
+  }
+
+  // The decoder's MP4, from the worker that made it, on a context the coordinator can cancel.
+  std::shared_ptr<const TensorBlob> FetchOutput(const v1::TensorRef& ref, grpc::ClientContext& ctx) {
+    auto stub = v1::Worker::NewStub(ChannelTo(ref.address()));
+    v1::FetchTensorRequest req;
+    req.set_job_id(ref.job_id());
+    req.set_name(StoredTensorName(ref.name(), ref.attempt()));
+    auto reader = stub->FetchTensor(&ctx, req);
+    grpc::Status st;
+    std::string error;
+    auto blob = ReadTensor(*reader, ctx, &st, &error);
+    if (!blob)
+      throw Unavailable(fmt::format("fetching {} of {} from worker {} ({}): {}", ref.name(), ref.job_id(), ref.worker(),
+                                    ref.address(), st.ok() ? error : st.error_message()));
+    return blob;
+  }
+
+  static void ResetStage(v1::StageRun& s) {
+    s.set_state("pending");
+    s.set_worker("");
+    s.set_guidance_peer("");
+    s.set_step(0);
+    s.set_started_unix_us(0);
+    s.set_finished_unix_us(0);
+    s.set_accepted_unix_us(0);
+    s.set_attempt(0);
   }
 
   void Requeue(JobRecord& r, const std::string& why) {
@@ -872,17 +941,91 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     ReleaseTensors(r.job.id());
     r.job.set_state(v1::QUEUED);
     r.job.set_error(why);
-    for (auto& s : *r.job.mutable_stages()) {
-      s.set_state("pending");
-      s.set_worker("");
-      s.set_guidance_peer("");
-      s.set_step(0);
-      s.set_started_unix_us(0);
-      s.set_finished_unix_us(0);
-    }
+    for (auto& s : *r.job.mutable_stages()) ResetStage(s);
     metrics.Count("requeued");
     Persist(r);
     Touch(r.job.id());
+  }
+
+  // A worker is gone: lost (silent past its lease) or left with work unfinished. Each running job that needed it
+  // runs again: only the stages it took with it (coordinator/recovery.h) while others of the job keep results on
+  // live workers, else from its first stage; a job is failed after 3 attempts. Its runs and output fetches that
+  // are given up are cancelled and their results ignored (superseded, attempt).
+  void WorkerGone(const std::string& worker_id, const std::string& why) {
+    const std::string name = workers.at(worker_id).info.name();
+    for (const std::string& id : std::vector<std::string>(live.begin(), live.end())) {
+      JobRecord& r = jobs.at(id);
+      if (r.job.state() != v1::RUNNING) continue;
+      const bool i2v = models.at(r.job.spec().model()).image_conditioned;
+      std::vector<StageView> view(r.job.stages_size());
+      for (int i = 0; i < r.job.stages_size(); ++i) {
+        view[i].kind = KindOfStage(r.job.stages(i).stage());
+        view[i].state = r.job.stages(i).state();
+      }
+      for (const auto& a : active)
+        if (a.job == id && (a.worker_id == worker_id || a.peer_id == worker_id)) view[a.stage_index].runs_on_gone = true;
+      for (const auto& [tensor, ref] : outputs[id])
+        if (ref.worker() == name)
+          for (auto& v : view) v.output_on_gone = v.output_on_gone || v.kind == ProducerOf(tensor);
+      const std::set<int> rerun = StagesToRerun(view, i2v);
+      if (rerun.empty()) continue;
+      const std::string what = fmt::format("worker {} {}", name, why);
+      std::vector<std::string> names;
+      bool kept = false;  // a stage keeps its result on a live worker
+      for (int i = 0; i < r.job.stages_size(); ++i) {
+        if (rerun.count(i)) names.push_back(StageKindName(view[i].kind));
+        kept = kept || (!rerun.count(i) && view[i].state == "done");
+      }
+      if (r.job.attempts() >= 3) {
+        End(r, v1::FAILED, fmt::format("gave up after {} attempts; last: {}", r.job.attempts(), what));
+        continue;
+      }
+      if (!kept) {
+        spdlog::warn("job {}: {}; running it again from its first stage", id, what);
+        Requeue(r, what);
+        continue;
+      }
+      spdlog::warn("job {}: {}; running {} again (the other stages keep their results)", id, what,
+                   fmt::join(names, ", "));
+      for (auto& a : active)
+        if (a.job == id && rerun.count(a.stage_index)) {
+          superseded.insert(a.ctx.get());
+          a.ctx->TryCancel();
+        }
+      for (int i : rerun) {
+        if (view[i].kind == StageKind::kVaeDecoder) CancelStoring(id);
+        for (auto out = outputs[id].begin(); out != outputs[id].end();)
+          out = ProducerOf(out->first) == view[i].kind ? outputs[id].erase(out) : std::next(out);
+        ResetStage(*r.job.mutable_stages(i));
+      }
+      r.job.set_attempts(r.job.attempts() + 1);
+      r.job.set_error(what);
+      metrics.Count("requeued");
+      Persist(r);
+      Touch(id);
+    }
+  }
+
+  // Tensors held by the worker named `name` that a running job's unfinished stage (or the coordinator, for a
+  // decoder's video) still has to fetch: a draining worker stays until none are left.
+  int TensorsNeededOn(const std::string& name) {
+    int n = 0;
+    for (const auto& [id, held] : outputs) {
+      auto it = jobs.find(id);
+      if (it == jobs.end() || Terminal(it->second.job.state())) continue;
+      const v1::Job& job = it->second.job;
+      std::vector<StageView> view(job.stages_size());
+      for (int i = 0; i < job.stages_size(); ++i) {
+        view[i].kind = KindOfStage(job.stages(i).stage());
+        view[i].state = job.stages(i).state();
+      }
+      const bool i2v = models.at(job.spec().model()).image_conditioned;
+      for (const auto& [tensor, ref] : held)
+        if (ref.worker() == name)
+          for (int i = 0; i < job.stages_size(); ++i)
+            n += view[i].kind == ProducerOf(tensor) && view[i].state == "done" && OutputNeeded(view, i, i2v);
+    }
+    return n;
   }
 
   void End(JobRecord& r, v1::JobState state, const std::string& error) {
@@ -899,9 +1042,9 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     metrics.Count(state == v1::SUCCEEDED ? "succeeded" : state == v1::FAILED ? "failed" : "cancelled");
     if (state == v1::SUCCEEDED && r.job.started_unix_us() > 0)
       metrics.job_seconds.Add({}, DurationBuckets()).Observe((now - r.job.started_unix_us()) / 1e6);
+    Persist(r);  // before it is said: a job logged as ended is ended in the store
     if (state == v1::FAILED) spdlog::error("job {} failed: {}", r.job.id(), error);
     else spdlog::info("job {} {}", r.job.id(), state == v1::SUCCEEDED ? "succeeded" : "cancelled");
-    Persist(r);
     Touch(r.job.id());
     ReleaseTensors(r.job.id());
     UpdateGauges();
@@ -952,15 +1095,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         if (w.info.state() == "lost" || now - w.last_heartbeat_ms <= o.worker_timeout_ms) continue;
         spdlog::warn("worker {} ({}) sent no heartbeat for {} ms: lost", w.info.name(), w.info.address(),
                      now - w.last_heartbeat_ms);
-        const bool busy = w.info.state() == "busy";
         w.info.set_state("lost");
+        w.info.set_job_id("");
         changed = true;
-        if (busy)
-          for (auto& a : active)
-            if (a.worker_id == id || a.peer_id == id) {
-              workers[a.worker_id].lost_run = true;
-              a.ctx->TryCancel();
-            }
+        WorkerGone(id, fmt::format("stopped answering (no heartbeat for {} ms)", now - w.last_heartbeat_ms));
       }
       if (changed) {
         ScheduleReplan();  // what the lost worker held goes elsewhere
@@ -1005,7 +1143,9 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         workers.erase(replaced);
       }
       WorkerEntry w;
-      const std::string id = fmt::format("w{}", next_worker++);
+      // Unique across restarts too: a worker still heartbeating an id from before a restart is told NOT_FOUND and
+      // registers again, rather than keeping alive another worker's new entry under a reused id.
+      const std::string id = fmt::format("w{}-{}", boot, next_worker++);
       w.info.set_id(id);
       w.info.set_name(req->name());
       w.info.set_address(req->address());
@@ -1045,6 +1185,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker {}: was declared lost", req->worker_id()));
     w.last_heartbeat_ms = SteadyMs();
     w.info.set_last_heartbeat_unix_us(NowUnixUs());
+    if (std::exchange(w.suspect, false)) Dispatch();  // it is alive after all
     w.info.set_device_used_bytes(req->device_used_bytes());
     w.info.set_device_peak_bytes(req->device_peak_bytes());
     w.info.set_host_rss_bytes(req->host_rss_bytes());
@@ -1055,6 +1196,47 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         .Set(static_cast<double>(w.info.device_capacity_bytes()));
     metrics.worker_host.Add({{"worker", n}, {"kind", "rss"}}).Set(static_cast<double>(req->host_rss_bytes()));
     metrics.worker_host.Add({{"worker", n}, {"kind", "total"}}).Set(static_cast<double>(w.info.host_memory_bytes()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Leave(grpc::ServerContext*, const v1::LeaveRequest* req, v1::LeaveResponse* resp) override {
+    std::lock_guard lock(mu);
+    auto it = workers.find(req->worker_id());
+    if (it == workers.end() || it->second.info.state() == "lost")
+      return Refuse(grpc::StatusCode::NOT_FOUND,
+                    fmt::format("worker {}: not registered here (its work, if any, was given to others)",
+                                req->worker_id()));
+    WorkerEntry& w = it->second;
+    const std::string id = w.info.id(), name = w.info.name();
+    w.last_heartbeat_ms = SteadyMs();  // a draining worker asks often: that is its heartbeat
+    w.info.set_last_heartbeat_unix_us(NowUnixUs());
+    w.suspect = false;
+    int running = 0;
+    for (const auto& a : active) running += a.worker_id == id || a.peer_id == id;
+    const int needed = TensorsNeededOn(name);
+    if (req->going()) {
+      spdlog::info("worker {} left{}", name,
+                   running + needed > 0 ? fmt::format(" with {} stage run(s) and {} needed tensor(s) unfinished",
+                                                      running, needed)
+                                        : "");
+      if (running + needed > 0) WorkerGone(id, "left before its work was done");
+      workers.erase(it);
+      ScheduleReplan();
+      UpdateGauges();
+      Dispatch();
+      return grpc::Status::OK;
+    }
+    if (w.info.state() != "draining") {
+      spdlog::info("worker {} is draining: nothing new is sent to it; it leaves once {} stage run(s) end and {} "
+                   "tensor(s) are fetched",
+                   name, running, needed);
+      w.info.set_state("draining");
+      w.reload_pending = false;
+      ScheduleReplan();  // its stages go to the others
+      UpdateGauges();
+    }
+    resp->set_stages_running(running);
+    resp->set_tensors_needed(needed);
     return grpc::Status::OK;
   }
 
@@ -1071,6 +1253,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     {
       std::lock_guard lock(mu);
       if (stopping) return Refuse(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+      if (draining)
+        return Refuse(grpc::StatusCode::UNAVAILABLE,
+                      "the coordinator is draining (it was told to stop): it accepts no jobs until it starts again; "
+                      "submit then");
       const auto queued = std::count_if(live.begin(), live.end(),
                                         [&](const std::string& id) { return jobs.at(id).job.state() == v1::QUEUED; });
       if (queued >= o.limits.max_queued_jobs)
@@ -1192,6 +1378,15 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   }
 
   grpc::Status PlanJob(grpc::ServerContext*, const v1::PlanJobRequest* req, v1::PlanJobResponse* resp) override {
+    std::string report;
+    const grpc::Status st = PlanReportFor(*req, &report);
+    if (st.ok()) resp->set_report_json(report);
+    return st;
+  }
+
+  // The plan for a job shape on the live workers, from the profile store: PlanJob's answer, and Tune's last event.
+  grpc::Status PlanReportFor(const v1::PlanJobRequest& request, std::string* report) {
+    const v1::PlanJobRequest* req = &request;
     auto mit = models.find(req->model());
     if (mit == models.end()) {
       std::vector<std::string> names;
@@ -1226,12 +1421,99 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       const planner::Plan plan = planner::Search(problem, objective);
       const std::vector<std::string> would_fit =
           plan.feasible ? std::vector<std::string>{} : planner::WhatWouldFit(model, machine, job, objective, po);
-      resp->set_report_json(planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain()).dump());
+      *report = planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain()).dump();
     } catch (const Error& e) {
       return Refuse(e.kind() == ErrorKind::kInvalidArgument ? grpc::StatusCode::INVALID_ARGUMENT
                                                             : grpc::StatusCode::INTERNAL,
                     e.what());
     }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Tune(grpc::ServerContext* ctx, const v1::TuneClusterRequest* req,
+                    grpc::ServerWriter<v1::TuneClusterEvent>* writer) override {
+    const v1::TuneRequest& t = req->tune();
+    if (!models.count(t.model()))
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT, fmt::format("model '{}': this coordinator does not serve it",
+                                                                     t.model()));
+    // The workers to tune, marked "tuning" so nothing is dispatched to them until their turn is over.
+    std::vector<std::pair<std::string, std::string>> chosen;  // id, address
+    {
+      std::lock_guard lock(mu);
+      std::set<std::string> named(req->workers().begin(), req->workers().end());
+      for (const auto& n : named) {
+        WorkerEntry* w = WorkerByName(n);
+        if (!w || w->info.state() == "lost")
+          return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker '{}': not registered here", n));
+        if (w->info.state() != "idle")
+          return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                        fmt::format("worker '{}' is {}; tune it when it is idle", n, w->info.state()));
+      }
+      for (auto& [id, w] : workers)
+        if (w.info.state() == "idle" && (named.empty() || named.count(w.info.name()))) {
+          w.info.set_state("tuning");
+          chosen.emplace_back(id, w.info.address());
+        }
+      if (chosen.empty())
+        return Refuse(grpc::StatusCode::FAILED_PRECONDITION, "no idle workers to tune; wait for running jobs to end");
+      UpdateGauges();
+    }
+    for (const auto& [id, address] : chosen) {
+      std::string name;
+      {
+        std::lock_guard lock(mu);
+        auto it = workers.find(id);
+        if (it == workers.end() || it->second.info.state() != "tuning") continue;  // lost meanwhile
+        name = it->second.info.name();
+      }
+      auto stub = v1::Worker::NewStub(ChannelTo(address));
+      grpc::ClientContext wctx;
+      auto reader = stub->Tune(&wctx, t);
+      v1::TuneClusterEvent ev;
+      ev.set_worker(name);
+      while (reader->Read(ev.mutable_measurement())) {
+        if (ev.measurement().has_profile()) StoreProfile(ev.measurement().profile().json());
+        if (ctx->IsCancelled() || !writer->Write(ev)) wctx.TryCancel();
+      }
+      const grpc::Status st = reader->Finish();
+      if (!st.ok() && !ctx->IsCancelled()) {
+        spdlog::error("worker {}: tuning failed: {}", name, st.error_message());
+        ev.mutable_measurement()->Clear();
+        ev.mutable_measurement()->set_outcome("error");
+        ev.mutable_measurement()->set_error(st.error_message());
+        writer->Write(ev);
+      }
+      std::lock_guard lock(mu);
+      auto it = workers.find(id);
+      if (it != workers.end() && it->second.info.state() == "tuning") it->second.info.set_state("idle");
+      UpdateGauges();
+      Dispatch();
+    }
+    {
+      std::lock_guard lock(mu);
+      for (const auto& [id, address] : chosen)  // a cancelled call leaves none of them tuning
+        if (auto it = workers.find(id); it != workers.end() && it->second.info.state() == "tuning") {
+          it->second.info.set_state("idle");
+        }
+      ScheduleReplan();  // new measurements: the placement may change
+      Dispatch();
+    }
+    if (ctx->IsCancelled()) return Refuse(grpc::StatusCode::CANCELLED, "the client went away");
+    v1::PlanJobRequest plan;
+    plan.set_model(t.model());
+    plan.set_frames(t.frames());
+    plan.set_height(t.height());
+    plan.set_width(t.width());
+    plan.set_steps(t.steps());
+    if (t.has_guidance()) plan.set_guidance(t.guidance());
+    if (t.has_margin()) plan.set_margin(t.margin());
+    plan.set_allow_int8(t.allow_int8());
+    std::string report;
+    const grpc::Status st = PlanReportFor(plan, &report);
+    if (!st.ok()) return st;
+    v1::TuneClusterEvent last;
+    last.set_plan_report_json(report);
+    writer->Write(last);
     return grpc::Status::OK;
   }
 
@@ -1267,6 +1549,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
   if (m.o.heartbeat_ms <= 0 || m.o.worker_timeout_ms <= m.o.heartbeat_ms)
     throw InvalidArgument(fmt::format("--worker-timeout-ms {}: accepted more than the heartbeat interval ({} ms)",
                                       m.o.worker_timeout_ms, m.o.heartbeat_ms));
+  if (m.o.drain_seconds < 0 || m.o.drain_seconds > 3600)
+    throw InvalidArgument(fmt::format("--drain-seconds {}: accepted 0 to 3600", m.o.drain_seconds));
   ValidateLimits(m.o.limits);
   m.security = LoadSecurity(m.o.security);
   CheckListen(m.o.listen, m.security);
@@ -1281,22 +1565,20 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
   if (!m.o.placement.empty()) m.placement = LoadPlacement(m.o.placement);
   m.store = std::make_unique<JobStore>((m.o.data / "jobs.db").string());
   m.profiles = std::make_unique<ProfileStore>((m.o.data / "profiles.db").string());
+  m.boot = m.store->Boot();
   int requeued = 0, queued = 0;
+  std::vector<std::string> changed;
   for (auto& r : m.store->LoadAll()) {
     const std::string id = r.job.id();
     if (!Terminal(r.job.state()) && !m.models.count(r.job.spec().model())) {
       r.job.set_state(v1::FAILED);
       r.job.set_error(fmt::format("model '{}' is no longer served by this coordinator", r.job.spec().model()));
-      m.store->Save(r);
+      changed.push_back(id);
     } else if (r.job.state() == v1::RUNNING) {
       // Its tensors were on workers that may be gone: it runs again from its first stage.
       r.job.set_state(v1::QUEUED);
-      for (auto& s : *r.job.mutable_stages()) {
-        s.set_state("pending");
-        s.set_worker("");
-        s.set_step(0);
-      }
-      m.store->Save(r);
+      for (auto& s : *r.job.mutable_stages()) Impl::ResetStage(s);
+      changed.push_back(id);
       ++requeued;
     } else if (r.job.state() == v1::QUEUED) {
       ++queued;
@@ -1304,6 +1586,9 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
     if (!Terminal(r.job.state())) m.live.insert(id);
     m.jobs[id] = std::move(r);
   }
+  std::vector<const JobRecord*> writes;
+  for (const auto& id : changed) writes.push_back(&m.jobs.at(id));
+  m.store->SaveAll(writes);  // one transaction: a crash here leaves the store as it was
   if (queued + requeued > 0)
     spdlog::info("job store {}: {} queued job(s), {} interrupted job(s) queued again", m.store->path(), queued,
                  requeued);
@@ -1353,6 +1638,27 @@ std::string Coordinator::address() const { return impl_->bound; }
 
 int Coordinator::metrics_port() const { return impl_->metrics.endpoint.port(); }
 
+void Coordinator::BeginDrain() {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  if (m.draining || m.stopping) return;
+  m.draining = true;
+  int queued = 0;
+  for (const auto& id : m.live) queued += m.jobs.at(id).job.state() == v1::QUEUED;
+  spdlog::info("coordinator draining: accepting no jobs and starting none; {} running job(s) may finish within "
+               "--drain-seconds {}, {} queued job(s) wait for the next start",
+               m.live.size() - queued, m.o.drain_seconds, queued);
+  m.cv.notify_all();
+}
+
+int Coordinator::running_jobs() {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  int n = 0;
+  for (const auto& id : m.live) n += m.jobs.at(id).job.state() == v1::RUNNING;
+  return n;
+}
+
 void Coordinator::Shutdown() {
   Impl& m = *impl_;
   {
@@ -1360,6 +1666,25 @@ void Coordinator::Shutdown() {
     if (m.stopping) return;
     m.stopping = true;
     for (auto& a : m.active) a.ctx->TryCancel();
+    for (auto& [job, ctx] : m.storing) ctx->TryCancel();
+    // Jobs still running go back to the queue in the store now (a restart would do it too): `reel jobs` against
+    // the next start, or the store read directly, shows them as what they are.
+    std::vector<const JobRecord*> requeued;
+    for (const auto& id : m.live) {
+      JobRecord& r = m.jobs.at(id);
+      if (r.job.state() != v1::RUNNING) continue;
+      r.job.set_state(v1::QUEUED);
+      for (auto& s : *r.job.mutable_stages()) Impl::ResetStage(s);
+      requeued.push_back(&r);
+    }
+    if (m.store && !requeued.empty()) {
+      try {
+        m.store->SaveAll(requeued);
+        spdlog::info("coordinator: {} running job(s) queued again for the next start", requeued.size());
+      } catch (const Error& e) {
+        spdlog::error("{}", e.what());
+      }
+    }
     m.cv.notify_all();
     m.pool_cv.notify_all();
     m.monitor_cv.notify_all();
@@ -1380,9 +1705,31 @@ int RunCoordinator(const CoordinatorOptions& options) {
   c.Start();
   int sig = 0;
   sigwait(&sigs, &sig);
+  DrainCoordinator(c, sigs, options.drain_seconds);
   spdlog::info("coordinator stopping");
   c.Shutdown();
   return 0;
+}
+
+void DrainCoordinator(Coordinator& c, const sigset_t& signals, int seconds) {
+  c.BeginDrain();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  for (int running; (running = c.running_jobs()) > 0;) {
+    const auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::steady_clock::duration::zero()) {
+      spdlog::warn("coordinator: {} job(s) still running after --drain-seconds {}; stopping anyway", running, seconds);
+      return;
+    }
+    const auto wait = std::min<std::chrono::steady_clock::duration>(left, std::chrono::milliseconds(100));
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+    const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+    const int sig = sigtimedwait(&signals, nullptr, &ts);
+    if (sig > 0 && sig != SIGCHLD) {
+      spdlog::warn("coordinator: signal {} during the drain; stopping now", sig);
+      return;
+    }
+  }
+  spdlog::info("coordinator drained: no job running");
 }
 
 }  // namespace reel

@@ -3,6 +3,8 @@
 // different stages of different jobs run at once), and serves clients. Tensors never pass through it.
 #pragma once
 
+#include <signal.h>
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -27,6 +29,7 @@ struct CoordinatorOptions {
   bool guidance_parallel = true;               // split guided denoising across two idle denoiser workers
   int heartbeat_ms = 1000;
   int worker_timeout_ms = 5000;  // a worker silent this long is lost
+  int drain_seconds = 30;        // on SIGTERM: how long running jobs may take to finish before it stops anyway
   Limits limits;                 // queue, job shape, prompt and message bounds (coordinator/limits.h)
   SecurityFlags security;        // TLS, token file, --insecure (docs/SECURITY.md)
   std::vector<std::string> model_roots;  // package directories load only from under these; none: the model cache
@@ -48,6 +51,13 @@ class Coordinator {
   void Start();
   std::string address() const;
   int metrics_port() const;
+  // Stops taking work: SubmitJob answers UNAVAILABLE with the reason and queued jobs are not started; running jobs
+  // go on (their next stages are dispatched), and clients can still watch them and download outputs.
+  void BeginDrain();
+  // Jobs with a stage started that have not ended: 0 when a drain is complete.
+  int running_jobs();
+  // Stops serving. Jobs still running are written back to the store as queued, to run from their first stage at
+  // the next start; queued jobs stay queued.
   void Shutdown();
 
   struct Impl;
@@ -56,7 +66,12 @@ class Coordinator {
   std::unique_ptr<Impl> impl_;
 };
 
-// Start, then serve until SIGINT or SIGTERM; returns the exit code.
+// Start, then serve until SIGINT or SIGTERM, then drain (running jobs finish within --drain-seconds) and stop;
+// returns the exit code (0).
 int RunCoordinator(const CoordinatorOptions& options);
+
+// The drain after a stop signal: BeginDrain, then wait until no job runs, `seconds` pass, or another of the blocked
+// `signals` arrives (SIGCHLD does not count). The caller shuts the coordinator down after.
+void DrainCoordinator(Coordinator& c, const sigset_t& signals, int seconds);
 
 }  // namespace reel

@@ -168,29 +168,27 @@ int64_t JobStore::Boot() {
 
 void JobStore::Write(const JobRecord& r) {
   const auto& j = r.job;
-  {
-    Stmt ins(db_, R"sql(INSERT OR REPLACE INTO jobs (id, seq, state, priority, model, spec, submitted_us,
-      started_us, finished_us, error, output_path, output_bytes, attempts)
-      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))sql");
-    if (!ins.ok()) Fail("preparing a job write");
-    ins.Bind(1, j.id()).Bind(2, r.seq).Bind(3, std::string(StateName(j.state()))).Bind(4, int64_t{j.priority()});
-    ins.Bind(5, j.spec().model()).Blob(6, j.spec().SerializeAsString()).Bind(7, j.submitted_unix_us());
-    ins.Bind(8, j.started_unix_us()).Bind(9, j.finished_unix_us()).Bind(10, j.error()).Bind(11, r.output_path);
-    ins.Bind(12, j.output_bytes()).Bind(13, int64_t{j.attempts()});
-    if (ins.Step() != SQLITE_DONE) Fail("writing job " + j.id());
-    Stmt del(db_, "DELETE FROM stages WHERE job_id = ?1");
-    del.Bind(1, j.id());
-    if (del.Step() != SQLITE_DONE) Fail("writing the stages of job " + j.id());
-    for (int i = 0; i < j.stages_size(); ++i) {
-      const auto& s = j.stages(i);
-      Stmt st(db_, R"sql(INSERT INTO stages (job_id, idx, stage, state, worker, guidance_peer, started_us,
-        finished_us, step, steps, error, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12))sql");
-      st.Bind(1, j.id()).Bind(2, int64_t{i}).Bind(3, reel::v1::Stage_Name(s.stage())).Bind(4, s.state());
-      st.Bind(5, s.worker()).Bind(6, s.guidance_peer()).Bind(7, s.started_unix_us()).Bind(8, s.finished_unix_us());
-      st.Bind(9, int64_t{s.step()}).Bind(10, int64_t{s.steps()}).Bind(11, s.error());
-      st.Bind(12, i < static_cast<int>(r.stage_profiles.size()) ? r.stage_profiles[i] : std::string());
-      if (st.Step() != SQLITE_DONE) Fail("writing the stages of job " + j.id());
-    }
+  Stmt ins(db_, R"sql(INSERT OR REPLACE INTO jobs (id, seq, state, priority, model, spec, submitted_us,
+    started_us, finished_us, error, output_path, output_bytes, attempts)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))sql");
+  if (!ins.ok()) Fail("preparing a job write");
+  ins.Bind(1, j.id()).Bind(2, r.seq).Bind(3, std::string(StateName(j.state()))).Bind(4, int64_t{j.priority()});
+  ins.Bind(5, j.spec().model()).Blob(6, j.spec().SerializeAsString()).Bind(7, j.submitted_unix_us());
+  ins.Bind(8, j.started_unix_us()).Bind(9, j.finished_unix_us()).Bind(10, j.error()).Bind(11, r.output_path);
+  ins.Bind(12, j.output_bytes()).Bind(13, int64_t{j.attempts()});
+  if (ins.Step() != SQLITE_DONE) Fail("writing job " + j.id());
+  Stmt del(db_, "DELETE FROM stages WHERE job_id = ?1");
+  del.Bind(1, j.id());
+  if (del.Step() != SQLITE_DONE) Fail("writing the stages of job " + j.id());
+  for (int i = 0; i < j.stages_size(); ++i) {
+    const auto& s = j.stages(i);
+    Stmt st(db_, R"sql(INSERT INTO stages (job_id, idx, stage, state, worker, guidance_peer, started_us,
+      finished_us, step, steps, error, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12))sql");
+    st.Bind(1, j.id()).Bind(2, int64_t{i}).Bind(3, reel::v1::Stage_Name(s.stage())).Bind(4, s.state());
+    st.Bind(5, s.worker()).Bind(6, s.guidance_peer()).Bind(7, s.started_unix_us()).Bind(8, s.finished_unix_us());
+    st.Bind(9, int64_t{s.step()}).Bind(10, int64_t{s.steps()}).Bind(11, s.error());
+    st.Bind(12, i < static_cast<int>(r.stage_profiles.size()) ? r.stage_profiles[i] : std::string());
+    if (st.Step() != SQLITE_DONE) Fail("writing the stages of job " + j.id());
   }
 }
 

@@ -12,21 +12,38 @@ std::vector<StageKind> StageDependencies(StageKind k, bool image_conditioned) {
   }
 }
 
+StageKind ProducerOf(const std::string& tensor) {
+  if (tensor == "text") return StageKind::kTextEncoder;
+  if (tensor == "image_moments") return StageKind::kVaeEncoder;
+  if (tensor == "latents") return StageKind::kDenoiser;
+  return StageKind::kVaeDecoder;
+}
+
+namespace {
+
+bool Reads(const std::vector<StageView>& stages, int consumer, int producer, bool image_conditioned) {
+  for (StageKind d : StageDependencies(stages[consumer].kind, image_conditioned))
+    if (d == stages[producer].kind) return true;
+  return false;
+}
+
+}  // namespace
+
+bool OutputNeeded(const std::vector<StageView>& stages, int i, bool image_conditioned) {
+  if (stages[i].kind == StageKind::kVaeDecoder) return true;
+  for (int c = 0; c < static_cast<int>(stages.size()); ++c)
+    if (Reads(stages, c, i, image_conditioned) && stages[c].state != "done") return true;
+  return false;
+}
+
 std::set<int> StagesToRerun(const std::vector<StageView>& stages, bool image_conditioned) {
   const int n = static_cast<int>(stages.size());
-  auto reads = [&](int consumer, int producer) {
-    for (StageKind d : StageDependencies(stages[consumer].kind, image_conditioned))
-      if (d == stages[producer].kind) return true;
-    return false;
-  };
+  auto reads = [&](int consumer, int producer) { return Reads(stages, consumer, producer, image_conditioned); };
   std::set<int> rerun;
   for (int i = 0; i < n; ++i) {
     const StageView& s = stages[i];
     if (s.state == "running" && s.runs_on_gone) rerun.insert(i);
-    if (s.state != "done" || !s.output_on_gone) continue;
-    bool needed = s.kind == StageKind::kVaeDecoder;  // the coordinator has yet to store the video
-    for (int c = 0; c < n; ++c) needed = needed || (reads(c, i) && stages[c].state != "done");
-    if (needed) rerun.insert(i);
+    if (s.state == "done" && s.output_on_gone && OutputNeeded(stages, i, image_conditioned)) rerun.insert(i);
   }
   // A running consumer of a stage that runs again waits for (or fetches from) the run that was given up.
   for (bool grew = true; grew;) {

@@ -22,6 +22,13 @@ struct StageView {
   bool output_on_gone = false;  // done, and the gone worker holds its outputs
 };
 
+// The stage whose output a tensor is: "text", "image_moments", "latents", "video.mp4".
+StageKind ProducerOf(const std::string& tensor);
+
+// Whether stage `i`'s outputs are still to be read: by a stage that is not done, or, for the decoder's video, by
+// the coordinator, which stores it before the job ends.
+bool OutputNeeded(const std::vector<StageView>& stages, int i, bool image_conditioned);
+
 // Indices of the stages to run again: those running on the gone worker; those done whose outputs it held while a
 // stage not done yet still needs them (the decoder's video is needed until the job ends, so always); and then,
 // transitively, running stages that read any of those (they wait for, or fetch from, a run that will not deliver).

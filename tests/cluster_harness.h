@@ -63,6 +63,19 @@ class Process {
     pid_ = -1;
     return status_;
   }
+  // Stops it without waiting for a graceful drain: a signal, then after a moment a second one (which cuts a drain
+  // short), then Stop's SIGKILL after 5 s.
+  int StopNow() {
+    if (pid_ <= 0) return status_;
+    ::kill(pid_, SIGTERM);
+    if (Wait(0.3) != -1) return status_;
+    return Stop(SIGTERM);
+  }
+  // Sends a signal and returns at once (SIGSTOP, SIGCONT, a SIGTERM whose drain the caller watches).
+  void Signal(int sig) {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+  pid_t pid() const { return pid_; }
   // Waits for it to exit by itself (up to `seconds`); -1 if it is still running.
   int Wait(double seconds) {
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
@@ -122,16 +135,23 @@ class Cluster {
     std::filesystem::create_directories(dir_);
   }
   ~Cluster() {
-    for (auto& [name, w] : workers_) w->Stop(SIGTERM);
-    if (coordinator_) coordinator_->Stop(SIGTERM);
+    for (auto& [name, w] : workers_) w->StopNow();
+    if (coordinator_) coordinator_->StopNow();
   }
 
   std::filesystem::path data() const { return dir_ / "data"; }
 
   // Starts a coordinator on a free loopback port; returns false if it did not come up in 30 s.
-  bool StartCoordinator(const std::vector<std::string>& extra = {}) {
+  bool StartCoordinator(const std::vector<std::string>& extra = {}) { return ListenCoordinator("127.0.0.1:0", extra); }
+  // Starts the coordinator again on the address it had and the same data directory (after it was killed or
+  // stopped), so workers and clients that knew it find it again.
+  bool RestartCoordinator(const std::vector<std::string>& extra = {}) {
+    if (coordinator_) coordinator_->Stop(SIGKILL);  // reaps it when it is already gone
+    return ListenCoordinator(address_, extra);
+  }
+  bool ListenCoordinator(const std::string& listen, const std::vector<std::string>& extra) {
     std::filesystem::remove(data() / "coordinator.address");
-    std::vector<std::string> args = {binary_, "coordinator", "--listen", "127.0.0.1:0", "--data", data().string(),
+    std::vector<std::string> args = {binary_, "coordinator", "--listen", listen, "--data", data().string(),
                                      "--heartbeat-ms", "200", "--worker-timeout-ms", "1500"};
     args.insert(args.end(), extra.begin(), extra.end());
     coordinator_ = std::make_unique<Process>(args, dir_ / "coordinator.log");

@@ -183,5 +183,45 @@ TEST_F(PlannedClusterTest, AStageOutOfDeviceMemoryIsRetriedCheaperAndRemembered)
   EXPECT_NE(j2.error().find("out of memory in stage vae_decoder"), std::string::npos) << j2.error();
 }
 
+TEST_F(PlannedClusterTest, TuneOnTheClusterMeasuresOnTheWorkersAndStoresWhatTheyMeasured) {
+  ASSERT_TRUE(cluster_->StartCoordinator());
+  cluster_->StartWorker("a", {"--device-memory", "200MiB"});
+  ASSERT_TRUE(cluster_->WaitIdle(1));
+  ASSERT_TRUE(WaitFor([&] { return Holdings()["a"].size() == 3; }, 30));
+  const auto before = Holdings()["a"];
+
+  const CommandResult r = Reel("tune --json --model tiny --steps 4 --stages denoiser --coordinator " +
+                               cluster_->address() + " 2>/dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json j = json::parse(r.output);
+  ASSERT_GE(j["measurements"].size(), 2u) << j.dump(2);
+  for (const auto& m : j["measurements"]) {
+    EXPECT_EQ(m["worker"], "a");
+    EXPECT_EQ(m["stage"], "denoiser");
+    EXPECT_EQ(m["outcome"], "ok") << m.dump();
+  }
+  // Every measurement is a row of the coordinator's profile store, and the plan it returns uses them.
+  const CommandResult rows = RunCommand("sqlite3 " + Quote((cluster_->data() / "profiles.db").string()) +
+                                        " \"SELECT COUNT(*) FROM stage_profiles WHERE stage = 'denoiser' AND steps = 2\"");
+  EXPECT_EQ(rows.output, std::to_string(j["measurements"].size()) + "\n");
+  for (const auto& s : j["plan"]["stages"])
+    if (s["stage"] == "denoiser")
+      EXPECT_EQ(s["replicas"][0]["basis"].get<std::string>().rfind("measured", 0), 0u) << s.dump();
+
+  // The worker holds what it held before, and runs jobs again.
+  ASSERT_TRUE(cluster_->WaitIdle(1));
+  EXPECT_EQ(Holdings()["a"], before);
+  const std::string id = Submit("--model tiny --prompt fox --frames 9 --height 64 --width 64 --steps 2");
+  EXPECT_EQ(cluster_->WaitJob(id).state(), v1::SUCCEEDED) << cluster_->Job(id).error();
+
+  // A worker it does not know, and flags that describe this machine, are refused in one line.
+  const CommandResult unknown = Reel("tune --model tiny --workers nobody --coordinator " + cluster_->address());
+  EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
+  EXPECT_NE(unknown.output.find("worker 'nobody': not registered here"), std::string::npos) << unknown.output;
+  const CommandResult local = Reel("tune --model tiny --device-memory 1GiB --coordinator " + cluster_->address());
+  EXPECT_EQ(local.exit_code, 2) << local.output;
+  EXPECT_NE(local.output.find("--device-memory: not accepted with --coordinator"), std::string::npos) << local.output;
+}
+
 }  // namespace
 }  // namespace reel

@@ -78,7 +78,8 @@ TEST_F(TuneCli, OutOfMemoryCandidatesAreRecordedAndTuningGoesOn) {
 TEST_F(TuneCli, BadInputIsOneLine) {
   for (const auto& [args, expect] : std::vector<std::pair<std::string, std::string>>{
            {"--tune-steps 0", "--tune-steps 0: accepted 1 to 50"},
-           {"--stages denoiser,wings", "--stages denoiser,wings: 'wings' is not a stage of tiny"},
+           {"--stages denoiser,wings", "--stages denoiser,wings: 'wings' is not a stage (text_encoder"},
+           {"--stages vae_encoder", "--stages vae_encoder: 'vae_encoder' is not a stage of tiny"},
            {"--margin 0.95", "--margin 0.95: accepted 0 to 0.9"},
            {"--device-memory lots", "--device-memory lots"}}) {
     const CommandResult r = RunCommand(std::string(REEL_BINARY) + " tune --model tiny " + args);

@@ -168,4 +168,31 @@ TuneMeasurement MeasureCandidate(const std::filesystem::path& dir, ComputeDevice
   return out;
 }
 
+planner::Device TuneDevice(ComputeDevice& device, int64_t capacity) {
+  planner::Device d;
+  d.name = device.simulated() ? "cpu0" : "gpu0";
+  d.host = "host0";
+  d.kind = device.simulated() ? "cpu" : "cuda";
+  d.capacity_bytes = capacity > 0 ? capacity : device.Memory().total;  // 0: the simulated device, unlimited
+  return d;
+}
+
+void RunTuning(const std::filesystem::path& dir, const Manifest& manifest, ComputeDevice& device, int64_t capacity,
+               const planner::Job& job, int tune_steps, const TuneOptions& options,
+               const std::vector<StageProfile>& profiles, const std::function<void(const TuneMeasurement&)>& each) {
+  const planner::CostModel model(manifest, profiles);
+  GenerateRequest r;
+  r.prompt = "tune";
+  r.frames = job.frames;
+  r.height = job.height;
+  r.width = job.width;
+  r.steps = std::min(job.steps, tune_steps);
+  r.guidance = job.guidance;
+  r.fps = manifest.defaults.fps;
+  for (const auto& c : TuneCandidates(model, TuneDevice(device, capacity), job, options)) {
+    spdlog::debug("tune: {} {} {}", StageKindName(c.stage), c.strategy, c.dtype);
+    each(MeasureCandidate(dir, device, capacity, r, job.steps, c));
+  }
+}
+
 }  // namespace reel

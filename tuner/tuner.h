@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,5 +47,14 @@ std::vector<TuneCandidate> TuneCandidates(const planner::CostModel& model, const
 // dtypes (compute and memory do not depend on their values). Never throws for the device running out of memory.
 TuneMeasurement MeasureCandidate(const std::filesystem::path& package_dir, ComputeDevice& device, int64_t capacity,
                                  const GenerateRequest& request, int job_steps, const TuneCandidate& c);
+
+// A whole tuning on `device`: TuneCandidates (ordered by the cost model built from `profiles`), each measured with
+// the denoiser running `tune_steps` of the job's steps, `each` called after every measurement.
+void RunTuning(const std::filesystem::path& package_dir, const Manifest& manifest, ComputeDevice& device,
+               int64_t capacity, const planner::Job& job, int tune_steps, const TuneOptions& options,
+               const std::vector<StageProfile>& profiles, const std::function<void(const TuneMeasurement&)>& each);
+
+// The planner's view of `device` as a tuning sees it (kind, and `capacity`, else the device's total).
+planner::Device TuneDevice(ComputeDevice& device, int64_t capacity);
 
 }  // namespace reel

@@ -31,9 +31,13 @@
 #include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
 #include "runtime/recovery.h"
+#include "planner/planning.h"
+#include "tuner/tune_proto.h"
+#include "tuner/tuner.h"
 #include "runtime/run_profile.h"
 #include "security/path_policy.h"
 #include "security/transport_security.h"
+#include "transfer/stored_name.h"
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
 
@@ -161,6 +165,21 @@ class WorkerService final : public v1::Worker::Service {
   void set_name(const std::string& n) { name_ = n; }
   void set_address(const std::string& a) { address_ = a; }
   int tensors_held() const { return store_.size(); }
+  // Stage runs and guidance branches in progress or waiting for the device: a draining worker exits at 0.
+  int busy() const { return busy_.load(); }
+
+  // Drops every tensor it holds: after the coordinator forgot it (a restart, or it was declared lost) no job will
+  // fetch them, since their stages run again under new attempts.
+  int DropTensors() {
+    std::set<std::string> jobs;
+    {
+      std::lock_guard lock(jobs_mu_);
+      jobs.swap(jobs_);
+    }
+    int n = 0;
+    for (const auto& job : jobs) n += store_.Release(job);
+    return n;
+  }
 
   grpc::Status LoadStages(grpc::ServerContext*, const v1::LoadStagesRequest* req,
                           v1::LoadStagesResponse* resp) override {
@@ -222,6 +241,7 @@ class WorkerService final : public v1::Worker::Service {
   grpc::Status RunStage(grpc::ServerContext* ctx, const v1::RunStageRequest* req,
                         grpc::ServerWriter<v1::RunStageEvent>* writer) override {
     const int64_t accepted = NowUnixUs();
+    const Busy busy(busy_);
     std::lock_guard lock(run_mu_);
     const auto kind = KindOf(req->stage());
     if (!kind) return {grpc::StatusCode::INVALID_ARGUMENT, "stage: unspecified"};
@@ -265,13 +285,18 @@ class WorkerService final : public v1::Worker::Service {
           Describe(result.mutable_loaded());
         }
       }
+      // A run the coordinator gave up on (it declared this worker lost, or the job moved on) keeps nothing.
+      if (ctx->IsCancelled()) throw Cancelled(fmt::format("job {} stage {}: cancelled", job, StageKindName(*kind)));
       bool awaited = false;
-      for (const auto& [name, t] : outputs) awaited = store_.Put(job, name, ToBlob(t)) || awaited;
+      Holding(job);
+      for (const auto& [name, t] : outputs)
+        awaited = store_.Put(job, StoredTensorName(name, req->attempt()), ToBlob(t)) || awaited;
       const int64_t finished = NowUnixUs();
       // A consumer dispatched early is waiting for these: let its fetch go out before the bookkeeping below.
       if (awaited) std::this_thread::yield();
-      for (const auto& [name, t] : outputs) Describe(job, name, result.add_outputs());
-      if (*kind == StageKind::kVaeDecoder) Describe(job, "video.mp4", result.add_outputs());
+      for (const auto& [name, t] : outputs) Describe(job, name, req->attempt(), result.add_outputs());
+      if (*kind == StageKind::kVaeDecoder) Describe(job, "video.mp4", req->attempt(), result.add_outputs());
+      result.set_attempt(req->attempt());
       result.set_accepted_unix_us(accepted);
       result.set_started_unix_us(started);
       result.set_finished_unix_us(finished);
@@ -312,6 +337,7 @@ class WorkerService final : public v1::Worker::Service {
 
   grpc::Status GuidanceBranch(grpc::ServerContext* ctx,
                               grpc::ServerReaderWriter<v1::BranchResponse, v1::BranchRequest>* stream) override {
+    const Busy busy(busy_);
     std::lock_guard lock(run_mu_);
     v1::BranchRequest setup;
     if (!stream->Read(&setup)) return {grpc::StatusCode::CANCELLED, "guidance branch: no set-up message"};
@@ -379,8 +405,63 @@ class WorkerService final : public v1::Worker::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Tune(grpc::ServerContext* ctx, const v1::TuneRequest* req,
+                    grpc::ServerWriter<v1::TuneMeasurement>* writer) override {
+    std::lock_guard lock(run_mu_);
+    try {
+      const bool preset = FindPreset(req->model()).has_value();
+      const fs::path dir = preset ? ResolveModel(req->model()) : roots_.Confine(req->model(), "model");
+      const Manifest manifest = LoadManifest(dir);
+      if (!preset) roots_.ConfinePackage(dir, manifest);
+      planner::Job job = planner::JobOf(manifest, req->frames(), req->height(), req->width(), req->steps());
+      if (req->has_guidance()) job.guidance = req->guidance();
+      planner::ValidateJob(manifest, job);
+      TuneOptions o;
+      o.max_candidates = req->max_candidates() > 0 ? req->max_candidates() : 6;
+      o.any_dtype = req->any_dtype();
+      o.allow_int8 = req->allow_int8();
+      o.margin = req->has_margin() ? req->margin() : 0.10;
+      for (int s : req->stages())
+        if (auto k = KindOf(static_cast<v1::Stage>(s)); k && manifest.has_stage(*k)) o.stages.push_back(*k);
+      ApplyThreads();
+      // The stages it holds leave the device, as they would have to for a GPU of this size, and come back after.
+      std::map<std::string, std::map<StageKind, v1::StageStrategy>> held;
+      for (auto& [model, host] : models_) {
+        held[model] = host.strategies;
+        host.runtime.reset();
+        host.package.reset();
+      }
+      struct Restore {
+        WorkerService* self;
+        std::map<std::string, std::map<StageKind, v1::StageStrategy>>& held;
+        ~Restore() {
+          for (auto& [model, strategies] : held) {
+            try {
+              self->Reload(model, self->models_[model], strategies);
+            } catch (const std::exception& e) {
+              spdlog::error("worker {}: placing {} again after tuning failed: {}", self->name_, model, e.what());
+              self->models_.erase(model);
+            }
+          }
+        }
+      } restore{this, held};
+      RunTuning(dir, manifest, *worker_device, options_.device_memory, job, req->tune_steps() > 0 ? req->tune_steps() : 2,
+                o, {}, [&](const TuneMeasurement& m) {
+                  if (ctx->IsCancelled()) throw Cancelled("the tuning was cancelled");
+                  writer->Write(ToProto(m));
+                });
+    } catch (const Error& e) {
+      return StatusOf(e);
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status ReleaseJob(grpc::ServerContext*, const v1::ReleaseJobRequest* req,
                           v1::ReleaseJobResponse* resp) override {
+    {
+      std::lock_guard lock(jobs_mu_);
+      jobs_.erase(req->job_id());
+    }
     resp->set_released(store_.Release(req->job_id()));
     return grpc::Status::OK;
   }
@@ -418,7 +499,8 @@ class WorkerService final : public v1::Worker::Service {
         }
         const Video video = rt.DecodeVideo(r, z);
         result.set_frames(video.frames);
-        store_.Put(req.job_id(), "video.mp4", EncodeMp4(req.job_id(), video, r.fps));
+        Holding(req.job_id());
+        store_.Put(req.job_id(), StoredTensorName("video.mp4", req.attempt()), EncodeMp4(req.job_id(), video, r.fps));
         break;
       }
     }
@@ -489,8 +571,8 @@ class WorkerService final : public v1::Worker::Service {
     }
   }
 
-  void Describe(const std::string& job, const std::string& name, v1::StageOutput* o) {
-    auto b = store_.Get(job, name);
+  void Describe(const std::string& job, const std::string& name, uint64_t attempt, v1::StageOutput* o) {
+    auto b = store_.Get(job, StoredTensorName(name, attempt));
     o->set_name(name);
     o->set_bytes(b->bytes());
     o->set_dtype(b->dtype);
@@ -500,13 +582,14 @@ class WorkerService final : public v1::Worker::Service {
   // An input, from this worker's store or the producer's. A stage may be dispatched while its producer still
   // runs: the fetch waits for the tensor and ends with the stage call if that is cancelled.
   std::shared_ptr<const TensorBlob> Fetch(const v1::TensorRef& ref, grpc::ServerContext* ctx) {
+    const std::string stored = StoredTensorName(ref.name(), ref.attempt());  // that run's, never an older one's
     if (ref.address() == address_) {
-      auto b = store_.Get(ref.job_id(), ref.name());
-      if (!b) throw NotFound(fmt::format("worker {} holds no tensor {} of job {}", name_, ref.name(), ref.job_id()));
+      auto b = store_.Get(ref.job_id(), stored);
+      if (!b) throw NotFound(fmt::format("worker {} holds no tensor {} of job {}", name_, stored, ref.job_id()));
       return b;
     }
     constexpr int kInputWaitMs = 24 * 3600 * 1000;
-    return reel::FetchTensor(ref.address(), ref.job_id(), ref.name(), kDefaultChunkBytes, kInputWaitMs, ctx);
+    return reel::FetchTensor(ref.address(), ref.job_id(), stored, kDefaultChunkBytes, kInputWaitMs, ctx);
   }
 
   static std::shared_ptr<const TensorBlob> Need(const std::map<std::string, std::shared_ptr<const TensorBlob>>& in,
@@ -538,7 +621,10 @@ class WorkerService final : public v1::Worker::Service {
     // Guidance-parallel: the peer runs the unconditional branch of every step while this worker runs the
     // conditional one.
     auto stub = v1::Worker::NewStub(ChannelTo(req.guidance_peer_address()));
-    grpc::ClientContext peer_ctx;
+    // A child of the stage call: when the coordinator gives the stage up (this worker's peer was lost), the branch
+    // call ends too instead of waiting on a peer that does not answer.
+    const std::unique_ptr<grpc::ClientContext> peer_call = grpc::ClientContext::FromServerContext(*ctx);
+    grpc::ClientContext& peer_ctx = *peer_call;
     auto stream = stub->GuidanceBranch(&peer_ctx);
     const std::string peer = req.guidance_peer();
     auto fail = [&](const std::string& what) -> Error {
@@ -622,6 +708,20 @@ class WorkerService final : public v1::Worker::Service {
   std::mutex run_mu_;  // one stage or guidance branch at a time on the device; guards models_
   std::map<std::string, ModelHost> models_;
   TensorStore store_;
+  std::atomic<int> busy_{0};
+  std::mutex jobs_mu_;
+  std::set<std::string> jobs_;  // jobs with tensors in store_, for DropTensors
+
+  struct Busy {
+    std::atomic<int>& n;
+    explicit Busy(std::atomic<int>& c) : n(c) { ++n; }
+    ~Busy() { --n; }
+  };
+
+  void Holding(const std::string& job) {
+    std::lock_guard lock(jobs_mu_);
+    jobs_.insert(job);
+  }
 };
 
 std::string HostName() {
@@ -635,6 +735,8 @@ std::string HostName() {
 int RunWorker(const WorkerOptions& o) {
   worker_device = &OpenComputeDevice(o.device, "--device");
   if (o.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", o.threads));
+  if (o.drain_seconds < 0 || o.drain_seconds > 3600)
+    throw InvalidArgument(fmt::format("--drain-seconds {}: accepted 0 to 3600", o.drain_seconds));
   if (o.device_memory < 0)
     throw InvalidArgument(fmt::format("--device-memory {}: accepted a positive size", o.device_memory));
   if (o.max_message_bytes < kDefaultChunkBytes + (64 << 10) || o.max_message_bytes > INT32_MAX)
@@ -665,6 +767,11 @@ int RunWorker(const WorkerOptions& o) {
   ConfigureServer(builder);
   builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));  // --max-message-bytes
   builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
+  // Pings on its connections: a guidance branch or tensor fetch whose caller was stopped (SIGSTOP, a hung host)
+  // ends within seconds instead of holding the device until the caller wakes.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0)
@@ -682,7 +789,9 @@ int RunWorker(const WorkerOptions& o) {
   spdlog::info("worker {} ({}) serving on {} ({}); coordinator {}{}", name, o.device, address, security.Describe(),
                o.coordinator, metrics ? fmt::format("; metrics on port {}", metrics->port()) : "");
 
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false};      // the control thread ends
+  std::atomic<bool> draining{false};  // a stop signal came: finish, tell the coordinator, leave
+  std::atomic<bool> drained{false};   // nothing keeps it any more (the coordinator was told it is going)
   std::atomic<int> exit_code{0};
   std::mutex mu;
   std::condition_variable cv;
@@ -691,8 +800,48 @@ int RunWorker(const WorkerOptions& o) {
     std::string id;
     int interval_ms = 1000;
     bool warned = false;
+    bool forgotten = false;  // its heartbeat was answered NOT_FOUND
+    auto leave = [&](bool going, v1::LeaveResponse* resp) {
+      v1::LeaveRequest req;
+      req.set_worker_id(id);
+      req.set_going(going);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      return stub->Leave(&ctx, req, resp);
+    };
     while (!stop) {
-      if (id.empty()) {
+      if (draining && id.empty()) {
+        // Not registered (the coordinator is away or forgot it): nothing new reaches it and nothing it holds is
+        // waited for, so it goes once its own calls are done.
+        if (service.busy() == 0) {
+          drained = true;
+          break;
+        }
+      } else if (draining) {
+        // Asked until the coordinator says nothing runs on it and no job still needs a tensor it holds; each ask
+        // is also its heartbeat.
+        v1::LeaveResponse resp;
+        const grpc::Status st = leave(false, &resp);
+        if (st.ok() && resp.stages_running() == 0 && resp.tensors_needed() == 0 && service.busy() == 0) {
+          v1::LeaveResponse bye;
+          leave(true, &bye);
+          spdlog::info("worker {}: drained; left the coordinator", name);
+          id.clear();
+          drained = true;
+          break;
+        }
+        if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+          id.clear();
+        } else if (!st.ok() && service.busy() == 0) {
+          drained = true;  // the coordinator is away: a restarted one runs its jobs again, needing nothing of this
+          break;
+        }
+      } else if (id.empty()) {
+        if (std::exchange(forgotten, false)) {
+          // The coordinator restarted or declared it lost: the stages its tensors came from run again elsewhere.
+          if (const int n = service.DropTensors(); n > 0)
+            spdlog::info("worker {}: dropped {} tensor(s) of earlier runs", name, n);
+        }
         v1::RegisterRequest req;
         req.set_name(name);
         req.set_host(HostName());
@@ -738,16 +887,50 @@ int RunWorker(const WorkerOptions& o) {
         if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
           spdlog::info("worker {}: the coordinator no longer knows {}; registering again", name, id);
           id.clear();
+          forgotten = true;
           continue;
         }
       }
       std::unique_lock lock(mu);
-      cv.wait_for(lock, std::chrono::milliseconds(interval_ms), [&] { return stop.load(); });
+      const bool was_draining = draining;  // the drain starting wakes it at once
+      cv.wait_for(lock, std::chrono::milliseconds(was_draining ? 100 : interval_ms),
+                  [&] { return stop.load() || draining.load() != was_draining; });
+    }
+    if (!id.empty() && exit_code == 0) {
+      // Stopping before its drain finished: the coordinator hears it now rather than after the lease, and runs
+      // what it still had elsewhere.
+      v1::LeaveResponse bye;
+      leave(true, &bye);
     }
   });
 
   int sig = 0;
   sigwait(&sigs, &sig);
+  if (exit_code == 0 && o.drain_seconds > 0) {
+    spdlog::info("worker {}: draining: finishing its stage, then leaving (within --drain-seconds {})", name,
+                 o.drain_seconds);
+    {
+      std::lock_guard lock(mu);
+      draining = true;
+    }
+    cv.notify_all();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.drain_seconds);
+    while (!drained) {
+      const auto left = deadline - std::chrono::steady_clock::now();
+      if (left <= std::chrono::steady_clock::duration::zero()) {
+        spdlog::warn("worker {}: still busy after --drain-seconds {}; leaving anyway", name, o.drain_seconds);
+        break;
+      }
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::min<std::chrono::steady_clock::duration>(left, std::chrono::milliseconds(100)))
+                          .count();
+      const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+      if (sigtimedwait(&sigs, nullptr, &ts) > 0) {
+        spdlog::warn("worker {}: a second signal; leaving now", name);
+        break;
+      }
+    }
+  }
   {
     std::lock_guard lock(mu);
     stop = true;

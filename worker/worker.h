@@ -22,9 +22,13 @@ struct WorkerOptions {
   SecurityFlags security;           // TLS, token file, --insecure (docs/SECURITY.md)
   std::vector<std::string> model_roots;      // packages load only from under these; none: the model cache
   int64_t max_message_bytes = 64 << 20;      // the largest gRPC message it receives or sends
+  int drain_seconds = 30;  // on SIGTERM: how long it may take to finish its stage and hand over its tensors
 };
 
-// Validates the options (InvalidArgument naming the flag), serves until SIGINT/SIGTERM, returns the exit code.
+// Validates the options (InvalidArgument naming the flag), serves until SIGINT/SIGTERM, then drains: finishes the
+// stage it runs, tells the coordinator it is leaving (nothing new is sent to it, it is not taken for lost), stays
+// until no job needs a tensor it holds (at most --drain-seconds; a second signal cuts it short), and returns the
+// exit code (0).
 int RunWorker(const WorkerOptions& options);
 
 }  // namespace reel
