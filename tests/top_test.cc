@@ -1,5 +1,5 @@
-// `reel top` as a person sees it: the real command on a pseudo-terminal against a real coordinator and workers,
-// its output applied to a screen model and read back as rows. It shows the workers with their device memory, a
+// `reel top` as a person sees it: the real command on a pseudo-terminal against `reel serve` (and a coordinator
+// that starts late), its output applied to a screen model and read back as rows. It shows the workers with their device memory, a
 // job with its stage and progress, throughput once jobs succeed; it quits on q and on Ctrl-C leaving the terminal
 // as it was, follows a resize, retries an unreachable coordinator, and prints one plain frame for scripts.
 #include <arpa/inet.h>
@@ -17,7 +17,6 @@
 namespace reel {
 namespace {
 
-using testing::Cluster;
 using testing::CommandResult;
 using testing::Process;
 using testing::PtyProcess;
@@ -90,14 +89,26 @@ class TopTest : public ::testing::Test {
 
 ScratchDir* TopTest::scratch_ = nullptr;
 
-TEST_F(TopTest, ShowsWorkersJobsAndThroughputAndQuitsOnQ) {
-  Cluster cluster(REEL_BINARY, dir_);
-  ASSERT_TRUE(cluster.StartCoordinator());
-  cluster.StartWorker("w0", {"--device-memory", "1GiB"});
-  cluster.StartWorker("w1", {"--device-memory", "1GiB"});
-  ASSERT_TRUE(cluster.WaitIdle(2)) << cluster.Logs();
+// The cluster as users start it: `reel serve` (a coordinator and workers w0, w1 in one command).
+struct Serve {
+  testing::Process process;
+  std::string address;
+  Serve(const std::filesystem::path& dir)
+      : process({REEL_BINARY, "serve", "--workers", "2", "--device-memory", "1GiB", "--threads", "1", "--data",
+                 (dir / "data").string(), "--listen", "127.0.0.1:0"},
+                dir / "serve.log") {
+    if (testing::WaitFor([&] { return std::filesystem::exists(dir / "data" / "coordinator.address"); }, 60))
+      std::ifstream(dir / "data" / "coordinator.address") >> address;
+  }
+  std::string Logs() const { return "--- reel serve\n" + process.Log(); }
+};
 
-  PtyProcess top({REEL_BINARY, "top", "--coordinator", cluster.address(), "--interval", "0.2"}, 120, 40);
+TEST_F(TopTest, ShowsWorkersJobsAndThroughputAndQuitsOnQ) {
+  std::filesystem::create_directories(dir_);
+  Serve cluster(dir_);
+  ASSERT_FALSE(cluster.address.empty()) << cluster.Logs();
+
+  PtyProcess top({REEL_BINARY, "top", "--coordinator", cluster.address, "--interval", "0.2"}, 120, 40);
   ASSERT_TRUE(top.started());
   // Both workers, idle, with device memory used / peak / capacity and the stages they hold.
   ASSERT_TRUE(top.WaitScreen(
@@ -110,14 +121,14 @@ TEST_F(TopTest, ShowsWorkersJobsAndThroughputAndQuitsOnQ) {
   EXPECT_TRUE(top.screen().alternate());
   EXPECT_FALSE(top.screen().cursor_visible());
   EXPECT_FALSE(Cooked(top.Modes())) << "keys are read one at a time without echo while it runs";
-  EXPECT_EQ(Row(top.screen(), "reel top - " + cluster.address()).find("q quits") != std::string::npos, true)
+  EXPECT_EQ(Row(top.screen(), "reel top - " + cluster.address).find("q quits") != std::string::npos, true)
       << Shown(top);
   EXPECT_TRUE(Has(top.screen(), "WORKERS 2: 2 idle")) << Shown(top);
 
   // Three jobs on two workers: one runs its denoiser while another waits or runs beside it.
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) {
-    const CommandResult r = Reel("submit --coordinator " + cluster.address() + " " + kJob + " --seed " +
+    const CommandResult r = Reel("submit --coordinator " + cluster.address + " " + kJob + " --seed " +
                                  std::to_string(i) + " 2>/dev/null");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ids.push_back(r.output.substr(0, r.output.find('\n')));
@@ -161,7 +172,7 @@ TEST_F(TopTest, ShowsWorkersJobsAndThroughputAndQuitsOnQ) {
 
   // Not a terminal (a pipe): one plain frame, no escapes, exit 0; --once too.
   for (const std::string flags : {"", " --once"}) {
-    const CommandResult r = Reel("top --coordinator " + cluster.address() + flags);  // stdout is a pipe
+    const CommandResult r = Reel("top --coordinator " + cluster.address + flags);  // stdout is a pipe
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(r.output.find('\x1b'), std::string::npos) << r.output;
     EXPECT_EQ(r.output.find("q quits"), std::string::npos) << r.output;
