@@ -3,6 +3,9 @@
 //   reel_cluster_bench transfer [MB] [REPS]    worker-to-worker tensor fetch, vs a raw TCP loopback copy
 //   reel_cluster_bench throughput [JOBS] [MODEL] [FRAMES] [SIZE] [STEPS]
 //                                              jobs per hour with 2 workers vs 1 (one intra-op thread each)
+//   reel_cluster_bench submit [CLIENTS] [JOBS] [CYCLES] [WORKERS]
+//                                              SubmitJob latency from concurrent clients into an empty-handed
+//                                              coordinator, and its RSS before, at the queue's peak and drained
 // Real processes on loopback: the `reel` binary given by $REEL_BINARY (default: the one built beside this).
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,12 +15,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -325,6 +331,132 @@ int Throughput(int jobs, const std::string& model, int frames, int size, int ste
   return 0;
 }
 
+// ---- submit ----
+
+// Resident set of a process, from /proc.
+double RssMiB(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  return 0;
+}
+
+struct Cycle {
+  std::vector<double> latency_ms;
+  double before = 0, peak = 0, after = 0, submit_s = 0, drain_s = 0;
+};
+
+// `clients` threads, each on its own connection, submit `jobs` tiny jobs in all, back to back, into a coordinator
+// with no worker (so every job stays queued), while RSS is sampled; then `workers` workers drain the queue and
+// leave (SIGTERM). RSS "after" is read once the queue is empty and the workers are gone.
+Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int jobs, int workers, int cycle) {
+  Cycle out;
+  out.before = RssMiB(coordinator);
+  std::atomic<bool> sampling{true};
+  std::atomic<double> peak{out.before};
+  std::thread sampler([&] {
+    while (sampling) {
+      const double r = RssMiB(coordinator);
+      if (r > peak) peak = r;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  std::mutex mu;
+  std::atomic<int> next{0}, failed{0};
+  std::vector<std::thread> threads;
+  const auto t0 = Clock::now();
+  for (int t = 0; t < clients; ++t)
+    threads.emplace_back([&, t] {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own, as a separate client has
+      args.SetInt("reel.bench.client", t);
+      auto stub = v1::Coordinator::NewStub(grpc::CreateCustomChannel(c.address(), grpc::InsecureChannelCredentials(), args));
+      {
+        grpc::ClientContext ctx;  // connect before the clock starts
+        v1::ListWorkersResponse w;
+        stub->ListWorkers(&ctx, v1::ListWorkersRequest{}, &w);
+      }
+      std::vector<double> mine;
+      for (int i; (i = next++) < jobs;) {
+        const v1::SubmitJobRequest req = Job("tiny", 9, 64, 1, 1.0, cycle * jobs + i);
+        grpc::ClientContext ctx;
+        v1::SubmitJobResponse resp;
+        const auto a = Clock::now();
+        const grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
+        mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+        if (!st.ok()) {
+          if (failed++ == 0) std::fprintf(stderr, "submit failed: %s\n", st.error_message().c_str());
+        }
+      }
+      std::lock_guard lock(mu);
+      out.latency_ms.insert(out.latency_ms.end(), mine.begin(), mine.end());
+    });
+  for (auto& t : threads) t.join();
+  out.submit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  sampling = false;
+  sampler.join();
+  out.peak = peak;
+  if (failed > 0) {
+    std::fprintf(stderr, "%d submissions failed\n%s", failed.load(), c.Logs().c_str());
+    std::exit(1);
+  }
+
+  // Drain: workers come, run every job, and go.
+  const auto d0 = Clock::now();
+  for (int w = 0; w < workers; ++w) c.StartWorker("c" + std::to_string(cycle) + "w" + std::to_string(w));
+  for (bool done = false; !done;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    grpc::ClientContext ctx;
+    v1::ListJobsRequest req;
+    req.set_active_only(true);
+    req.set_limit(1);
+    v1::ListJobsResponse resp;
+    if (!c.stub().ListJobs(&ctx, req, &resp).ok()) {
+      std::fprintf(stderr, "%s", c.Logs().c_str());
+      std::exit(1);
+    }
+    done = resp.jobs_size() == 0;
+    if (std::chrono::duration<double>(Clock::now() - d0).count() > 3600) {
+      std::fprintf(stderr, "the queue did not drain in an hour\n");
+      std::exit(1);
+    }
+  }
+  out.drain_s = std::chrono::duration<double>(Clock::now() - d0).count();
+  for (int w = 0; w < workers; ++w) c.worker("c" + std::to_string(cycle) + "w" + std::to_string(w)).Stop(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  out.after = RssMiB(coordinator);
+  return out;
+}
+
+int Submit(int clients, int jobs, int cycles, int workers) {
+  const fs::path dir = Scratch("submit");
+  reel::testing::Cluster c(Binary(), dir);
+  if (!c.StartCoordinator({"--no-plan", "--max-queued-jobs", std::to_string(std::max(jobs, 1000))})) return 1;
+  const pid_t pid = c.coordinator().pid();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  std::printf("submit: %d clients (a connection each) submit %d tiny jobs (9x64x64, 1 step) into a coordinator with "
+              "no worker; then %d workers drain the queue and leave. %d cycles.\n",
+              clients, jobs, workers, cycles);
+  std::printf("  %-5s %9s %9s %9s %10s %10s %10s %10s %10s\n", "cycle", "p50 ms", "p99 ms", "max ms", "submits/s",
+              "RSS before", "RSS peak", "RSS after", "drain s");
+  std::vector<Cycle> all;
+  for (int i = 0; i < cycles; ++i) {
+    all.push_back(SubmitCycle(c, pid, clients, jobs, workers, i));
+    const Cycle& k = all.back();
+    std::printf("  %-5d %9.2f %9.2f %9.2f %10.0f %7.1f MiB %7.1f MiB %7.1f MiB %10.1f\n", i + 1,
+                Quantile(k.latency_ms, 0.5), Quantile(k.latency_ms, 0.99),
+                *std::max_element(k.latency_ms.begin(), k.latency_ms.end()), jobs / k.submit_s, k.before, k.peak,
+                k.after, k.drain_s);
+    std::fflush(stdout);
+  }
+  if (cycles > 1)
+    std::printf("  RSS after the last drain vs after the first: %+.1f MiB (%.3f)\n", all.back().after - all[0].after,
+                all.back().after / all[0].after);
+  fs::remove_all(dir);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -334,7 +466,9 @@ int main(int argc, char** argv) {
   if (what == "transfer") return Transfer(arg(2, 64), arg(3, 5));
   if (what == "throughput")
     return Throughput(arg(2, 8), argc > 3 ? argv[3] : "tiny", arg(4, 17), arg(5, 128), arg(6, 8));
+  if (what == "submit") return Submit(arg(2, 50), arg(3, 1000), arg(4, 2), arg(5, 2));
   std::fprintf(stderr, "usage: reel_cluster_bench dispatch [JOBS] | transfer [MB] [REPS] | "
-                       "throughput [JOBS] [MODEL] [FRAMES] [SIZE] [STEPS]\n");
+                       "throughput [JOBS] [MODEL] [FRAMES] [SIZE] [STEPS] | submit [CLIENTS] [JOBS] [CYCLES] "
+                       "[WORKERS]\n");
   return 2;
 }

@@ -203,6 +203,9 @@ void AddCoordinatorFlags(CLI::App& c, CoordinatorOptions& o) {
   c.add_option("--drain-seconds", o.drain_seconds,
                "On SIGTERM: accept no jobs and let running ones finish for at most this long, then stop")
       ->default_val(o.drain_seconds);
+  c.add_option("--keep-ended-jobs", o.ended_jobs_kept,
+               "Ended jobs kept in memory for listings; older ones are read from the store when asked for")
+      ->default_val(o.ended_jobs_kept);
   AddServerSecurityFlags(c, o.security);
   AddModelRootFlag(c, o.model_roots);
   AddLimitFlags(c, o.limits);
@@ -350,7 +353,7 @@ v1::Job Follow(v1::Coordinator::Stub& stub, const std::string& address, const st
       progress.reset();
     }
     if (reconnect.Again(st, "lost while following " + id)) continue;
-    if (CoordinatorAway(st) && reconnect.seconds() > 0)
+    if (reconnect.Outage(st) && reconnect.seconds() > 0)
       throw Unavailable(fmt::format("coordinator {}: unreachable for {:.0f} s while following {} (--reconnect-seconds "
                                     "{}); the job is kept: `reel job {} --out FILE` gets its video once the "
                                     "coordinator is back",

@@ -14,8 +14,14 @@ double Reconnect::away_seconds() const {
   return since_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *since_).count() : 0.0;
 }
 
+bool Reconnect::Outage(const grpc::Status& st) const {
+  if (reached_)
+    return st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::CANCELLED;
+  return !st.ok() && retryable_(st);
+}
+
 bool Reconnect::Again(const grpc::Status& st, const std::string& doing) {
-  if (st.ok() || !retryable_(st) || seconds_ <= 0) return false;
+  if (!Outage(st) || seconds_ <= 0) return false;
   if (!since_) {
     since_ = std::chrono::steady_clock::now();
     tries_ = 0;

@@ -14,14 +14,21 @@ namespace reel::cli {
 
 class Reconnect {
  public:
-  // `retryable` says which failures mean "the coordinator is away" (the caller knows its TLS refusals apart).
+  // `retryable` says which failures mean "the coordinator is away" before it was ever reached (the caller tells
+  // them from TLS refusals). Once a call got through, every UNAVAILABLE or CANCELLED (a server stopping cancels
+  // its calls) is an outage: this client's credentials were good.
   Reconnect(std::string address, int seconds, std::function<bool(const grpc::Status&)> retryable);
 
   // After a failed call: true when it is worth trying again and the window is not spent, after a pause (the first
   // failure of an outage is logged, naming `doing`). False: the caller reports the failure as it would have.
   bool Again(const grpc::Status& st, const std::string& doing);
   // A call got through: the next outage gets the whole window again.
-  void Reached() { since_.reset(); }
+  void Reached() {
+    since_.reset();
+    reached_ = true;
+  }
+  // Whether `st` is an outage this object would wait out (window aside).
+  bool Outage(const grpc::Status& st) const;
   // How long the coordinator has been away in this outage (0 when it is not).
   double away_seconds() const;
   int seconds() const { return seconds_; }
@@ -32,6 +39,7 @@ class Reconnect {
   std::function<bool(const grpc::Status&)> retryable_;
   std::optional<std::chrono::steady_clock::time_point> since_;
   int tries_ = 0;
+  bool reached_ = false;
 };
 
 // The refusal of a draining coordinator: it queued nothing and will be back, so even SubmitJob, which is not

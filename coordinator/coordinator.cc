@@ -220,6 +220,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   int64_t boot = 0;       // this start's count in the job store: ids made here never repeat across restarts
   uint32_t runs = 0;      // stage runs dispatched since this start (the low half of an attempt)
   std::map<std::string, std::shared_ptr<grpc::ClientContext>> storing;  // job → its MP4's fetch from the decoder
+  std::deque<std::string> ended;  // ended jobs still in memory, in the order they ended (oldest leaves first)
+  int64_t evicted = 0;            // ended jobs that left memory: listings past memory read the store
 
   std::unique_ptr<grpc::Server> server;
   std::string bound;
@@ -525,6 +527,13 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
 
   void Dispatch() {
     if (stopping) return;
+    // Nothing can be placed without an idle worker: the common case under load (busy workers, a growing queue),
+    // where every submission and result would otherwise scan the whole queue.
+    if (std::none_of(workers.begin(), workers.end(),
+                     [](const auto& w) { return w.second.info.state() == "idle" && !w.second.suspect; })) {
+      UpdateGauges();
+      return;
+    }
     // Stages whose inputs all exist (ready), or whose inputs are being produced now (early).
     auto collect = [&](bool early) {
       std::vector<Ready> out;
@@ -1048,6 +1057,24 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     Touch(r.job.id());
     ReleaseTensors(r.job.id());
     UpdateGauges();
+    ended.push_back(r.job.id());
+    Forget();
+  }
+
+  // Memory holds the live jobs and the newest ended ones; older ended jobs are read from the store when asked for,
+  // so a coordinator that has run a million jobs holds no more than one that has run a thousand. The job that just
+  // ended is the newest, so the caller's reference to it stays good.
+  void Forget() {
+    while (ended.size() > static_cast<size_t>(std::max(1, o.ended_jobs_kept))) {
+      const std::string id = ended.front();
+      ended.pop_front();
+      if (auto it = jobs.find(id); it == jobs.end() || !Terminal(it->second.job.state())) continue;
+      jobs.erase(id);
+      job_version.erase(id);
+      outputs.erase(id);
+      result_us.erase(id);
+      ++evicted;
+    }
   }
 
   void ReleaseTensors(const std::string& job) {
@@ -1300,11 +1327,27 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   }
 
   grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) override {
-    std::lock_guard lock(mu);
-    auto it = jobs.find(req->job_id());
-    if (it == jobs.end()) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
-    *resp = Public(it->second);
+    {
+      std::lock_guard lock(mu);
+      if (auto it = jobs.find(req->job_id()); it != jobs.end()) {
+        *resp = Public(it->second);
+        return grpc::Status::OK;
+      }
+    }
+    const auto stored = Stored(req->job_id());
+    if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    *resp = Public(*stored);
     return grpc::Status::OK;
+  }
+
+  // A job that ended long enough ago to have left memory (ended_jobs_kept), read from the store; none if unknown.
+  std::optional<JobRecord> Stored(const std::string& id) {
+    try {
+      return store->Load(id);
+    } catch (const Error& e) {
+      spdlog::error("{}", e.what());
+      return std::nullopt;
+    }
   }
 
   grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override {
@@ -1314,8 +1357,19 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     std::vector<const JobRecord*> all;
     for (const auto& [id, r] : jobs)
       if (!req->active_only() || !Terminal(r.job.state())) all.push_back(&r);
-    std::sort(all.begin(), all.end(), [](const JobRecord* a, const JobRecord* b) { return a->seq > b->seq; });
     const size_t limit = req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100;
+    // More than memory holds: the older ended jobs come from the store (memory has the fresher copy of the rest).
+    std::vector<JobRecord> older;
+    if (!req->active_only() && all.size() < limit && evicted > 0) {
+      try {
+        for (auto& r : store->LoadNewest(static_cast<int>(std::min<size_t>(limit, 1 << 20))))
+          if (!jobs.count(r.job.id())) older.push_back(std::move(r));
+      } catch (const Error& e) {
+        spdlog::error("{}", e.what());
+      }
+      for (const auto& r : older) all.push_back(&r);
+    }
+    std::sort(all.begin(), all.end(), [](const JobRecord* a, const JobRecord* b) { return a->seq > b->seq; });
     for (size_t i = 0; i < all.size() && i < limit; ++i) *resp->add_jobs() = Public(*all[i]);
     return grpc::Status::OK;
   }
@@ -1328,8 +1382,14 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       {
         std::unique_lock lock(mu);
         auto it = jobs.find(req->job_id());
-        if (it == jobs.end())
-          return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+        if (it == jobs.end()) {
+          lock.unlock();
+          // Ended and out of memory (or never known): its last state, from the store.
+          const auto stored = Stored(req->job_id());
+          if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+          writer->Write(Public(*stored));
+          return grpc::Status::OK;
+        }
         const uint64_t v = job_version[req->job_id()];
         if (v == seen && seen != 0) {
           cv.wait_for(lock, std::chrono::milliseconds(500));
@@ -1348,7 +1408,12 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   grpc::Status CancelJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) override {
     std::lock_guard lock(mu);
     auto it = jobs.find(req->job_id());
-    if (it == jobs.end()) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    if (it == jobs.end()) {
+      const auto stored = Stored(req->job_id());  // only ended jobs leave memory
+      if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+      return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                    fmt::format("job {}: already {}", stored->job.id(), v1::JobState_Name(stored->job.state())));
+    }
     JobRecord& r = it->second;
     if (Terminal(r.job.state()))
       return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
@@ -1520,17 +1585,18 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
   grpc::Status DownloadOutput(grpc::ServerContext*, const v1::GetJobRequest* req,
                               grpc::ServerWriter<v1::TensorChunk>* writer) override {
     std::string path;
+    std::optional<JobRecord> stored;
     {
       std::lock_guard lock(mu);
       auto it = jobs.find(req->job_id());
-      if (it == jobs.end())
-        return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
-      if (it->second.job.state() != v1::SUCCEEDED)
-        return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                      fmt::format("job {}: {}, it has no output", req->job_id(),
-                                  v1::JobState_Name(it->second.job.state())));
-      path = it->second.output_path;
+      if (it != jobs.end()) stored = it->second;
     }
+    if (!stored) stored = Stored(req->job_id());
+    if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    if (stored->job.state() != v1::SUCCEEDED)
+      return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                    fmt::format("job {}: {}, it has no output", req->job_id(), v1::JobState_Name(stored->job.state())));
+    path = stored->output_path;
     TensorBlob blob;
     std::ifstream in(path, std::ios::binary);
     if (!in) return Refuse(grpc::StatusCode::DATA_LOSS, fmt::format("job {}: output {} is missing", req->job_id(), path));
@@ -1551,6 +1617,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
                                       m.o.worker_timeout_ms, m.o.heartbeat_ms));
   if (m.o.drain_seconds < 0 || m.o.drain_seconds > 3600)
     throw InvalidArgument(fmt::format("--drain-seconds {}: accepted 0 to 3600", m.o.drain_seconds));
+  if (m.o.ended_jobs_kept < 1 || m.o.ended_jobs_kept > 1000000)
+    throw InvalidArgument(fmt::format("--keep-ended-jobs {}: accepted 1 to 1000000", m.o.ended_jobs_kept));
   ValidateLimits(m.o.limits);
   m.security = LoadSecurity(m.o.security);
   CheckListen(m.o.listen, m.security);
@@ -1568,7 +1636,7 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
   m.boot = m.store->Boot();
   int requeued = 0, queued = 0;
   std::vector<std::string> changed;
-  for (auto& r : m.store->LoadAll()) {
+  for (auto& r : m.store->LoadForStart(m.o.ended_jobs_kept)) {
     const std::string id = r.job.id();
     if (!Terminal(r.job.state()) && !m.models.count(r.job.spec().model())) {
       r.job.set_state(v1::FAILED);
@@ -1584,8 +1652,11 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
       ++queued;
     }
     if (!Terminal(r.job.state())) m.live.insert(id);
+    if (Terminal(r.job.state())) m.ended.push_back(id);
     m.jobs[id] = std::move(r);
   }
+  // As many ended jobs as memory keeps: the store may hold older ones, which listings read when asked for more.
+  if (m.ended.size() >= static_cast<size_t>(m.o.ended_jobs_kept)) m.evicted = 1;
   std::vector<const JobRecord*> writes;
   for (const auto& id : changed) writes.push_back(&m.jobs.at(id));
   m.store->SaveAll(writes);  // one transaction: a crash here leaves the store as it was

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   attempts INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS stages (
   job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
   idx INTEGER NOT NULL,
@@ -192,12 +193,33 @@ void JobStore::Write(const JobRecord& r) {
   }
 }
 
-std::vector<JobRecord> JobStore::LoadAll() {
+std::vector<JobRecord> JobStore::LoadAll() { return Query("ORDER BY seq", {}); }
+
+std::vector<JobRecord> JobStore::LoadForStart(int ended) {
+  return Query(R"sql(WHERE state IN ('queued', 'running') OR id IN
+    (SELECT id FROM jobs WHERE state NOT IN ('queued', 'running') ORDER BY seq DESC LIMIT ?1) ORDER BY seq)sql",
+               {int64_t{ended}});
+}
+
+std::optional<JobRecord> JobStore::Load(const std::string& id) {
+  auto rows = Query("WHERE id = ?1", {id});
+  if (rows.empty()) return std::nullopt;
+  return std::move(rows.front());
+}
+
+std::vector<JobRecord> JobStore::LoadNewest(int limit) {
+  return Query("ORDER BY seq DESC LIMIT ?1", {int64_t{limit}});
+}
+
+std::vector<JobRecord> JobStore::Query(const std::string& tail,
+                                       const std::vector<std::variant<int64_t, std::string>>& args) {
   std::lock_guard lock(mu_);
   std::vector<JobRecord> out;
-  Stmt s(db_, R"sql(SELECT id, seq, state, priority, spec, submitted_us, started_us, finished_us, error,
-    output_path, output_bytes, attempts FROM jobs ORDER BY seq)sql");
+  Stmt s(db_, (R"sql(SELECT id, seq, state, priority, spec, submitted_us, started_us, finished_us, error,
+    output_path, output_bytes, attempts FROM jobs )sql" + tail).c_str());
   if (!s.ok()) Fail("reading jobs");
+  for (size_t i = 0; i < args.size(); ++i)
+    std::visit([&](const auto& v) { s.Bind(static_cast<int>(i + 1), v); }, args[i]);
   while (s.Step() == SQLITE_ROW) {
     JobRecord r;
     auto& j = r.job;

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "reel/v1/coordinator.pb.h"
@@ -41,12 +43,20 @@ class JobStore {
   int64_t Boot();
   // Every job, oldest first.
   std::vector<JobRecord> LoadAll();
+  // What a starting coordinator holds in memory: every job not ended, and the newest `ended` that did; oldest first.
+  std::vector<JobRecord> LoadForStart(int ended);
+  // One job; none when the store has no such id.
+  std::optional<JobRecord> Load(const std::string& id);
+  // The newest `limit` jobs, newest first.
+  std::vector<JobRecord> LoadNewest(int limit);
 
   const std::string& path() const { return path_; }
 
  private:
   void Exec(const char* sql);
   void Write(const JobRecord& r);  // mu_ held, inside a transaction
+  // Jobs selected by `tail` (WHERE/ORDER BY/LIMIT, binding `args` as ?1, ?2, ...), with their stages.
+  std::vector<JobRecord> Query(const std::string& tail, const std::vector<std::variant<int64_t, std::string>>& args);
   [[noreturn]] void Fail(const std::string& doing);
 
   std::string path_;

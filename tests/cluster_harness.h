@@ -3,6 +3,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -33,6 +34,8 @@ class Process {
   Process(const std::vector<std::string>& args, const std::filesystem::path& log) : log_(log) {
     pid_ = ::fork();
     if (pid_ == 0) {
+      // A test that crashes must not leave its cluster running: the child goes with the test process.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);

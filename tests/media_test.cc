@@ -233,8 +233,8 @@ TEST_F(MediaTest, ReadImageErrorsAreOneLineNamingThePath) {
   ExpectImageError(video, "not a still image");
 }
 
-// A small PNG whose header claims 16000x16000 made the decoder allocate ~1 GB before failing (found fuzzing
-// SubmitJob, fuzz/corpus/job_request/found-image-16000x16000): refused from the header instead.
+// A small PNG whose header claims 16000x16000 made the decoder allocate ~1 GB before failing (found probing
+// SubmitJob with the fuzz harness, fuzz/corpus/job_request/bad-image-claims-16000x16000): refused from the header.
 TEST_F(MediaTest, ImageClaimingAHugeSizeIsRefusedBeforeDecoding) {
   const auto rgb = Pattern(1, 16, 24);
   WritePngFrames(dir_, rgb.data(), 1, 16, 24);
