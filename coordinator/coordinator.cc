@@ -1,5 +1,6 @@
 #include "coordinator/coordinator.h"
 
+#include <malloc.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -767,6 +768,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     auto it = jobs.find(run.job);
     if (it == jobs.end()) return;
     JobRecord& r = it->second;
+    if (r.job.stages(run.stage_index).attempt() != run.attempt) return;  // a superseded run: not this job's stage
     if (r.stage_profiles.size() < static_cast<size_t>(r.job.stages_size())) r.stage_profiles.resize(r.job.stages_size());
     r.stage_profiles[run.stage_index] = profile;
     if (Terminal(r.job.state())) Persist(r);
@@ -1059,6 +1061,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     UpdateGauges();
     ended.push_back(r.job.id());
     Forget();
+    if (live.empty()) StartThread([] { malloc_trim(0); });  // the queue drained: its memory goes back to the system
   }
 
   // Memory holds the live jobs and the newest ended ones; older ended jobs are read from the store when asked for,
@@ -1167,6 +1170,9 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
                         fmt::format("name '{}': this worker is already registered and running a stage",
                                     req->name()));
         replaced = old->info.id();
+        // The same process registering again (its heartbeat was refused) or a new one at its address: whatever the
+        // old registration held is not there any more.
+        if (old->info.state() != "lost") WorkerGone(replaced, "registered again");
         workers.erase(replaced);
       }
       WorkerEntry w;

@@ -195,7 +195,7 @@ TEST_F(ClusterFailureTest, AFrozenWorkerIsLostItsStageRunsElsewhereAndItRejoins)
   ASSERT_TRUE(WaitFor([&] { return WorkerState(frozen) == "lost"; }, 10));
   const double lost_after = std::chrono::duration<double>(Clock::now() - stopped).count();
   EXPECT_GE(lost_after, 1.25);  // 1.5 s less the 200 ms since its last heartbeat, at worst
-  EXPECT_LE(lost_after, 4.0);
+  EXPECT_LE(lost_after, 4.5);   // and the lease, with slack for a loaded machine
 
   // Only the denoise runs again (and the decode that was waiting for its latents): the text encoder's result on
   // "enc" is kept.
@@ -371,8 +371,8 @@ TEST_F(ClusterFailureTest, ASigtermedCoordinatorFinishesRunningJobsKeepsTheQueue
   const int bounded = cluster_->coordinator().Wait(15);
   ASSERT_NE(bounded, -1) << "the coordinator outlived its drain bound";
   EXPECT_TRUE(WIFEXITED(bounded) && WEXITSTATUS(bounded) == 0) << bounded;
-  EXPECT_LT(std::chrono::duration<double>(Clock::now() - signalled).count(), 6.0);
-  EXPECT_EQ(StoredStates()[longer], "queued");
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - signalled).count(), 10.0);
+  EXPECT_EQ(StoredStates()[longer], "queued");  // cut short, not finished
 }
 
 TEST_F(ClusterFailureTest, EndedJobsLeaveMemoryAndAreStillServedFromTheStore) {
