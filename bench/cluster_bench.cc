@@ -402,6 +402,10 @@ Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int
     std::exit(1);
   }
 
+  if (workers == 0) {  // submission only (for profiling it): the queue stays full
+    out.after = RssMiB(coordinator);
+    return out;
+  }
   // Drain: workers come, run every job, and go.
   const auto d0 = Clock::now();
   for (int w = 0; w < workers; ++w) c.StartWorker("c" + std::to_string(cycle) + "w" + std::to_string(w));
@@ -430,6 +434,7 @@ Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int
 }
 
 int Submit(int clients, int jobs, int cycles, int workers) {
+  if (workers == 0) cycles = 1;  // nothing drains the queue
   const fs::path dir = Scratch("submit");
   reel::testing::Cluster c(Binary(), dir);
   if (!c.StartCoordinator({"--no-plan", "--max-queued-jobs", std::to_string(std::max(jobs, 1000))})) return 1;

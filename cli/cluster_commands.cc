@@ -206,6 +206,9 @@ void AddCoordinatorFlags(CLI::App& c, CoordinatorOptions& o) {
   c.add_option("--keep-ended-jobs", o.ended_jobs_kept,
                "Ended jobs kept in memory for listings; older ones are read from the store when asked for")
       ->default_val(o.ended_jobs_kept);
+  c.add_option("--max-attempts", o.max_attempts,
+               "A job is failed once it has started this many times (lost workers, failed calls) without finishing")
+      ->default_val(o.max_attempts);
   AddServerSecurityFlags(c, o.security);
   AddModelRootFlag(c, o.model_roots);
   AddLimitFlags(c, o.limits);

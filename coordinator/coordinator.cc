@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -18,6 +19,7 @@
 #include <utility>
 
 #include <fmt/format.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <nlohmann/json.hpp>
@@ -98,6 +100,23 @@ std::vector<std::string> InputsOf(StageKind k, bool i2v) {
 std::vector<StageKind> DepsOf(StageKind k, bool i2v) { return StageDependencies(k, i2v); }
 
 grpc::Status Refuse(grpc::StatusCode code, const std::string& message) { return {code, message}; }
+
+// Whether a process answers gRPC's health check at `address` within `wait` (any reply counts: it is alive). A
+// worker killed and started again under its name is registered before its old entry's lease runs out; the old
+// address not answering tells a restart from a second live worker given the same name.
+bool Answers(const std::string& address, std::chrono::milliseconds wait) {
+  grpc::GenericStub stub(ChannelTo(address));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + wait);
+  grpc::Slice empty("", 0);
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status st) { done.set_value(std::move(st)); });
+  const grpc::Status st = done.get_future().get();
+  return st.ok() || (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                     st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED);
+}
 
 const std::vector<double>& DurationBuckets() {
   static const std::vector<double> b = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800};
@@ -251,13 +270,19 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     return nullptr;
   }
 
-  void UpdateGauges() {
-    int queued = 0, run = 0;
-    for (const auto& id : live) {
-      const JobRecord& r = jobs.at(id);
+  // Queued and running jobs. It walks the job map rather than looking each live id up: with a thousand jobs
+  // queued, the lookups' string comparisons were most of a submission's cost.
+  std::pair<int, int> LiveCounts() const {
+    int queued = 0, running = 0;
+    for (const auto& [id, r] : jobs) {
       queued += r.job.state() == v1::QUEUED;
-      run += r.job.state() == v1::RUNNING;
+      running += r.job.state() == v1::RUNNING;
     }
+    return {queued, running};
+  }
+
+  void UpdateGauges() {
+    const auto [queued, run] = LiveCounts();
     metrics.queue_depth.Add({}).Set(queued);
     metrics.running.Add({}).Set(run);
     std::map<std::string, int> by_state = {{"loading", 0}, {"idle", 0},   {"busy", 0},
@@ -900,7 +925,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       // stage elsewhere. Which worker failed is not known yet; the lease (Monitor) tells, and Suspect keeps the
       // job off both meanwhile.
       spdlog::warn("job {}: {}; running it again", r.job.id(), what);
-      if (r.job.attempts() >= 3) {
+      if (r.job.attempts() >= o.max_attempts) {
         End(r, v1::FAILED, fmt::format("gave up after {} attempts; last: {}", r.job.attempts(), what));
       } else {
         Requeue(r, what);
@@ -914,10 +939,19 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     Dispatch();
   }
 
-  // A run's workers are suspect after a call failed as calls to a dead process do; a heartbeat clears it.
+  // After a call failed as calls to a dead process do, every worker the run depended on is suspect until it
+  // heartbeats again: the run's own worker and guidance peer, the job's other running stages' workers and the
+  // holders of its results (a stage that failed fetching its input names a dead producer, not a dead self). So the
+  // job's next attempt does not go to the dead one during its last seconds of lease.
   void Suspect(const ActiveRun& run) {
-    for (const std::string& id : {run.worker_id, run.peer_id})
-      if (auto it = workers.find(id); it != workers.end() && it->second.info.state() != "lost") it->second.suspect = true;
+    std::set<std::string> ids = {run.worker_id, run.peer_id};
+    for (const auto& a : active)
+      if (a.job == run.job) ids.insert({a.worker_id, a.peer_id});
+    std::set<std::string> names;
+    if (auto held = outputs.find(run.job); held != outputs.end())
+      for (const auto& [tensor, ref] : held->second) names.insert(ref.worker());
+    for (auto& [id, w] : workers)
+      if (w.info.state() != "lost" && (ids.count(id) || names.count(w.info.name()))) w.suspect = true;
   }
 
   // The decoder's MP4, from the worker that made it, on a context the coordinator can cancel.
@@ -960,7 +994,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
 
   // A worker is gone: lost (silent past its lease) or left with work unfinished. Each running job that needed it
   // runs again: only the stages it took with it (coordinator/recovery.h) while others of the job keep results on
-  // live workers, else from its first stage; a job is failed after 3 attempts. Its runs and output fetches that
+  // live workers, else from its first stage; a job is failed after --max-attempts. Its runs and output fetches that
   // are given up are cancelled and their results ignored (superseded, attempt).
   void WorkerGone(const std::string& worker_id, const std::string& why) {
     const std::string name = workers.at(worker_id).info.name();
@@ -987,7 +1021,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         if (rerun.count(i)) names.push_back(StageKindName(view[i].kind));
         kept = kept || (!rerun.count(i) && view[i].state == "done");
       }
-      if (r.job.attempts() >= 3) {
+      if (r.job.attempts() >= o.max_attempts) {
         End(r, v1::FAILED, fmt::format("gave up after {} attempts; last: {}", r.job.attempts(), what));
         continue;
       }
@@ -1157,11 +1191,30 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     if (req->address().find(':') == std::string::npos)
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
                     fmt::format("address '{}': accepted HOST:PORT", req->address()));
+    // A live worker of that name elsewhere: a second worker given the same name, or this one started again after
+    // its old process died (its lease has not run out yet). The old address answering tells which.
+    std::string silent;  // the old entry, found not answering
+    {
+      std::string other, address;
+      {
+        std::lock_guard lock(mu);
+        if (WorkerEntry* old = WorkerByName(req->name());
+            old && old->info.state() != "lost" && old->info.address() != req->address())
+          other = old->info.id(), address = old->info.address();
+      }
+      if (!other.empty()) {
+        if (Answers(address, std::chrono::milliseconds(1000)))
+          return Refuse(grpc::StatusCode::ALREADY_EXISTS,
+                        fmt::format("name '{}': a live worker at {} already has it; give each worker its own --name",
+                                    req->name(), address));
+        silent = other;
+      }
+    }
     std::string replaced;
     {
       std::lock_guard lock(mu);
       if (WorkerEntry* old = WorkerByName(req->name())) {
-        if (old->info.state() != "lost" && old->info.address() != req->address())
+        if (old->info.state() != "lost" && old->info.address() != req->address() && old->info.id() != silent)
           return Refuse(grpc::StatusCode::ALREADY_EXISTS,
                         fmt::format("name '{}': a live worker at {} already has it; give each worker its own --name",
                                     req->name(), old->info.address()));
@@ -1170,9 +1223,11 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
                         fmt::format("name '{}': this worker is already registered and running a stage",
                                     req->name()));
         replaced = old->info.id();
-        // The same process registering again (its heartbeat was refused) or a new one at its address: whatever the
-        // old registration held is not there any more.
-        if (old->info.state() != "lost") WorkerGone(replaced, "registered again");
+        // The same process registering again (its heartbeat was refused), a new one at its address, or a new one
+        // elsewhere whose predecessor no longer answers: whatever the old registration held is not there any more.
+        if (old->info.state() != "lost")
+          WorkerGone(replaced, old->info.id() == silent ? "was started again (its old process does not answer)"
+                                                        : "registered again");
         workers.erase(replaced);
       }
       WorkerEntry w;
@@ -1290,8 +1345,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         return Refuse(grpc::StatusCode::UNAVAILABLE,
                       "the coordinator is draining (it was told to stop): it accepts no jobs until it starts again; "
                       "submit then");
-      const auto queued = std::count_if(live.begin(), live.end(),
-                                        [&](const std::string& id) { return jobs.at(id).job.state() == v1::QUEUED; });
+      const int queued = LiveCounts().first;
       if (queued >= o.limits.max_queued_jobs)
         return Refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
                       fmt::format("queue full: {} jobs queued, the most this coordinator holds (its "
@@ -1625,6 +1679,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
     throw InvalidArgument(fmt::format("--drain-seconds {}: accepted 0 to 3600", m.o.drain_seconds));
   if (m.o.ended_jobs_kept < 1 || m.o.ended_jobs_kept > 1000000)
     throw InvalidArgument(fmt::format("--keep-ended-jobs {}: accepted 1 to 1000000", m.o.ended_jobs_kept));
+  if (m.o.max_attempts < 1 || m.o.max_attempts > 100)
+    throw InvalidArgument(fmt::format("--max-attempts {}: accepted 1 to 100", m.o.max_attempts));
   ValidateLimits(m.o.limits);
   m.security = LoadSecurity(m.o.security);
   CheckListen(m.o.listen, m.security);

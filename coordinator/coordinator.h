@@ -31,6 +31,7 @@ struct CoordinatorOptions {
   int worker_timeout_ms = 5000;  // a worker silent this long is lost
   int drain_seconds = 30;        // on SIGTERM: how long running jobs may take to finish before it stops anyway
   int ended_jobs_kept = 1000;    // ended jobs kept in memory for listings; older ones are read from the store
+  int max_attempts = 3;          // a job whose workers keep failing is failed after this many attempts
   Limits limits;                 // queue, job shape, prompt and message bounds (coordinator/limits.h)
   SecurityFlags security;        // TLS, token file, --insecure (docs/SECURITY.md)
   std::vector<std::string> model_roots;  // package directories load only from under these; none: the model cache

@@ -261,7 +261,9 @@ TEST_F(ClusterFailureTest, ACoordinatorKilledWithJobsInFlightFinishesEachOnceAft
     const v1::Job j = cluster_->WaitJob(id);
     EXPECT_EQ(j.state(), v1::SUCCEEDED) << id << ": " << j.error();
     // Interrupted jobs ran again from their first stage; the store kept their attempts.
-    if (running.count(id)) EXPECT_EQ(j.attempts(), 2) << id;
+    if (running.count(id)) {
+      EXPECT_EQ(j.attempts(), 2) << id;
+    }
   }
   // Each exactly once: one success in the coordinator's log over both runs, one succeeded row, one output.
   const std::string log = cluster_->coordinator().Log();

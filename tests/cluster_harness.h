@@ -34,7 +34,8 @@ class Process {
   Process(const std::vector<std::string>& args, const std::filesystem::path& log) : log_(log) {
     pid_ = ::fork();
     if (pid_ == 0) {
-      // A test that crashes must not leave its cluster running: the child goes with the test process.
+      // A test that crashes must not leave its cluster running: the child goes with the test process. (With the
+      // thread that forked it, in fact: start processes from a thread that lives as long as they should.)
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, 1);

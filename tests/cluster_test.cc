@@ -121,8 +121,12 @@ TEST_F(ClusterTest, StagesRunWhereTheyArePlacedAndTheVideoEqualsGenerate) {
   const auto workers = cluster_->Workers();
   for (const auto& w : workers.workers()) {
     EXPECT_TRUE(testing::HealthServing(w.address())) << w.name();
-    if (w.name() == "enc") EXPECT_EQ(w.stages_size(), 2);
-    if (w.name() == "dit") ASSERT_EQ(w.stages_size(), 1);
+    if (w.name() == "enc") {
+      EXPECT_EQ(w.stages_size(), 2);
+    }
+    if (w.name() == "dit") {
+      ASSERT_EQ(w.stages_size(), 1);
+    }
   }
 
   const auto out = dir_ / "fox.mp4";

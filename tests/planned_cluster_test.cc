@@ -205,8 +205,9 @@ TEST_F(PlannedClusterTest, TuneOnTheClusterMeasuresOnTheWorkersAndStoresWhatThey
                                         " \"SELECT COUNT(*) FROM stage_profiles WHERE stage = 'denoiser' AND steps = 2\"");
   EXPECT_EQ(rows.output, std::to_string(j["measurements"].size()) + "\n");
   for (const auto& s : j["plan"]["stages"])
-    if (s["stage"] == "denoiser")
+    if (s["stage"] == "denoiser") {
       EXPECT_EQ(s["replicas"][0]["basis"].get<std::string>().rfind("measured", 0), 0u) << s.dump();
+    }
 
   // The worker holds what it held before, and runs jobs again.
   ASSERT_TRUE(cluster_->WaitIdle(1));
