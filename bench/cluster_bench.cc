@@ -5,7 +5,8 @@
 //                                              jobs per hour with 2 workers vs 1 (one intra-op thread each)
 //   reel_cluster_bench submit [CLIENTS] [JOBS] [CYCLES] [WORKERS]
 //                                              SubmitJob latency from concurrent clients into an empty-handed
-//                                              coordinator, and its RSS before, at the queue's peak and drained
+//                                              coordinator vs ListWorkers from the same clients, and its RSS
+//                                              before, at the queue's peak and drained
 // Real processes on loopback: the `reel` binary given by $REEL_BINARY (default: the one built beside this).
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -20,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -176,7 +178,7 @@ class BlobWorker final : public v1::Worker::Service {
   explicit BlobWorker(std::shared_ptr<const reel::TensorBlob> blob) : blob_(std::move(blob)) {}
   grpc::Status FetchTensor(grpc::ServerContext*, const v1::FetchTensorRequest* req,
                            grpc::ServerWriter<v1::TensorChunk>* w) override {
-    return reel::WriteTensor(w, *blob_, req->chunk_bytes()) ? grpc::Status::OK
+    return reel::WriteTensor(w, blob_, req->chunk_bytes()) ? grpc::Status::OK
                                                             : grpc::Status(grpc::StatusCode::CANCELLED, "gone");
   }
 
@@ -218,26 +220,8 @@ int Transfer(int mb, int reps) {
     }
     ::_exit(0);
   }
-  std::vector<double> tcp;
-  {
-    std::string buf(static_cast<size_t>(bytes), '\0');
-    for (int r = 0; r < reps + 1; ++r) {
-      const int c = ::socket(AF_INET, SOCK_STREAM, 0);
-      const auto t0 = Clock::now();
-      ::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-      int64_t got = 0;
-      for (ssize_t n; got < bytes && (n = ::recv(c, buf.data() + got, static_cast<size_t>(bytes - got), 0)) > 0;)
-        got += n;
-      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-      ::close(c);
-      if (r > 0) tcp.push_back(s);  // the first run warms the page cache and the allocator
-    }
-  }
-  ::waitpid(tcp_child, nullptr, 0);
-  ::close(lfd);
-
-  // gRPC: a child process serves the blob as a worker does; this process fetches it as a worker does
-  // (chunks, reassembly, XXH3 check).
+  // gRPC: a second child serves the blob as a worker does; this process fetches it as a worker does (chunks,
+  // reassembly, XXH3 check).
   const pid_t grpc_child = ::fork();
   if (grpc_child == 0) {
     reel::TensorBlob b;
@@ -258,26 +242,52 @@ int Transfer(int mb, int reps) {
   int port = 0;
   (void)!::read(ports[0], &port, sizeof port);
   const std::string address = "127.0.0.1:" + std::to_string(port);
-  std::map<int, std::vector<double>> grpc_times;
-  for (int chunk : {1 << 20, 4 << 20}) {
-    for (int r = 0; r < reps + 1; ++r) {
-      const auto t0 = Clock::now();
+
+  // Rounds: a raw copy, then a fetch with each chunk size, back to back, so each ratio compares runs made under the
+  // same conditions (on 2 shared cores the raw copy alone varies between about 1.8 and 3.2 GB/s, with where the
+  // scheduler puts the two processes). The first round warms the page cache, the allocator and the channel.
+  const std::vector<int> chunks = {1 << 20, 4 << 20};
+  std::vector<double> tcp;
+  std::map<int, std::vector<double>> grpc_times, ratios;
+  std::string buf(static_cast<size_t>(bytes), '\0');
+  for (int r = 0; r < reps + 1; ++r) {
+    const int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    auto t0 = Clock::now();
+    ::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    int64_t got = 0;
+    for (ssize_t n; got < bytes && (n = ::recv(c, buf.data() + got, static_cast<size_t>(bytes - got), 0)) > 0;)
+      got += n;
+    const double raw = std::chrono::duration<double>(Clock::now() - t0).count();
+    ::close(c);
+    if (got != bytes) return 1;
+    if (r > 0) tcp.push_back(raw);
+    for (int chunk : chunks) {
+      t0 = Clock::now();
       auto blob = reel::FetchTensor(address, "bench", "blob", chunk);
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       if (blob->bytes() != bytes) return 1;
-      if (r > 0) grpc_times[chunk].push_back(s);
+      if (r > 0) {
+        grpc_times[chunk].push_back(s);
+        ratios[chunk].push_back(raw / s);
+      }
     }
   }
+  ::waitpid(tcp_child, nullptr, 0);
+  ::close(lfd);
   ::kill(grpc_child, SIGTERM);
   ::waitpid(grpc_child, nullptr, 0);
 
   const double tcp_mbps = mb / Median(tcp);
-  std::printf("transfer: %d MiB, %d runs each (median), two processes on loopback\n", mb, reps);
-  std::printf("  raw TCP copy:                 %8.0f MiB/s\n", tcp_mbps);
-  for (const auto& [chunk, times] : grpc_times) {
-    const double mbps = mb / Median(times);
-    std::printf("  FetchTensor, %d MiB chunks:    %8.0f MiB/s  ratio %.2f  (target >= 0.50)\n", chunk >> 20, mbps,
-                mbps / tcp_mbps);
+  std::printf("transfer: %d MiB, %d rounds (medians; each round a raw copy, then a fetch with each chunk size), two "
+              "processes on loopback\n",
+              mb, reps);
+  std::printf("  raw TCP copy:                 %8.0f MiB/s  (%.0f to %.0f)\n", tcp_mbps,
+              mb / *std::max_element(tcp.begin(), tcp.end()), mb / *std::min_element(tcp.begin(), tcp.end()));
+  for (int chunk : chunks) {
+    const auto& ra = ratios[chunk];
+    std::printf("  FetchTensor, %d MiB chunks:    %8.0f MiB/s  ratio %.2f (rounds %.2f to %.2f)  (target >= 0.50)\n",
+                chunk >> 20, mb / Median(grpc_times[chunk]), Median(ra), *std::min_element(ra.begin(), ra.end()),
+                *std::max_element(ra.begin(), ra.end()));
   }
   return 0;
 }
@@ -342,15 +352,58 @@ double RssMiB(pid_t pid) {
 }
 
 struct Cycle {
-  std::vector<double> latency_ms;
+  std::vector<double> latency_ms, baseline_ms;
   double before = 0, peak = 0, after = 0, submit_s = 0, drain_s = 0;
 };
 
-// `clients` threads, each on its own connection, submit `jobs` tiny jobs in all, back to back, into a coordinator
-// with no worker (so every job stays queued), while RSS is sampled; then `workers` workers drain the queue and
-// leave (SIGTERM). RSS "after" is read once the queue is empty and the workers are gone.
+// `clients` threads, each on its own connection (as separate clients have), make `calls` calls in all, back to
+// back; returns each call's latency. `call(stub, i)` makes call i.
+std::vector<double> Concurrently(const std::string& address, int clients, int calls,
+                                 const std::function<grpc::Status(v1::Coordinator::Stub&, int)>& call) {
+  std::mutex mu;
+  std::atomic<int> next{0}, failed{0};
+  std::vector<double> out;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < clients; ++t)
+    threads.emplace_back([&, t] {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      args.SetInt("reel.bench.client", t);
+      auto stub = v1::Coordinator::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      {
+        grpc::ClientContext ctx;  // connect before the clock starts
+        v1::ListWorkersResponse w;
+        stub->ListWorkers(&ctx, v1::ListWorkersRequest{}, &w);
+      }
+      std::vector<double> mine;
+      for (int i; (i = next++) < calls;) {
+        const auto a = Clock::now();
+        const grpc::Status st = call(*stub, i);
+        mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+        if (!st.ok() && failed++ == 0) std::fprintf(stderr, "call failed: %s\n", st.error_message().c_str());
+      }
+      std::lock_guard lock(mu);
+      out.insert(out.end(), mine.begin(), mine.end());
+    });
+  for (auto& t : threads) t.join();
+  if (failed > 0) {
+    std::fprintf(stderr, "%d calls failed\n", failed.load());
+    std::exit(1);
+  }
+  return out;
+}
+
+// `clients` clients submit `jobs` tiny jobs in all into a coordinator with no worker (so every job stays queued),
+// while RSS is sampled; before that, as the baseline, the same clients make as many ListWorkers calls (a unary call
+// that takes the coordinator's lock and does nothing else). Then `workers` workers drain the queue and leave
+// (SIGTERM). RSS "after" is read once the queue is empty and the workers are gone.
 Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int jobs, int workers, int cycle) {
   Cycle out;
+  out.baseline_ms = Concurrently(c.address(), clients, jobs, [](v1::Coordinator::Stub& stub, int) {
+    grpc::ClientContext ctx;
+    v1::ListWorkersResponse resp;
+    return stub.ListWorkers(&ctx, v1::ListWorkersRequest{}, &resp);
+  });
   out.before = RssMiB(coordinator);
   std::atomic<bool> sampling{true};
   std::atomic<double> peak{out.before};
@@ -361,46 +414,17 @@ Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   });
-  std::mutex mu;
-  std::atomic<int> next{0}, failed{0};
-  std::vector<std::thread> threads;
   const auto t0 = Clock::now();
-  for (int t = 0; t < clients; ++t)
-    threads.emplace_back([&, t] {
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own, as a separate client has
-      args.SetInt("reel.bench.client", t);
-      auto stub = v1::Coordinator::NewStub(grpc::CreateCustomChannel(c.address(), grpc::InsecureChannelCredentials(), args));
-      {
-        grpc::ClientContext ctx;  // connect before the clock starts
-        v1::ListWorkersResponse w;
-        stub->ListWorkers(&ctx, v1::ListWorkersRequest{}, &w);
-      }
-      std::vector<double> mine;
-      for (int i; (i = next++) < jobs;) {
-        const v1::SubmitJobRequest req = Job("tiny", 9, 64, 1, 1.0, cycle * jobs + i);
-        grpc::ClientContext ctx;
-        v1::SubmitJobResponse resp;
-        const auto a = Clock::now();
-        const grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
-        mine.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
-        if (!st.ok()) {
-          if (failed++ == 0) std::fprintf(stderr, "submit failed: %s\n", st.error_message().c_str());
-        }
-      }
-      std::lock_guard lock(mu);
-      out.latency_ms.insert(out.latency_ms.end(), mine.begin(), mine.end());
-    });
-  for (auto& t : threads) t.join();
+  out.latency_ms = Concurrently(c.address(), clients, jobs, [&](v1::Coordinator::Stub& stub, int i) {
+    grpc::ClientContext ctx;
+    v1::SubmitJobResponse resp;
+    return stub.SubmitJob(&ctx, Job("tiny", 9, 64, 1, 1.0, cycle * jobs + i), &resp);
+  });
   out.submit_s = std::chrono::duration<double>(Clock::now() - t0).count();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   sampling = false;
   sampler.join();
   out.peak = peak;
-  if (failed > 0) {
-    std::fprintf(stderr, "%d submissions failed\n%s", failed.load(), c.Logs().c_str());
-    std::exit(1);
-  }
 
   if (workers == 0) {  // submission only (for profiling it): the queue stays full
     out.after = RssMiB(coordinator);
@@ -408,7 +432,8 @@ Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int
   }
   // Drain: workers come, run every job, and go.
   const auto d0 = Clock::now();
-  for (int w = 0; w < workers; ++w) c.StartWorker("c" + std::to_string(cycle) + "w" + std::to_string(w));
+  // The same names every cycle, as the same machines' workers coming back would have.
+  for (int w = 0; w < workers; ++w) c.StartWorker("w" + std::to_string(w));
   for (bool done = false; !done;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     grpc::ClientContext ctx;
@@ -427,7 +452,7 @@ Cycle SubmitCycle(reel::testing::Cluster& c, pid_t coordinator, int clients, int
     }
   }
   out.drain_s = std::chrono::duration<double>(Clock::now() - d0).count();
-  for (int w = 0; w < workers; ++w) c.worker("c" + std::to_string(cycle) + "w" + std::to_string(w)).Stop(SIGTERM);
+  for (int w = 0; w < workers; ++w) c.worker("w" + std::to_string(w)).Stop(SIGTERM);
   std::this_thread::sleep_for(std::chrono::seconds(2));
   out.after = RssMiB(coordinator);
   return out;
@@ -443,16 +468,17 @@ int Submit(int clients, int jobs, int cycles, int workers) {
   std::printf("submit: %d clients (a connection each) submit %d tiny jobs (9x64x64, 1 step) into a coordinator with "
               "no worker; then %d workers drain the queue and leave. %d cycles.\n",
               clients, jobs, workers, cycles);
-  std::printf("  %-5s %9s %9s %9s %10s %10s %10s %10s %10s\n", "cycle", "p50 ms", "p99 ms", "max ms", "submits/s",
-              "RSS before", "RSS peak", "RSS after", "drain s");
+  std::printf("  %-5s %9s %9s %9s %10s %14s %14s %10s %10s %10s %10s\n", "cycle", "p50 ms", "p99 ms", "max ms",
+              "submits/s", "p50 vs List", "p99 vs List", "RSS before", "RSS peak", "RSS after", "drain s");
   std::vector<Cycle> all;
   for (int i = 0; i < cycles; ++i) {
     all.push_back(SubmitCycle(c, pid, clients, jobs, workers, i));
     const Cycle& k = all.back();
-    std::printf("  %-5d %9.2f %9.2f %9.2f %10.0f %7.1f MiB %7.1f MiB %7.1f MiB %10.1f\n", i + 1,
-                Quantile(k.latency_ms, 0.5), Quantile(k.latency_ms, 0.99),
-                *std::max_element(k.latency_ms.begin(), k.latency_ms.end()), jobs / k.submit_s, k.before, k.peak,
-                k.after, k.drain_s);
+    const double p50 = Quantile(k.latency_ms, 0.5), p99 = Quantile(k.latency_ms, 0.99);
+    const double b50 = Quantile(k.baseline_ms, 0.5), b99 = Quantile(k.baseline_ms, 0.99);
+    std::printf("  %-5d %9.2f %9.2f %9.2f %10.0f %5.2f (%5.2f) %5.2f (%5.2f) %6.1f MiB %6.1f MiB %6.1f MiB %10.1f\n",
+                i + 1, p50, p99, *std::max_element(k.latency_ms.begin(), k.latency_ms.end()), jobs / k.submit_s,
+                p50 / b50, b50, p99 / b99, b99, k.before, k.peak, k.after, k.drain_s);
     std::fflush(stdout);
   }
   if (cycles > 1)
@@ -468,7 +494,7 @@ int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "";
   auto arg = [&](int i, int def) { return argc > i ? std::atoi(argv[i]) : def; };
   if (what == "dispatch") return Dispatch(arg(2, 20));
-  if (what == "transfer") return Transfer(arg(2, 64), arg(3, 5));
+  if (what == "transfer") return Transfer(arg(2, 64), arg(3, 9));
   if (what == "throughput")
     return Throughput(arg(2, 8), argc > 3 ? argv[3] : "tiny", arg(4, 17), arg(5, 128), arg(6, 8));
   if (what == "submit") return Submit(arg(2, 50), arg(3, 1000), arg(4, 2), arg(5, 2));

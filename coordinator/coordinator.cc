@@ -1664,7 +1664,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     blob.dtype = "u8";
     blob.shape = {blob.bytes()};
     blob.xxh3 = Checksum(blob.data);
-    if (!WriteTensor(writer, blob)) return Refuse(grpc::StatusCode::CANCELLED, "the client went away");
+    if (!WriteTensor(writer, std::make_shared<const TensorBlob>(std::move(blob)))) return Refuse(grpc::StatusCode::CANCELLED, "the client went away");
     return grpc::Status::OK;
   }
 };

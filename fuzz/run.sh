@@ -14,7 +14,7 @@ seconds=${REEL_FUZZ_SECONDS:-15}
 targets=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --build-dir) build=$2; shift 2 ;;
+    --build-dir) build=$(realpath -m "$2"); shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     -*) echo "fuzz/run.sh: unknown option $1 (accepted --build-dir DIR, --seconds N, target names)" >&2; exit 2 ;;

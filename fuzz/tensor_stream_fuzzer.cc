@@ -3,7 +3,9 @@
 // status. They go through ReadTensor, the function FetchTensor and `reel submit --wait` read streams with (header,
 // chunk reassembly, byte count, XXH3 check), over a stand-in for the gRPC reader; the first chunk also goes
 // through FromChunk, the guidance branch's single-message form. A tensor that is accepted must be exactly what a
-// worker can rebuild (its shape and dtype hold its bytes) and must survive being written out again.
+// worker can rebuild (its shape and dtype hold its bytes) and must survive being written out again. The same
+// chunks also go through gRPC's wire path (serialized, cut into slices, decoded straight onto the tensor by
+// transfer/chunk_serialization.h) and must give the same tensor or the same refusal.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -39,10 +41,32 @@ class ReplayReader : public grpc::ClientReaderInterface<TensorChunk> {
   grpc::Status Finish() override { return end_; }
   void WaitForInitialMetadata() override {}
 
- private:
+ protected:
   const std::vector<TensorChunk>& chunks_;
   grpc::Status end_;
   size_t next_ = 0;
+};
+
+// Delivers recorded chunks as gRPC's synchronous reader does: serialized, in slices, decoded on the reading thread
+// (where ReadTensor's assembler takes the bytes straight from the slices).
+class WireReader : public ReplayReader {
+ public:
+  WireReader(const std::vector<TensorChunk>& chunks, grpc::Status end, size_t slice)
+      : ReplayReader(chunks, std::move(end)), slice_(std::max<size_t>(slice, 1)) {}
+  bool Read(TensorChunk* msg) override {
+    if (next_ >= chunks_.size()) return false;
+    const std::string wire = chunks_[next_++].SerializeAsString();
+    std::vector<grpc::Slice> slices;
+    for (size_t at = 0; at < wire.size(); at += slice_)
+      slices.emplace_back(wire.data() + at, std::min(slice_, wire.size() - at));
+    grpc::ByteBuffer bb(slices.data(), slices.size());
+    // What the serialized form of a parsed message decodes to: never a parse failure.
+    REEL_FUZZ_CHECK(grpc::SerializationTraits<TensorChunk>::Deserialize(&bb, msg).ok(), "wire decode");
+    return true;
+  }
+
+ private:
+  size_t slice_;
 };
 
 // Collects what WriteTensor sends.
@@ -135,6 +159,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } else {
     REEL_FUZZ_CHECK(status.error_code() == end.error_code(), status.error_message());
     reel::fuzz::Report("refused", "the call's status: " + status.error_message());
+  }
+
+  // The wire path agrees with the plain one: the same tensor, or a refusal with the same line.
+  {
+    WireReader wire(chunks, end, static_cast<size_t>(std::clamp(input.wire_slice_bytes(), 1, 1 << 20)));
+    grpc::ClientContext ctx3;
+    grpc::Status wire_status;
+    std::string wire_error;
+    auto via_wire = reel::ReadTensor(wire, ctx3, &wire_status, &wire_error);
+    REEL_FUZZ_CHECK(!via_wire == !blob, "the wire path " + std::string(via_wire ? "accepted" : "refused") + " (" +
+                                            wire_error + ")");
+    if (blob) {
+      REEL_FUZZ_CHECK(via_wire->data == blob->data && via_wire->shape == blob->shape && via_wire->xxh3 == blob->xxh3,
+                      "the wire path assembled other bytes");
+    } else {
+      REEL_FUZZ_CHECK(wire_error == error && wire_status.error_code() == status.error_code(),
+                      "wire: " + wire_error + " | plain: " + error);
+    }
   }
 
   // The single-message form.

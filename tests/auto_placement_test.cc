@@ -60,7 +60,9 @@ TEST(AutoPlacement, ThroughputUsesEveryWorkerAndPackageDtypesStay) {
   for (const std::string w : {"a", "b"}) {
     const std::string s = StrategyFor(p, w, "2b", StageKind::kDenoiser);
     denoisers += !s.empty();
-    if (!s.empty()) EXPECT_EQ(s.substr(s.find('/')), "/f32") << s;  // the synthetic package's dtype
+    if (!s.empty()) {
+      EXPECT_EQ(s.substr(s.find('/')), "/f32") << s;  // the synthetic package's dtype
+    }
   }
   EXPECT_EQ(denoisers, 2) << "both workers should run the denoiser, the stage that bounds throughput";
 }

@@ -1,8 +1,10 @@
 #include "transfer/tensor_stream.h"
 
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #include <algorithm>
+#include <utility>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -40,8 +42,12 @@ void SetHeader(const TensorBlob& blob, reel::v1::TensorHeader* h) {
 
 }  // namespace
 
-bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob,
-                 int chunk_bytes) {
+namespace {
+
+// Chunks of the blob, in order; the last travels with the call's status, so the reader is done on one arrival,
+// not two. `zero_copy`: chunks of kZeroCopyBytes or more are slices of the blob (`owner`) rather than copies.
+bool WriteChunks(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob, int chunk_bytes,
+                 const std::shared_ptr<const TensorBlob>& owner) {
   if (chunk_bytes <= 0) chunk_bytes = kDefaultChunkBytes;
   const int64_t total = blob.bytes();
   int64_t off = 0;
@@ -50,16 +56,48 @@ bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, cons
     if (off == 0) SetHeader(blob, chunk.mutable_header());
     const int64_t n = std::min<int64_t>(chunk_bytes, total - off);
     chunk.set_offset(off);
-    chunk.set_data(blob.data.data() + off, static_cast<size_t>(n));
-    off += n;
-    if (off >= total) {
-      // The last chunk travels with the call's status: the reader is done on one arrival, not two.
-      w->WriteLast(chunk, grpc::WriteOptions());
-      return true;
+    wire::ExternalData external;
+    if (owner && n >= static_cast<int64_t>(wire::kZeroCopyBytes)) {
+      external = {blob.data.data() + off, static_cast<size_t>(n), owner};
+    } else {
+      chunk.set_data(blob.data.data() + off, static_cast<size_t>(n));
     }
-    if (!w->Write(chunk)) return false;
+    off += n;
+    // gRPC's synchronous Write serializes on this thread, during the call.
+    wire::t_external = external.size > 0 ? &external : nullptr;
+    const bool last = off >= total;
+    bool ok = true;
+    if (last) {
+      w->WriteLast(chunk, grpc::WriteOptions());
+    } else {
+      ok = w->Write(chunk);
+    }
+    wire::t_external = nullptr;
+    if (!ok) return false;
   } while (off < total);
   return true;
+}
+
+// A large receive buffer is written once, front to back, as the bytes arrive: in 2 MiB pages the kernel faults it
+// in 512 times less often (about a fifth of a 64 MiB fetch's time went to 4 KiB page faults). Only a hint.
+void AdviseHugePages(const char* data, size_t size) {
+  constexpr uintptr_t kPage = 4096;
+  if (size < (4u << 20)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kPage - 1) & ~(kPage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size) & ~(kPage - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+}  // namespace
+
+bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob,
+                 int chunk_bytes) {
+  return WriteChunks(w, blob, chunk_bytes, nullptr);
+}
+
+bool WriteTensor(grpc::ServerWriter<reel::v1::TensorChunk>* w, std::shared_ptr<const TensorBlob> blob,
+                 int chunk_bytes) {
+  return WriteChunks(w, *blob, chunk_bytes, blob);
 }
 
 TensorAssembler::TensorAssembler() : hash_(XXH3_createState()) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(hash_)); }
@@ -67,6 +105,29 @@ TensorAssembler::TensorAssembler() : hash_(XXH3_createState()) { XXH3_64bits_res
 TensorAssembler::~TensorAssembler() { XXH3_freeState(static_cast<XXH3_state_t*>(hash_)); }
 
 bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error) {
+  if (std::exchange(taken_, false)) {
+    if (chunk.data().empty()) return true;  // its bytes are on the blob already
+    *error = "tensor stream: a chunk carries its data field twice";
+    return false;
+  }
+  if (!Accept(chunk, chunk.data().size(), error)) return false;
+  Append(chunk.data().data(), chunk.data().size());
+  return true;
+}
+
+bool TensorAssembler::Take(const reel::v1::TensorChunk& head, uint64_t size) {
+  std::string error;  // refused here, the chunk is read as usual and Add reports what is wrong with it
+  if (taken_ || !Accept(head, size, &error)) return false;
+  taken_ = true;
+  return true;
+}
+
+void TensorAssembler::Append(const char* data, size_t size) {
+  blob_.data.append(data, size);
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(hash_), data, size);
+}
+
+bool TensorAssembler::Accept(const reel::v1::TensorChunk& chunk, uint64_t size, std::string* error) {
   if (!have_header_) {
     if (!chunk.has_header()) {
       *error = "tensor stream: the first chunk has no header";
@@ -118,18 +179,17 @@ bool TensorAssembler::Add(const reel::v1::TensorChunk& chunk, std::string* error
     // actually arrive (a peer announcing 1 TiB and sending 1 byte must not cost 1 TiB).
     constexpr int64_t kReserveBytes = 64 << 20;
     blob_.data.reserve(static_cast<size_t>(std::min(total_, kReserveBytes)));
+    AdviseHugePages(blob_.data.data(), blob_.data.capacity());
     have_header_ = true;
   }
   if (chunk.offset() != blob_.bytes()) {
     *error = fmt::format("tensor stream: chunk at offset {} arrived after {} bytes", chunk.offset(), blob_.bytes());
     return false;
   }
-  if (blob_.bytes() + static_cast<int64_t>(chunk.data().size()) > total_) {
+  if (size > static_cast<uint64_t>(total_ - blob_.bytes())) {
     *error = fmt::format("tensor stream: more than the {} bytes the header announced", total_);
     return false;
   }
-  blob_.data.append(chunk.data());
-  XXH3_64bits_update(static_cast<XXH3_state_t*>(hash_), chunk.data().data(), chunk.data().size());
   return true;
 }
 
@@ -218,11 +278,17 @@ std::shared_ptr<const TensorBlob> ReadTensor(grpc::ClientReaderInterface<reel::v
   TensorAssembler a;
   reel::v1::TensorChunk chunk;
   bool ok = true;
-  while (reader.Read(&chunk))
+  for (;;) {
+    // gRPC's synchronous Read deserializes on this thread: the chunk's bytes go straight onto the blob.
+    wire::t_sink = ok ? &a : nullptr;
+    const bool got = reader.Read(&chunk);
+    wire::t_sink = nullptr;
+    if (!got) break;
     if (ok && !a.Add(chunk, error)) {
       ok = false;
       ctx.TryCancel();
     }
+  }
   *status = reader.Finish();
   if (!ok) {
     *status = grpc::Status::OK;

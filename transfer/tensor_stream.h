@@ -47,11 +47,16 @@ inline constexpr int kMaxMessageBytes = 256 << 20;
 // Writes the blob as chunks of `chunk_bytes` to a server or client stream. False when the peer went away.
 bool WriteTensor(grpc::internal::WriterInterface<reel::v1::TensorChunk>* w, const TensorBlob& blob,
                  int chunk_bytes = kDefaultChunkBytes);
+// The same to a gRPC server stream without copying the bytes: each chunk is sent as a slice of the blob, which the
+// slices keep alive until they are sent (transfer/chunk_serialization.h).
+bool WriteTensor(grpc::ServerWriter<reel::v1::TensorChunk>* w, std::shared_ptr<const TensorBlob> blob,
+                 int chunk_bytes = kDefaultChunkBytes);
 
 // Assembles chunks as they arrive; Finish checks the byte count and checksum. The header is checked before any
 // byte is kept: a known dtype and a shape that holds exactly total_bytes, so a finished blob always rebuilds into a
 // tensor of its shape. Memory follows the bytes that arrived, not what the header claims.
-class TensorAssembler {
+// Read through a gRPC stream (ReadTensor), each chunk's bytes go from gRPC's buffers straight onto the blob.
+class TensorAssembler final : public wire::ChunkSink {
  public:
   TensorAssembler();
   ~TensorAssembler();
@@ -62,7 +67,14 @@ class TensorAssembler {
   // The verified blob; DATA_LOSS status text in `error` when bytes or checksum disagree.
   std::shared_ptr<const TensorBlob> Finish(std::string* error);
 
+  // wire::ChunkSink: a chunk's bytes during its deserialization, when its header and offset are in order.
+  bool Take(const reel::v1::TensorChunk& head, uint64_t size) override;
+  void Append(const char* data, size_t size) override;
+
  private:
+  // Checks a chunk (its header, if first) before `size` bytes of it are kept.
+  bool Accept(const reel::v1::TensorChunk& chunk, uint64_t size, std::string* error);
+  bool taken_ = false;  // the chunk being read had its bytes appended during deserialization
   bool have_header_ = false;
   TensorBlob blob_;
   int64_t total_ = 0;

@@ -401,7 +401,7 @@ class WorkerService final : public v1::Worker::Service {
     if (!blob)
       return {grpc::StatusCode::NOT_FOUND,
               fmt::format("worker {} holds no tensor {} of job {}", name_, req->name(), req->job_id())};
-    if (!WriteTensor(writer, *blob, req->chunk_bytes())) return {grpc::StatusCode::CANCELLED, "reader went away"};
+    if (!WriteTensor(writer, blob, req->chunk_bytes())) return {grpc::StatusCode::CANCELLED, "reader went away"};
     return grpc::Status::OK;
   }
 
