@@ -97,6 +97,7 @@ class Simulated : public ComputeDevice {
   torch::Tensor HostCopy(const torch::Tensor& w) override { return w; }
   torch::Tensor Upload(const torch::Tensor& host) override {
     DeviceScope device;
+    WeightsScope weights;
     return host.clone();
   }
   torch::Tensor Download(const torch::Tensor& t) override {

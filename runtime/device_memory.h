@@ -45,6 +45,17 @@ class DeviceScope {
   static bool active();
 };
 
+// Allocations in this scope are weights placed for a stage's life (or a streamed block's): those of 32 MiB or
+// more are advised into transparent huge pages. Activations are not: allocated and freed every call, they paid
+// more for huge pages than they gained (docs/BENCHMARKS.md).
+class WeightsScope {
+ public:
+  WeightsScope();
+  ~WeightsScope();
+  WeightsScope(const WeightsScope&) = delete;
+  WeightsScope& operator=(const WeightsScope&) = delete;
+};
+
 // Inside a DeviceScope, allocations in this scope are host bytes again (e.g. a result copied off the device).
 class HostScope {
  public:

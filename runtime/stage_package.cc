@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "runtime/device_memory.h"
 
 namespace reel {
 namespace fs = std::filesystem;
@@ -32,6 +33,7 @@ StagePackage StagePackage::Load(const fs::path& dir, const std::optional<std::se
       const std::string field = fmt::format("stages.{}.parts[{}]", StageKindName(kind), i);
       torch::jit::Module m;
       try {
+        WeightsScope weights;  // the host weights: large ones in huge pages
         m = torch::jit::load((dir / part.file).string());
       } catch (const c10::Error& e) {
         throw BadPackage(fmt::format("package {}: {} ({}) is not a readable TorchScript file, truncated or corrupt: {}",
