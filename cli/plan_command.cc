@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/service_flags.h"
 #include "common/error.h"
 #include "common/split.h"
 #include "models/presets.h"
@@ -192,6 +193,7 @@ void AddPlanCommand(CLI::App& app) {
   c->add_option("--coordinator", f->coordinator,
                 "Plan for a running cluster: its registered workers and its profile store (HOST:PORT)")
       ->expected(0, 1);
+  AddClientSecurityFlags(*c);  // for --coordinator: --tls-cert/--tls-key/--tls-ca/--token-file
   c->callback([f, c] {
     f->on_coordinator = c->count("--coordinator") > 0;
     RunPlan(*f);

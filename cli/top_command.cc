@@ -21,6 +21,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "cli/commands.h"
+#include "cli/service_flags.h"
 #include "cli/top_view.h"
 #include "common/error.h"
 #include "coordinator/coordinator.h"
@@ -381,6 +382,7 @@ void AddTopCommand(CLI::App& app) {
   auto f = std::make_shared<TopFlags>();
   auto* c = app.add_subcommand("top", "Live view of workers, queue and throughput (q or Ctrl-C quits)");
   c->add_option("--coordinator", f->coordinator, "Coordinator HOST:PORT (or $REEL_COORDINATOR)");
+  AddClientSecurityFlags(*c);  // --tls-cert/--tls-key/--tls-ca/--token-file, as every client command
   c->add_option("--interval", f->interval, "Seconds between refreshes")->default_val(1.0);
   c->add_option("--window", f->window, "Seconds of history the throughput is computed over")->default_val(300);
   c->add_flag("--once", f->once, "Print one plain frame and exit (also when stdout is not a terminal)");

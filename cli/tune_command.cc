@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "cli/commands.h"
+#include "cli/service_flags.h"
 #include "common/error.h"
 #include "common/split.h"
 #include "models/synth.h"
@@ -248,6 +249,7 @@ void AddTuneCommand(CLI::App& app) {
   c->add_option("--coordinator", f->coordinator,
                 "Tune a running cluster's workers instead of this machine's device (HOST:PORT)")
       ->expected(0, 1);
+  AddClientSecurityFlags(*c);  // for --coordinator: --tls-cert/--tls-key/--tls-ca/--token-file
   c->add_option("--workers", f->workers, "With --coordinator: only these workers (default: every idle one)");
   c->callback([f, c] {
     f->on_coordinator = c->count("--coordinator") > 0;

@@ -243,6 +243,21 @@ TEST_F(SecurityTest, AJobRunsAcrossTwoWorkersOverMutualTlsWithAToken) {
   for (const auto& s : j.stages())
     EXPECT_EQ(s.worker(), s.stage() == v1::DENOISER ? "dit" : "enc") << v1::Stage_Name(s.stage());
 
+  // The other client commands that talk to a coordinator take the same flags: `reel plan --coordinator` and
+  // `reel top` with them reach it; without them they are refused in one line.
+  const std::string at = " --coordinator " + cluster_->address();
+  const CommandResult plan = Reel("plan --model tiny --frames 9 --height 64 --width 64 --steps 2 --json" + at +
+                                  ClientFlags());
+  EXPECT_EQ(plan.exit_code, 0) << plan.output;
+  EXPECT_NE(plan.output.find("\"stages\""), std::string::npos) << plan.output;
+  const CommandResult bare = Reel("plan --model tiny --frames 9 --height 64 --width 64 --steps 2" + at);
+  EXPECT_NE(bare.exit_code, 0) << bare.output;
+  EXPECT_NE(bare.output.find("give --tls-cert, --tls-key and --tls-ca"), std::string::npos) << bare.output;
+  EXPECT_EQ(std::count(bare.output.begin(), bare.output.end(), '\n'), 1) << bare.output;
+  const CommandResult top = Reel("top --once" + at + ClientFlags());
+  EXPECT_EQ(top.exit_code, 0) << top.output;
+  EXPECT_NE(top.output.find("enc"), std::string::npos) << top.output;
+
   // Health stays open to a client without the token (it still needs a certificate: the TLS layer asks first).
   Creds no_token = Good();
   no_token.token.clear();
