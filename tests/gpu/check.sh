@@ -7,7 +7,9 @@
 #
 # Usage: tests/gpu/check.sh [--cpu-fallback] [--build-dir DIR] [--out DIR] [--quick]
 # Before a GPU run, on a development machine: tests/gpu/prepare.sh (fills .gpu-deps/ from Debian's packages).
-# Environment: REEL_GPU_BENCH_STEPS (default 3), REEL_GPU_PRESETS (default "cogvideox-2b cogvideox-5b").
+# Environment: REEL_GPU_BENCH_STEPS (default 3), REEL_GPU_PRESETS (default "cogvideox-2b cogvideox-5b"),
+# REEL_GPU_STRATEGIES, REEL_GPU_DECODE, REEL_GPU_BENCH_TIMEOUT (s per preset, default 900), REEL_GPU_TEST_TIMEOUT
+# (s per test, default 600).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -105,7 +107,7 @@ TEST_REGEX="GpuRuntime|CudaHost|Nvml|Nccl"
 [ "$MODE" = gpu ] && TEST_REGEX="$TEST_REGEX|RuntimeMemory|VaeDecode|Scheduler|Manifest"
 say "tests matching $TEST_REGEX"
 if [ "$MODE" = gpu ]; then
-  ctest --test-dir "$BUILD" -j "$(nproc)" --timeout 600 -R "$TEST_REGEX" >"$OUT_DIR/ctest.log" 2>&1
+  ctest --test-dir "$BUILD" -j "$(nproc)" --timeout "${REEL_GPU_TEST_TIMEOUT:-600}" -R "$TEST_REGEX" >"$OUT_DIR/ctest.log" 2>&1
   TEST_RC=$?
 else
   # The test binaries directly: a nested ctest would overwrite the log of the ctest run this fallback is part of.
