@@ -25,9 +25,10 @@ using reel::testing::ScratchDir;
 
 CommandResult Reel(const std::string& args) { return RunCommand(std::string(REEL_BINARY) + " " + args); }
 
-json PlanJson(const std::string& args) {
+// The plan `reel plan --json` prints; it exits 0 with a plan, 3 (when allowed) with none.
+json PlanJson(const std::string& args, bool may_be_infeasible = false) {
   const CommandResult r = Reel("plan --json " + args);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
+  if (!may_be_infeasible || r.exit_code != 3) EXPECT_EQ(r.exit_code, 0) << r.output;
   return json::parse(r.output.substr(r.output.find('{')));
 }
 
@@ -171,9 +172,14 @@ TEST(PlanCli, AnOutOfMemoryGenerateRecoveredFromIsNotPlannedAgain) {
   };
   const std::string plan_args = "--model tiny --frames 9 --height 64 --width 64 --steps 2 --device-kind cpu "
                                 "--margin 0 --device-memory " + cap;
-  // From estimates alone the planner would choose exactly what ran out...
-  const json before = PlanJson(plan_args + " --no-profiles");
-  ASSERT_EQ(chosen(before), strategy + " " + dtype) << "precondition: the estimate-only plan picks the failed choice";
+  // From estimates alone the planner chooses exactly what ran out, or (where the op-by-op estimate of that stage
+  // lands above the peak measured on this CPU: convolution workspaces differ between CPUs) finds no plan at all...
+  const json before = PlanJson(plan_args + " --no-profiles", /*may_be_infeasible=*/true);
+  if (before["feasible"].get<bool>()) {
+    ASSERT_EQ(chosen(before), strategy + " " + dtype) << "the estimate-only plan picks the failed choice";
+  } else {
+    EXPECT_NE(before["infeasible_reason"].get<std::string>().find(stage), std::string::npos) << before.dump(2);
+  }
   // ...with the store it does not repeat the configuration that ran out: either another choice, or the same one
   // with less of the other stages' weights kept on the device than when it failed (a later run measured the
   // stage's own peak, so it fits only that way).

@@ -8,7 +8,7 @@
 # Usage: tests/gpu/check.sh [--cpu-fallback] [--build-dir DIR] [--out DIR] [--quick]
 # Before a GPU run, on a development machine: tests/gpu/prepare.sh (fills .gpu-deps/ from Debian's packages).
 # Environment: REEL_GPU_BENCH_STEPS (default 3), REEL_GPU_PRESETS (default "cogvideox-2b cogvideox-5b"),
-# REEL_GPU_STRATEGIES, REEL_GPU_DECODE, REEL_GPU_BENCH_TIMEOUT (s per preset, default 900), REEL_GPU_TEST_TIMEOUT
+# REEL_GPU_STRATEGIES, REEL_GPU_DECODE (set and empty: no decode rows), REEL_GPU_BENCH_TIMEOUT (s per preset, default 900), REEL_GPU_TEST_TIMEOUT
 # (s per test, default 600).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -99,6 +99,12 @@ else
   skip "GPU build and GPU tests: no GPU (CPU fallback on the simulated device from $BUILD)"
 fi
 say "build ready: $BUILD"
+if [ "$MODE" = gpu ] && [ -x "$BUILD/tests/runtime_memory_test" ]; then
+  # libstdc++ must precede libtorch (CMakeLists.txt says why); the first libraries a test binary asks for:
+  needed=$(readelf -d "$BUILD/tests/runtime_memory_test" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+  say "runtime_memory_test needs, in order: $needed"
+  case "$needed" in libstdc++*) ;; *) say "WARNING: libstdc++ is not first: std::filesystem calls may bind to libtorch's" ;; esac
+fi
 
 # --- tests ---------------------------------------------------------------------------------------------------
 # The GPU tests (runtime on the device, CUDA/NVML/NCCL host code); on a GPU also the runtime's memory, VAE and
@@ -144,7 +150,7 @@ else
       timeout "${REEL_GPU_BENCH_TIMEOUT:-900}" "$BENCH" --preset "$preset" --device cuda:0 --frames "$BF" \
         --height "$BH" --width "$BW" --dtype bf16 --steps "${REEL_GPU_BENCH_STEPS:-3}" \
         --strategies "${REEL_GPU_STRATEGIES:-none,block:4,block:2,sequential,model}" \
-        --decode "${REEL_GPU_DECODE:-plain,slicing,tiling=256,slicing+tiling=256}" \
+        --decode "${REEL_GPU_DECODE-plain,slicing,tiling=256,slicing+tiling=256}" \
         --json "$OUT_DIR/bench-$preset.json" --markdown "$OUT_DIR/bench-$preset.md" >>"$LOG" 2>&1 ||
         say "FAIL: benchmark $preset (see $LOG)"
       tail -3 "$LOG"
