@@ -123,7 +123,7 @@ int Dispatch(int jobs) {
       return 1;
     }
     const auto &t = StageOf(j, v1::TEXT_ENCODER), &d = StageOf(j, v1::DENOISER), &v = StageOf(j, v1::VAE_DECODER);
-    // Completion: the producer stored its output. Start: the next stage computes, its input fetched.
+    // Completion: the producer has its output in bytes (before storing it). Start: the next stage computes, its input fetched.
     text_to_dit.push_back((d.started_unix_us() - t.finished_unix_us()) / 1e3);
     dit_to_vae.push_back((v.started_unix_us() - d.finished_unix_us()) / 1e3);
     gaps.push_back(text_to_dit.back());
@@ -170,7 +170,7 @@ int Dispatch(int jobs) {
   std::printf("  server-streaming call round trip:     median %.3f ms\n", Median(stream_rtt));
   const double g = Median(gaps), r = Median(rtt);
   std::printf("dispatch: %zu stage handoffs over %d jobs (tiny, 2 workers)\n", gaps.size(), jobs);
-  std::printf("  stage output stored -> next stage computing (input fetched): median %.3f ms, p90 %.3f ms\n", g,
+  std::printf("  stage output ready -> next stage computing (input fetched): median %.3f ms, p90 %.3f ms\n", g,
               Quantile(gaps, 0.9));
   std::printf("    text_encoder -> denoiser %.3f ms, denoiser -> vae_decoder %.3f ms (medians)\n", Median(text_to_dit),
               Median(dit_to_vae));

@@ -287,11 +287,14 @@ class WorkerService final : public v1::Worker::Service {
       }
       // A run the coordinator gave up on (it declared this worker lost, or the job moved on) keeps nothing.
       if (ctx->IsCancelled()) throw Cancelled(fmt::format("job {} stage {}: cancelled", job, StageKindName(*kind)));
+      // Finished: the outputs are in bytes, before they are stored (and sent to any fetch waiting for them).
+      std::vector<std::pair<std::string, std::shared_ptr<const TensorBlob>>> blobs;
+      for (const auto& [name, t] : outputs) blobs.emplace_back(name, ToBlob(t));
+      const int64_t finished = NowUnixUs();
       bool awaited = false;
       Holding(job);
-      for (const auto& [name, t] : outputs)
-        awaited = store_.Put(job, StoredTensorName(name, req->attempt()), ToBlob(t)) || awaited;
-      const int64_t finished = NowUnixUs();
+      for (auto& [name, blob] : blobs)
+        awaited = store_.Put(job, StoredTensorName(name, req->attempt()), std::move(blob)) || awaited;
       // A consumer dispatched early is waiting for these: let its fetch go out before the bookkeeping below.
       if (awaited) std::this_thread::yield();
       for (const auto& [name, t] : outputs) Describe(job, name, req->attempt(), result.add_outputs());
