@@ -3,6 +3,11 @@
 // Each strategy runs one warm-up step then the timed ones, in the order given, in one process.
 // Usage: reel_gpu_bench --preset cogvideox-5b --device cuda:0 --frames 49 --height 480 --width 720 --dtype bf16
 //          --steps 3 --strategies none,block:4,sequential [--json FILE] [--markdown FILE]
+// One denoiser call on given inputs instead (tests/gpu/diffusers_compare.py runs it against diffusers):
+//        reel_gpu_bench --model PACKAGE --device cuda:0 --denoise-inputs in.pt --denoise-output out.pt
+//          --warmup 1 --steps 3 [--strategies none] [--json FILE]
+// where in.pt is torch.save({"latents": [B,f,C,h,w] f32, "text": [B,T,D], "timestep": [B] i64}) and out.pt is the
+// velocity [B,f,C,h,w] f32 of the last timed call, for torch.load.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -51,8 +56,104 @@ double GiB(int64_t b) { return static_cast<double>(b) / (1024.0 * 1024 * 1024); 
 
 void WriteWhole(const std::string& path, const std::string& text, const std::string& flag) {
   reel::AtomicFile f(path, flag);
-  std::ofstream(f.temp_path()) << text;
+  std::ofstream(f.temp_path(), std::ios::binary) << text;
   f.Commit();
+}
+
+// --denoise-inputs: the denoiser called on the tensors of a torch.save'd dict, `warmup` untimed calls then `steps`
+// timed ones (device synchronised around each), the peak device memory over the timed calls (weights included, as
+// torch.cuda.max_memory_allocated counts them), and the last call's velocity written for torch.load.
+int RunDenoiseCall(reel::ComputeDevice& dev, const fs::path& dir, const std::string& strategy,
+                   const std::string& inputs_path, const std::string& output_path, int warmup, int steps,
+                   const std::string& json_out) {
+  std::ifstream in(inputs_path, std::ios::binary);
+  if (!in) throw reel::InvalidArgument(fmt::format("--denoise-inputs {}: cannot be read", inputs_path));
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  torch::IValue loaded;
+  try {
+    loaded = torch::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    std::string why = e.what_without_backtrace();
+    why = why.substr(0, std::min(why.find(". "), why.find('\n')));  // its first sentence
+    throw reel::InvalidArgument(fmt::format("--denoise-inputs {}: not a torch.save file ({})", inputs_path, why));
+  }
+  if (!loaded.isGenericDict())
+    throw reel::InvalidArgument(fmt::format("--denoise-inputs {}: accepted a dict of latents, text and timestep",
+                                            inputs_path));
+  const auto dict = loaded.toGenericDict();
+  auto tensor = [&](const char* key) {
+    for (const auto& e : dict)
+      if (e.key().isString() && e.key().toStringRef() == key && e.value().isTensor()) return e.value().toTensor();
+    throw reel::InvalidArgument(fmt::format("--denoise-inputs {}: no tensor '{}' (accepted a dict of latents, text "
+                                            "and timestep)", inputs_path, key));
+  };
+  const torch::Tensor latents_host = tensor("latents"), text_host = tensor("text"), timestep_host = tensor("timestep");
+  if (latents_host.dim() != 5 || text_host.dim() != 3 || timestep_host.dim() != 1)
+    throw reel::InvalidArgument(fmt::format("--denoise-inputs {}: latents {}, text {}, timestep {}: accepted "
+                                            "[B,f,C,h,w], [B,T,D] and [B]", inputs_path,
+                                            reel::FormatShape(latents_host.sizes().vec()),
+                                            reel::FormatShape(text_host.sizes().vec()),
+                                            reel::FormatShape(timestep_host.sizes().vec())));
+
+  reel::StagePackage pkg = reel::StagePackage::Load(dir, std::set<StageKind>{StageKind::kDenoiser});
+  const reel::Manifest& m = pkg.manifest();
+  reel::JobShape shape;
+  shape.batch = static_cast<int>(latents_host.size(0));
+  shape.frames = static_cast<int>((latents_host.size(1) - 1) * m.vae.temporal_compression + 1);
+  shape.height = static_cast<int>(latents_host.size(3) * m.vae.spatial_compression);
+  shape.width = static_cast<int>(latents_host.size(4) * m.vae.spatial_compression);
+  shape.text_tokens = static_cast<int>(text_host.size(1));
+  const auto& text_spec = m.stage(StageKind::kDenoiser).inputs.at(1);
+
+  torch::NoGradGuard no_grad;
+  reel::RunOptions o;
+  o.device = &dev;
+  o.offload[StageKind::kDenoiser] = reel::ParseOffload(strategy, "--strategies");
+  const auto t_load = std::chrono::steady_clock::now();
+  reel::Runtime rt(pkg, o);
+  dev.Synchronize();
+  const double place_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  const torch::Tensor latents = dev.Upload(latents_host.to(torch::kFloat32));
+  const torch::Tensor text = dev.Upload(text_host.to(reel::ToTorch(text_spec.dtype)));
+  const torch::Tensor timestep = dev.Upload(timestep_host.to(torch::kInt64));
+  torch::Tensor v;
+  for (int i = 0; i < warmup; ++i) v = rt.Denoise(latents, text, timestep, shape);
+  dev.Synchronize();
+  dev.ResetPeak();
+  std::vector<double> times;
+  for (int i = 0; i < steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    v = rt.Denoise(latents, text, timestep, shape);
+    dev.Synchronize();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const reel::DeviceMemoryStats mem = dev.Memory();
+  const torch::Tensor out = dev.Download(v).to(torch::kFloat32).contiguous();
+  if (!output_path.empty()) {
+    const std::vector<char> data = torch::pickle_save(out);
+    WriteWhole(output_path, std::string(data.begin(), data.end()), "--denoise-output");
+  }
+  const double median = Median(times);
+  std::fprintf(stderr, "denoise %s on %s, %s: %.3f s/call (median of %d), peak %s, placed in %.1f s\n",
+               m.name.c_str(), dev.Describe().c_str(), strategy.c_str(), median, steps,
+               reel::FormatBytes(mem.peak).c_str(), place_seconds);
+  nlohmann::json j{{"model", m.name},
+                   {"device", dev.Describe()},
+                   {"strategy", strategy},
+                   {"shape", {{"batch", shape.batch}, {"frames", shape.frames}, {"height", shape.height},
+                              {"width", shape.width}, {"text_tokens", shape.text_tokens}}},
+                   {"dtype", reel::DTypeName(m.stage(StageKind::kDenoiser).dtype)},
+                   {"warmup", warmup},
+                   {"call_seconds", times},
+                   {"median_seconds", median},
+                   {"peak_device_bytes", mem.peak},
+                   {"reserved_device_bytes", mem.reserved},
+                   {"weight_bytes", m.stage(StageKind::kDenoiser).bytes()},
+                   {"place_seconds", place_seconds},
+                   {"host_rss_bytes", reel::HostRssBytes()}};
+  if (!json_out.empty()) WriteWhole(json_out, j.dump(2) + "\n", "--json");
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
 }
 
 }  // namespace
@@ -81,6 +182,14 @@ int main(int argc, char** argv) {
                  "slicing+tiling=N) and report the decoder's peak device memory");
   app.add_option("--json", json_out);
   app.add_option("--markdown", md_out);
+  std::string denoise_inputs, denoise_output;
+  int warmup = 1;
+  app.add_option("--denoise-inputs", denoise_inputs,
+                 "instead of the strategy table: call the denoiser of --model on these inputs (torch.save of a dict "
+                 "with latents [B,f,C,h,w] f32, text [B,T,D], timestep [B] i64), with the first of --strategies");
+  app.add_option("--denoise-output", denoise_output, "with --denoise-inputs: the last call's velocity, for torch.load");
+  app.add_option("--warmup", warmup, "with --denoise-inputs: untimed calls before the --steps timed ones")
+      ->check(CLI::Range(0, 100));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -88,6 +197,11 @@ int main(int argc, char** argv) {
     const std::vector<std::string> names = reel::SplitList(strategies);
     for (const auto& name : names) reel::ParseOffload(name, "--strategies");  // all checked before anything runs
     reel::ComputeDevice& dev = reel::OpenComputeDevice(device);
+    if (names.empty()) throw reel::InvalidArgument("--strategies: empty; accepted a comma-separated list");
+    if (!denoise_inputs.empty()) {
+      if (model.empty()) throw reel::InvalidArgument("--denoise-inputs needs --model PACKAGE");
+      return RunDenoiseCall(dev, model, names.front(), denoise_inputs, denoise_output, warmup, steps, json_out);
+    }
     const bool own_work = work.empty() && model.empty();
     fs::path dir = model;
     if (model.empty()) {
@@ -116,6 +230,7 @@ int main(int argc, char** argv) {
     if (!decode.empty()) stages.insert(StageKind::kVaeDecoder);
     reel::StagePackage pkg = reel::StagePackage::Load(dir, stages);
     const reel::Manifest& m = pkg.manifest();
+    if (!model.empty()) dtype = reel::DTypeName(m.stage(StageKind::kDenoiser).dtype);  // the package's, for the table
     reel::GenerateRequest r = reel::DefaultRequest(m, "benchmark");
     r.frames = frames;
     r.height = height;
@@ -265,6 +380,10 @@ int main(int argc, char** argv) {
     return all_ok ? 0 : 1;
   } catch (const reel::Error& e) {
     std::fprintf(stderr, "reel_gpu_bench: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {  // LibTorch's own (a TorchScript error, a bad tensor file): one line, not an abort
+    const std::string what = e.what();
+    std::fprintf(stderr, "reel_gpu_bench: %s\n", what.substr(0, what.find('\n')).c_str());
     return 2;
   }
 }

@@ -16,7 +16,7 @@ namespace reel::cli {
 namespace {
 
 struct SynthFlags {
-  std::string preset, out, dtype = "f32";
+  std::string preset, out, dtype = "f32", attention = "fused";
   uint64_t seed = 0;
   std::optional<int> layers;
 };
@@ -31,6 +31,9 @@ void RunSynth(const SynthFlags& f) {
     throw InvalidArgument(fmt::format("--dtype {}: accepted f32 or bf16", f.dtype));
   o.dtype = *dt;
   o.layers = f.layers;
+  if (f.attention != "fused" && f.attention != "chunked")
+    throw InvalidArgument(fmt::format("--attention {}: accepted fused or chunked", f.attention));
+  o.fused_attention = f.attention == "fused";
   const Manifest m = SynthesizePackage(o, [](const std::string& file) { spdlog::debug("wrote {}", file); });
   int64_t params = 0, bytes = 0;
   for (const auto& [k, s] : m.stages) {
@@ -64,6 +67,9 @@ void AddModelCommand(CLI::App& app) {
   synth->add_option("--seed", flags->seed, "Weight seed (deterministic)");
   synth->add_option("--dtype", flags->dtype, "Weight dtype: f32|bf16");
   synth->add_option("--layers", flags->layers, "Reduce text-encoder and transformer depth, keeping widths");
+  synth->add_option("--attention", flags->attention,
+                    "Denoiser attention: fused (scaled_dot_product_attention) or chunked (the float32 math of "
+                    "packages made before LibTorch 2)");
   synth->callback([flags] { RunSynth(*flags); });
 
   auto model_name = std::make_shared<std::string>();

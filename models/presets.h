@@ -38,6 +38,13 @@ struct TransformerConfig {
   int sample_latent_frames = 13, sample_latent_height = 60, sample_latent_width = 90;
   double spatial_interpolation = 1.875, temporal_interpolation = 1.0;
   double eps = 1e-5;
+  // Checkpoint variations the exporter meets (diffusers' config keys patch_bias, flip_sin_to_cos, freq_shift).
+  bool patch_bias = true;
+  bool flip_sin_to_cos = true;
+  double freq_shift = 0.0;
+  // Attention as scaled_dot_product_attention (fused kernels; the default), or as chunked float32 math, the
+  // formulation of packages made before LibTorch 2 (kept as an option for comparison: --attention chunked).
+  bool fused_attention = true;
   int inner_dim() const { return num_heads * head_dim; }
 };
 

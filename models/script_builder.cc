@@ -11,6 +11,7 @@ ScriptBuilder::ScriptBuilder(const std::string& class_name, uint64_t seed, torch
 
 void ScriptBuilder::Register(const std::string& name, const torch::Tensor& t) {
   module_.register_parameter(name, t.to(dtype_).contiguous(), /*is_buffer=*/false);
+  shapes_.emplace_back(name, t.sizes().vec());
   params_ += t.numel();
 }
 

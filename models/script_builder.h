@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/script.h>
@@ -39,6 +40,10 @@ class ScriptBuilder {
     WeightlessScope& operator=(const WeightlessScope&) = delete;
   };
   static bool weightless();
+  // What Finish() would compile and hold: the TorchScript source and each weight's name and shape, in the order
+  // registered (what tools/export reads through reel_model_source, so exported parts have this same source).
+  const std::string& source() const { return source_; }
+  const std::vector<std::pair<std::string, std::vector<int64_t>>>& weight_shapes() const { return shapes_; }
   int64_t params() const { return params_; }
   int64_t bytes() const { return params_ * torch::elementSize(dtype_); }
 
@@ -49,6 +54,7 @@ class ScriptBuilder {
   torch::Generator gen_;
   torch::Dtype dtype_;
   std::string source_;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes_;
   int64_t params_ = 0;
 };
 

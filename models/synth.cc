@@ -117,7 +117,8 @@ void WriteStages(const PresetConfig& p, DType dtype, PackageWriter& w, Manifest&
                {"patch_size", tr.patch_size},
                {"ff_mult", tr.ff_mult},
                {"rotary", tr.rotary ? 1 : 0},
-               {"learned_positions", tr.learned_pos ? 1 : 0}};
+               {"learned_positions", tr.learned_pos ? 1 : 0},
+               {"fused_attention", tr.fused_attention ? 1 : 0}};
   m.stages[dn.kind] = dn;
 
   const int lc = p.vae.latent_channels;
@@ -171,13 +172,15 @@ PresetConfig CheckedPreset(const SynthOptions& opts) {
       throw InvalidArgument(fmt::format("--text-layers {}: accepted 1..{}", *opts.text_layers, preset->t5.num_layers));
     preset->t5.num_layers = *opts.text_layers;
   }
+  preset->transformer.fused_attention = opts.fused_attention;
   return *preset;
 }
 
 Manifest ManifestHeader(const PresetConfig& preset, const SynthOptions& opts) {
   Manifest m;
   m.name = preset.name + (opts.layers ? fmt::format("-{}l", *opts.layers) : "") +
-           (opts.text_layers ? fmt::format("-t{}", *opts.text_layers) : "");
+           (opts.text_layers ? fmt::format("-t{}", *opts.text_layers) : "") +
+           (opts.fused_attention ? "" : "-chunked");
   m.preset = preset.name;
   m.seed = opts.seed;
   m.image_conditioned = preset.image_conditioned;
@@ -244,7 +247,8 @@ fs::path ModelCacheDir() {
 fs::path ResolveModel(const std::string& model) {
   std::error_code ec;
   if (FindPreset(model)) {
-    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32");
+    // "-r2": packages with fused attention; a cache filled by an older Reel (chunked attention) is left alone.
+    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r2");
     if (fs::exists(dir / kManifestFileName, ec)) {
       try {
         LoadManifest(dir);

@@ -20,6 +20,9 @@ struct SynthOptions {
   // Text-encoder blocks only (its outputs keep their shape): benchmarks of the later stages skip synthesizing
   // and storing a 4.7B-parameter T5 they never run.
   std::optional<int> text_layers;
+  // Denoiser attention: scaled_dot_product_attention (default), or the chunked float32 math of packages made before
+  // LibTorch 2 (`--attention chunked`, for comparisons).
+  bool fused_attention = true;
 };
 
 // Validates the options (InvalidArgument naming the flag), then writes the package into a temporary directory

@@ -1,5 +1,7 @@
 #include "models/transformer_script.h"
 
+#include <string>
+
 #include <fmt/format.h>
 
 namespace reel {
@@ -74,12 +76,40 @@ def rope(self, f: int, gh: int, gw: int, base_h: int, base_w: int, hd: int) -> T
     return cos.reshape(f * gh * gw, hd).float(), sin.reshape(f * gh * gw, hd).float()
 )";
 
+// Attention over [B, heads, L, head_dim]. Fused: scaled_dot_product_attention, as diffusers'
+// CogVideoXAttnProcessor2_0 calls it (flash or memory-efficient kernels on CUDA, the flash kernel on CPU; no score
+// matrix is stored). Chunked: the formulation of packages made before LibTorch 2 — q·kᵀ for a chunk of queries at a
+// time, softmax in float32 — kept to compare against (--attention chunked).
+std::string AttentionSource(bool fused) {
+  if (fused) return R"(
+def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return torch.scaled_dot_product_attention(q, k, v)
+)";
+  return fmt::format(R"(
+def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    B = q.size(0)
+    H = q.size(1)
+    L = q.size(2)
+    scale = float(q.size(3)) ** -0.5
+    kt = k.transpose(-1, -2)
+    chunk = max(1, {} // (B * H * k.size(2)))
+    if chunk >= L:
+        return torch.matmul(torch.softmax(torch.matmul(q, kt).float() * scale, -1).to(v.dtype), v)
+    outs: List[Tensor] = []
+    for i in range(0, L, chunk):
+        s = torch.matmul(q[:, :, i:i + chunk], kt).float() * scale
+        outs.append(torch.matmul(torch.softmax(s, -1).to(v.dtype), v))
+    return torch.cat(outs, 2)
+)",
+                     kAttentionChunkElements);
+}
+
 }  // namespace
 
 void BuildTransformerEmbed(const TransformerConfig& c, int text_tokens, ScriptBuilder& b) {
   const int D = c.inner_dim();
   const int p = c.patch_size;
-  b.Conv("patch", c.in_channels, D, {p, p});
+  b.Conv("patch", c.in_channels, D, {p, p}, c.patch_bias);
   b.Linear("text_proj", c.text_embed_dim, D);
   b.Linear("time1", D, c.time_embed_dim);
   b.Linear("time2", c.time_embed_dim, c.time_embed_dim);
@@ -120,19 +150,25 @@ def forward(self, latents: Tensor, text: Tensor, timestep: Tensor) -> Tuple[Tens
     T = text.size(1)
     hp = H // {p}
     wp = W // {p}
-    x = torch.conv2d(latents.to(dt).reshape(B * f, C, H, W), self.patch_w, self.patch_b, [{p}, {p}])
+    x = torch.conv2d(latents.to(dt).reshape(B * f, C, H, W), self.patch_w, {patch_b}, [{p}, {p}])
     x = x.view(B, f, {D}, hp, wp).permute(0, 1, 3, 4, 2).reshape(B, f * hp * wp, {D})
     t = torch.linear(text.to(dt), self.text_proj_w, self.text_proj_b)
 {positions}
     half = {D} // 2
-    freqs = torch.exp(-9.210340371976184 * torch.arange(half, device=timestep.device).float() / half)
+    k = torch.arange(half, device=timestep.device).float()
+    freqs = torch.exp(k * -9.210340371976184 / (half - {freq_shift}))
     arg = timestep.float().unsqueeze(1) * freqs.unsqueeze(0)
-    temb = torch.cat([torch.cos(arg), torch.sin(arg)], 1).to(dt)
+    temb = torch.cat({halves}, 1).to(dt)
     emb = torch.linear(torch.silu(torch.linear(temb, self.time1_w, self.time1_b)), self.time2_w, self.time2_b)
 {rope}
     return x, t, emb, cos, sin
 )",
                                                      fmt::arg("p", p), fmt::arg("D", D),
+                                                     fmt::arg("patch_b", c.patch_bias ? "self.patch_b" : "None"),
+                                                     fmt::arg("freq_shift", F(c.freq_shift)),
+                                                     fmt::arg("halves", c.flip_sin_to_cos
+                                                                            ? "[torch.cos(arg), torch.sin(arg)]"
+                                                                            : "[torch.sin(arg), torch.cos(arg)]"),
                                                      fmt::arg("positions", positions), fmt::arg("rope", rope)));
 }
 
@@ -154,27 +190,12 @@ void BuildTransformerBlock(const TransformerConfig& c, ScriptBuilder& b) {
     k = torch.cat([k[:, :, :T], self.apply_rope(k[:, :, T:], cos, sin)], 2)
 )"
                                     : "";
-  b.Define(std::string(kLayerNorm) + fmt::format(R"(
+  b.Define(std::string(kLayerNorm) + AttentionSource(c.fused_attention) + fmt::format(R"(
 def apply_rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     xf = x.float()
     pairs = xf.reshape(x.size(0), x.size(1), x.size(2), x.size(3) // 2, 2)
     rot = torch.stack([-pairs[:, :, :, :, 1], pairs[:, :, :, :, 0]], -1).reshape(x.size())
     return (xf * cos + rot * sin).to(x.dtype)
-
-def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    B = q.size(0)
-    H = q.size(1)
-    L = q.size(2)
-    scale = float(q.size(3)) ** -0.5
-    kt = k.transpose(-1, -2)
-    chunk = max(1, {budget} // (B * H * k.size(2)))
-    if chunk >= L:
-        return torch.matmul(torch.softmax(torch.matmul(q, kt).float() * scale, -1).to(v.dtype), v)
-    outs: List[Tensor] = []
-    for i in range(0, L, chunk):
-        s = torch.matmul(q[:, :, i:i + chunk], kt).float() * scale
-        outs.append(torch.matmul(torch.softmax(s, -1).to(v.dtype), v))
-    return torch.cat(outs, 2)
 
 def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor]:
     B = video.size(0)
@@ -203,7 +224,7 @@ def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Te
     text = text + m[5] * ff[:, :T]
     return video, text
 )",
-                                                 fmt::arg("budget", kAttentionChunkElements), fmt::arg("eps", F(c.eps)),
+                                                 fmt::arg("eps", F(c.eps)),
                                                  fmt::arg("heads", c.num_heads), fmt::arg("hd", c.head_dim),
                                                  fmt::arg("D", D), fmt::arg("rope", rope)));
 }

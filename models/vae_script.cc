@@ -250,8 +250,19 @@ std::vector<std::pair<int64_t, int64_t>> VaeFrameChunks(int64_t frames, int64_t 
 }
 
 torch::jit::Module BuildVaeEncoder(const VaeConfig& cfg, uint64_t seed, torch::Dtype dtype) {
-  CheckConfig(cfg);
   ScriptBuilder b("ReelVaeEncoder", seed, dtype);
+  DefineVaeEncoder(cfg, b);
+  return b.Finish();
+}
+
+torch::jit::Module BuildVaeDecoder(const VaeConfig& cfg, uint64_t seed, torch::Dtype dtype) {
+  ScriptBuilder b("ReelVaeDecoder", seed, dtype);
+  DefineVaeDecoder(cfg, b);
+  return b.Finish();
+}
+
+void DefineVaeEncoder(const VaeConfig& cfg, ScriptBuilder& b) {
+  CheckConfig(cfg);
   const std::vector<int>& ch = cfg.block_out_channels;
   const int levels = static_cast<int>(ch.size());
   std::ostringstream body;
@@ -291,12 +302,10 @@ torch::jit::Module BuildVaeEncoder(const VaeConfig& cfg, uint64_t seed, torch::D
   b.Define(EncoderHelpers());
   b.Define(body.str());
   b.Define(ChunkedForward("video", "encode_chunk", cfg.encode_frame_batch));
-  return b.Finish();
 }
 
-torch::jit::Module BuildVaeDecoder(const VaeConfig& cfg, uint64_t seed, torch::Dtype dtype) {
+void DefineVaeDecoder(const VaeConfig& cfg, ScriptBuilder& b) {
   CheckConfig(cfg);
-  ScriptBuilder b("ReelVaeDecoder", seed, dtype);
   std::vector<int> ch(cfg.block_out_channels.rbegin(), cfg.block_out_channels.rend());
   const int levels = static_cast<int>(ch.size());
   const int zq = cfg.latent_channels;
@@ -335,7 +344,6 @@ torch::jit::Module BuildVaeDecoder(const VaeConfig& cfg, uint64_t seed, torch::D
   b.Define(DecoderHelpers());
   b.Define(body.str());
   b.Define(ChunkedForward("z", "decode_chunk", cfg.decode_latent_batch));
-  return b.Finish();
 }
 
 }  // namespace reel

@@ -9,6 +9,7 @@
 #include <torch/script.h>
 
 #include "models/presets.h"
+#include "models/script_builder.h"
 
 namespace reel {
 
@@ -30,6 +31,10 @@ torch::jit::Module BuildVaeEncoder(const VaeConfig& cfg, uint64_t seed, torch::D
 //   decode_chunk(self, z: Tensor, cache: Dict[str, Tensor]) -> Tensor
 //     One chunk of latent frames → its video frames (float32); reads and updates `cache`.
 torch::jit::Module BuildVaeDecoder(const VaeConfig& cfg, uint64_t seed, torch::Dtype dtype);
+
+// The same modules' weights and source, added to `b` (what BuildVaeEncoder/BuildVaeDecoder finish).
+void DefineVaeEncoder(const VaeConfig& cfg, ScriptBuilder& b);
+void DefineVaeDecoder(const VaeConfig& cfg, ScriptBuilder& b);
 
 // Chunks [start, end) of diffusers' _encode/_decode frame batching: n = max(frames / batch, 1), rem = frames % batch;
 // chunk 0 is [0, batch + rem) and chunk i is [batch·i + rem, batch·(i+1) + rem). The modules' forward use the same rule.

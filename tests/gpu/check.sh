@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with an NVIDIA GPU and PyTorch's LibTorch but no package registry, builds the
 # runtime-only tree (stage runtime, models, profiler, their tests, the GPU benchmark) against that LibTorch, runs
-# the tests (GPU ones included) and the strategy benchmark at CogVideoX shapes, and writes a results table.
-# Without a GPU (or with --cpu-fallback) it runs the same tests and a small benchmark on the simulated device from
-# an existing build, so the script itself is exercised by the test suite.
+# the tests (GPU ones included), diffusers' CogVideoXTransformer3DModel against Reel's denoiser with the same
+# weights and inputs (tests/gpu/diffusers_compare.py), the strategy benchmark at CogVideoX shapes and the VAE
+# decode, records every test process's exit status, and writes a results table; all within a time budget.
+# Without a GPU (or with --cpu-fallback) it runs the same tests, a small benchmark and the diffusers comparison at
+# a tiny size (f32) on the simulated device from an existing build, so the script itself is exercised by the suite.
 #
 # Usage: tests/gpu/check.sh [--cpu-fallback] [--build-dir DIR] [--out DIR] [--quick]
-# Before a GPU run, on a development machine: tests/gpu/prepare.sh (fills .gpu-deps/ from Debian's packages).
-# Environment: REEL_GPU_BENCH_STEPS (default 1), REEL_GPU_PRESETS (default "cogvideox-5b cogvideox-2b"),
-# REEL_GPU_STRATEGIES, REEL_GPU_DECODE (set and empty: no decode rows), REEL_GPU_BENCH_TIMEOUT (s per preset, default 900), REEL_GPU_TEST_TIMEOUT
-# (s per test, default 600).
+# Before a GPU run, on a development machine: tests/gpu/prepare.sh (fills .gpu-deps/: Debian's packages, and
+# diffusers' wheel for the comparison). docs/GPU.md lists the environment knobs (REEL_GPU_*), among them
+# REEL_GPU_BUDGET (seconds for the whole check, default 480): a step that no longer fits is skipped, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -33,8 +34,21 @@ RESULTS=$OUT_DIR/results.md
 : >"$LOG"
 START=$(date +%s)
 SKIPPED=()
+EXITS=()  # "NAME=RC:W" of the benchmark processes (W: 1 if it wrote its results), for the exit-status table
 say() { echo "[check $(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 skip() { SKIPPED+=("$1"); say "SKIP: $1"; }
+# The time budget (GPU mode): what is left of it, and whether a step needing about N seconds still fits.
+BUDGET=${REEL_GPU_BUDGET:-480}
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+fits() {  # fits "what" SECONDS
+  local l
+  l=$(left)
+  [ "$MODE" = cpu ] || [ "$l" -ge "$2" ] && return 0
+  skip "$1: $l s of the ${BUDGET} s budget left, it needs about $2 s (REEL_GPU_BUDGET)"
+  return 1
+}
+# A step's time limit: its own, or what is left of the budget less 10 s for the results, whichever is less.
+limit() { local l=$(($(left) - 10)); [ "$MODE" = cpu ] && l=$1; [ "$l" -lt "$1" ] && echo "$((l > 1 ? l : 1))" || echo "$1"; }
 
 # --- environment ---------------------------------------------------------------------------------------------
 GPU_NAME=""
@@ -80,7 +94,9 @@ if [ "$MODE" = gpu ]; then
     say "NCCL: $NCCL_LIB"
   fi
   say "configure $BUILD"
+  # cmake/python_env.cmake takes LibTorch from the torch that REEL_PYTHON imports: this machine's Python.
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DREEL_RUNTIME_ONLY=ON -DREEL_WITH_CUDA=ON \
+    -DREEL_PYTHON="$(command -v "$PY")" \
     -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS" -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
     -DCMAKE_CUDA_ARCHITECTURES=native "${NCCL_FLAGS[@]}" >>"$LOG" 2>&1 ||
     { say "FAIL: configure (see $LOG)"; tail -40 "$LOG"; exit 1; }
@@ -109,12 +125,17 @@ fi
 # --- tests ---------------------------------------------------------------------------------------------------
 # The GPU tests (runtime on the device, CUDA/NVML/NCCL host code); on a GPU also the runtime's memory, VAE and
 # scheduler suites, which then run against the CUDA LibTorch. Cases that need a GPU skip on the fallback.
+# Every test process's exit status is kept (exit_status.py): a process that passed its tests and then crashed on
+# the way out is the exit crash of docs/GPU.md.
 TEST_REGEX="GpuRuntime|CudaHost|Nvml|Nccl"
 [ "$MODE" = gpu ] && TEST_REGEX="$TEST_REGEX|RuntimeMemory|VaeDecode|Scheduler|Manifest"
 say "tests matching $TEST_REGEX"
+DIRECT=()
 if [ "$MODE" = gpu ]; then
-  ctest --test-dir "$BUILD" -j "$(nproc)" --timeout "${REEL_GPU_TEST_TIMEOUT:-600}" -R "$TEST_REGEX" >"$OUT_DIR/ctest.log" 2>&1
+  timeout "$(limit "${REEL_GPU_TESTS_TIMEOUT:-240}")" ctest --test-dir "$BUILD" -j "$(nproc)" \
+    --timeout "${REEL_GPU_TEST_TIMEOUT:-600}" -R "$TEST_REGEX" >"$OUT_DIR/ctest.log" 2>&1
   TEST_RC=$?
+  [ "$TEST_RC" = 124 ] && say "FAIL: the tests ran past the budget (see $OUT_DIR/ctest.log)"
 else
   # The test binaries directly: a nested ctest would overwrite the log of the ctest run this fallback is part of.
   TEST_RC=0
@@ -124,13 +145,18 @@ else
       skip "test: $t was not built (no CUDA toolkit here)"
       continue
     fi
-    "$BUILD/tests/$t" >>"$OUT_DIR/ctest.log" 2>&1 || TEST_RC=1
+    "$BUILD/tests/$t" >"$OUT_DIR/$t.log" 2>&1
+    rc=$?
+    cat "$OUT_DIR/$t.log" >>"$OUT_DIR/ctest.log"
+    DIRECT+=("$t=$rc:$OUT_DIR/$t.log")
+    [ "$rc" = 0 ] || TEST_RC=1
   done
   passed=$(grep -c "^\[       OK \]" "$OUT_DIR/ctest.log")
   failed=$(grep -c "^\[  FAILED  \] [A-Za-z]*\." "$OUT_DIR/ctest.log")
   echo "$passed tests passed, $failed tests failed (gtest, run directly)" >>"$OUT_DIR/ctest.log"
 fi
-grep -E "tests passed|tests failed|\*\*\*Failed|Not Run|\(Failed\)|Timeout" "$OUT_DIR/ctest.log" | tee -a "$LOG"
+grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Not Run|\(Failed\)|Timeout" "$OUT_DIR/ctest.log" |
+  head -40 | tee -a "$LOG"
 # What skipped, and why: the line after each GTEST_SKIP's "file:line: Skipped".
 LOGS=("$OUT_DIR/ctest.log")
 [ "$MODE" = gpu ] && LOGS+=("$BUILD/Testing/Temporary/LastTest.log")
@@ -138,21 +164,120 @@ mapfile -t WHY < <(grep -h -A1 ": Skipped$" "${LOGS[@]}" 2>/dev/null |
   grep -v ": Skipped$\|^--$" | sort -u | head -20)
 for why in "${WHY[@]}"; do skip "test: $why"; done
 
-# --- benchmark -----------------------------------------------------------------------------------------------
+# --- diffusers against Reel ----------------------------------------------------------------------------------
+# tests/gpu/diffusers_compare.py: CogVideoXTransformer3DModel (5B config, seeded random weights, its default
+# attention processor) and Reel's denoiser exported from the same module, on the same inputs: step time, peak
+# memory, output agreement. On the fallback: the tiny config in f32 on the CPU. Exit 77 means skipped.
 BENCH=$BUILD/bench/reel_gpu_bench
+GPU_DEVICE=${REEL_GPU_DEVICE:-cuda:0}  # the benchmark's and the comparison's device (cpu: a dry run of this path)
+COMPARE_RC=""
+PKG5B=""
+read -r BF BH BW <<<"${REEL_GPU_BENCH_SHAPE:-49 480 720}"
+CMP_WORK=""
+if [ -n "${REEL_GPU_COMPARE-1}" ]; then
+  if [ "$MODE" = gpu ]; then
+    CPY=$PY
+  else
+    CPY=$(sed -n 's/^REEL_PYTHON:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)
+    [ -x "$CPY" ] || CPY=$ROOT/.venv/bin/python
+    [ -x "$CPY" ] || CPY=python3
+  fi
+  if [ "$MODE" = gpu ] && ! "$CPY" -c 'import diffusers' 2>/dev/null; then
+    # No registry there: diffusers travels as a wheel in .gpu-deps/wheels (tests/gpu/prepare.sh; a pure-Python
+    # wheel whose other requirements the machine's transformers already brought).
+    SITE=${TMPDIR:-/tmp}/reel-gpu-site
+    rm -rf "$SITE"
+    shopt -s nullglob
+    WHEELS=("$ROOT"/.gpu-deps/wheels/*.whl)
+    shopt -u nullglob
+    if [ ${#WHEELS[@]} -gt 0 ]; then
+      "$CPY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${WHEELS[@]}" \
+        >>"$LOG" 2>&1 || for w in "${WHEELS[@]}"; do "$CPY" -m zipfile -e "$w" "$SITE"; done
+      export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+      say "installed $(basename -a "${WHEELS[@]}" | tr '\n' ' ')into $SITE"
+    fi
+  fi
+  if [ ! -x "$BENCH" ]; then
+    skip "diffusers comparison: $BENCH was not built"
+  elif [ "$MODE" = gpu ] && [ "$QUICK" = 0 ] && fits "diffusers comparison at 5B" "${REEL_GPU_COMPARE_NEED:-150}"; then
+    CMP_WORK=${TMPDIR:-/tmp}/reel-diffusers-compare
+    CMP_ARGS=(--device "$GPU_DEVICE" --dtype bf16 --frames "$BF" --height "$BH" --width "$BW" --warmup 1
+              --steps "${REEL_GPU_COMPARE_STEPS:-3}" --keep-package)
+    [ -n "${REEL_GPU_COMPARE_LAYERS:-}" ] && CMP_ARGS+=(--layers "$REEL_GPU_COMPARE_LAYERS")
+    CMP_ARGS+=(${REEL_GPU_COMPARE_ARGS:-})  # e.g. "--size tiny --dtype f32" (later arguments win)
+  elif [ "$MODE" = cpu ] || [ "$QUICK" = 1 ]; then
+    CMP_WORK=$OUT_DIR/compare-work
+    CMP_ARGS=(--size tiny --device "$([ "$MODE" = gpu ] && echo "$GPU_DEVICE" || echo cpu)" --dtype f32 --warmup 1 --steps 2)
+    [ "$MODE" = cpu ] && CMP_ARGS+=(--threads "${REEL_GPU_CPU_THREADS:-2}")
+  fi
+  if [ -n "$CMP_WORK" ]; then
+    say "diffusers comparison: $CPY tests/gpu/diffusers_compare.py ${CMP_ARGS[*]}"
+    rm -f "$OUT_DIR/compare.json" "$OUT_DIR/compare.md"
+    # The exporter asks reel_model_source (built beside the runtime) for every part's TorchScript source.
+    MODEL_SOURCE=()
+    [ -x "$BUILD/models/reel_model_source" ] && MODEL_SOURCE=(REEL_MODEL_SOURCE="$BUILD/models/reel_model_source")
+    CMP_LIMIT=$(limit "${REEL_GPU_COMPARE_TIMEOUT:-400}")
+    env REEL_BUILD_DIR="$BUILD" "${MODEL_SOURCE[@]}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+      timeout "$CMP_LIMIT" "$CPY" "$ROOT/tests/gpu/diffusers_compare.py" --bench "$BENCH" --work "$CMP_WORK" \
+      --timeout "$CMP_LIMIT" --json "$OUT_DIR/compare.json" --markdown "$OUT_DIR/compare.md" "${CMP_ARGS[@]}" \
+      >"$OUT_DIR/compare.log" 2>&1
+    COMPARE_RC=$?
+    cat "$OUT_DIR/compare.log" >>"$LOG"
+    grep "^\[compare\]" "$OUT_DIR/compare.log" | tail -4
+    rc_reel=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("reel_exit_status", ""))' \
+      "$OUT_DIR/compare.json" 2>/dev/null)
+    [ -n "$rc_reel" ] && EXITS+=("reel_gpu_bench --denoise-inputs (comparison)=$rc_reel:1")
+    case "$COMPARE_RC" in
+      0) say "diffusers comparison: outputs agree" ;;
+      77) skip "diffusers comparison: $(sed -n 's/^\[compare\] SKIP: //p' "$OUT_DIR/compare.log" | head -1)"
+          COMPARE_RC="" ;;
+      124) say "FAIL: diffusers comparison ran past its $CMP_LIMIT s (see $OUT_DIR/compare.log)" ;;
+      *) say "FAIL: diffusers comparison (exit $COMPARE_RC; see $OUT_DIR/compare.log)" ;;
+    esac
+    # The 5B strategy rows can run on the package just exported (the same architecture and source as the
+    # cogvideox-5b preset, diffusers' weights) instead of synthesizing the preset again: a minute less.
+    PKG5B=$(python3 -c 'import json,os,sys; j=json.load(open(sys.argv[1])); p=j.get("export",{}).get("package","")
+print(p if j.get("full_5b") and os.path.isfile(os.path.join(p,"manifest.json")) else "")' "$OUT_DIR/compare.json" \
+      2>/dev/null)
+  fi
+else
+  skip "diffusers comparison: REEL_GPU_COMPARE is set and empty"
+fi
+
+# --- benchmark -----------------------------------------------------------------------------------------------
 if [ ! -x "$BENCH" ]; then
   skip "strategy benchmark: $BENCH was not built"
 else
   if [ "$MODE" = gpu ] && [ "$QUICK" = 0 ]; then
-    read -r BF BH BW <<<"${REEL_GPU_BENCH_SHAPE:-49 480 720}"
-    for preset in ${REEL_GPU_PRESETS:-cogvideox-5b cogvideox-2b}; do
-      say "benchmark $preset ${BF}x${BH}x${BW} bf16"
-      timeout "${REEL_GPU_BENCH_TIMEOUT:-900}" "$BENCH" --preset "$preset" --device cuda:0 --frames "$BF" \
+    PRESETS=(${REEL_GPU_PRESETS:-cogvideox-5b cogvideox-2b})
+    DECODE=${REEL_GPU_DECODE-plain,slicing+tiling=256}
+    for i in "${!PRESETS[@]}"; do
+      preset=${PRESETS[$i]}
+      src=(--preset "$preset")
+      decode=$DECODE
+      label=$preset
+      need=${REEL_GPU_BENCH_NEED:-60}
+      # The exported package's VAE is a stand-in: its decode rows go to a later synthesized preset (2B and 5B
+      # share CogVideoX's VAE), so the package is used only when one follows or no decode rows are asked for.
+      later=("${PRESETS[@]:$((i + 1))}")
+      if [ "$preset" = cogvideox-5b ] && [ -n "$PKG5B" ] && { [ -z "$DECODE" ] || [ ${#later[@]} -gt 0 ]; }; then
+        src=(--model "$PKG5B")
+        decode=""
+        label="cogvideox-5b (the compared package: diffusers' weights, exported)"
+      else
+        need=${REEL_GPU_BENCH_NEED_SYNTH:-90}
+      fi
+      fits "benchmark $label" "$need" || continue
+      say "benchmark $label ${BF}x${BH}x${BW} bf16${decode:+, decode $decode}"
+      rm -f "$OUT_DIR/bench-$preset.json"
+      timeout "$(limit "${REEL_GPU_BENCH_TIMEOUT:-900}")" "$BENCH" "${src[@]}" --device "$GPU_DEVICE" --frames "$BF" \
         --height "$BH" --width "$BW" --dtype bf16 --steps "${REEL_GPU_BENCH_STEPS:-1}" \
-        --strategies "${REEL_GPU_STRATEGIES:-none,block:4,block:2,sequential}" \
-        --decode "${REEL_GPU_DECODE-plain,slicing+tiling=256}" \
-        --json "$OUT_DIR/bench-$preset.json" --markdown "$OUT_DIR/bench-$preset.md" >>"$LOG" 2>&1 ||
-        say "FAIL: benchmark $preset (see $LOG)"
+        --strategies "${REEL_GPU_STRATEGIES:-none,block:4,block:2,sequential,model}" --decode "$decode" \
+        --json "$OUT_DIR/bench-$preset.json" --markdown "$OUT_DIR/bench-$preset.md" >>"$LOG" 2>&1
+      rc=$?
+      EXITS+=("reel_gpu_bench $preset=$rc:$([ -s "$OUT_DIR/bench-$preset.json" ] && echo 1 || echo 0)")
+      [ "$rc" = 0 ] || say "FAIL: benchmark $preset (exit $rc; see $LOG)"
+      [ -n "$decode" ] && [ -s "$OUT_DIR/bench-$preset.json" ] && DECODE=""  # decode rows once
       tail -3 "$LOG"
     done
   else
@@ -160,19 +285,44 @@ else
     say "benchmark tiny 9x64x64 on the simulated device"
     "$BENCH" --preset tiny --device cpu --frames 9 --height 64 --width 64 --steps 2 --threads 2 \
       --strategies "none,block:1,sequential" --decode "plain,slicing+tiling=32" --json "$OUT_DIR/bench-tiny.json" \
-      --markdown "$OUT_DIR/bench-tiny.md" >>"$LOG" 2>&1 || say "FAIL: benchmark tiny (see $LOG)"
+      --markdown "$OUT_DIR/bench-tiny.md" >>"$LOG" 2>&1
+    rc=$?
+    EXITS+=("reel_gpu_bench tiny=$rc:$([ -s "$OUT_DIR/bench-tiny.json" ] && echo 1 || echo 0)")
+    [ "$rc" = 0 ] || say "FAIL: benchmark tiny (exit $rc; see $LOG)"
   fi
 fi
+[ -n "$CMP_WORK" ] && rm -rf "$CMP_WORK"  # the exported package: 11 GB at 5B
 
 # --- results -------------------------------------------------------------------------------------------------
+EXIT_ARGS=()
+if [ "$MODE" = gpu ]; then
+  EXIT_ARGS=(--ctest "$OUT_DIR/ctest.log" --last-test "$BUILD/Testing/Temporary/LastTest.log")
+elif [ ${#DIRECT[@]} -gt 0 ]; then
+  EXIT_ARGS=(--direct "${DIRECT[@]}")
+fi
+[ ${#EXITS[@]} -gt 0 ] && EXIT_ARGS+=(--extra "${EXITS[@]}")
+python3 "$ROOT/tests/gpu/exit_status.py" "${EXIT_ARGS[@]}" >"$OUT_DIR/exit-status.md" 2>>"$LOG" ||
+  echo "exit crash: unknown (exit_status.py failed; see check.log)" >"$OUT_DIR/exit-status.md"
+say "$(tail -1 "$OUT_DIR/exit-status.md")"
 {
   echo "# GPU check results"
   echo
   echo "- machine: ${GPU_NAME:-no GPU (CPU fallback, simulated device)}"
-  echo "- mode: $MODE; elapsed $(($(date +%s) - START)) s"
+  echo "- mode: $MODE; elapsed $(($(date +%s) - START)) s$([ "$MODE" = gpu ] && echo " of the ${BUDGET} s budget")"
   echo "- tests: $(grep -E 'tests passed' "$OUT_DIR/ctest.log" || echo 'no summary')"
-  grep -E "\(Failed\)|\*\*\*Failed|Timeout" "$OUT_DIR/ctest.log" | sed 's/^/  - failed: /' || true
+  grep -E "\(Failed\)|\*\*\*Failed|\*\*\*Exception|Timeout" "$OUT_DIR/ctest.log" | sed 's/^/  - failed: /' || true
+  echo "- $(tail -1 "$OUT_DIR/exit-status.md")"
+  case "$COMPARE_RC" in
+    "") echo "- diffusers comparison: not run (see Skipped)" ;;
+    0) echo "- diffusers comparison: outputs agree" ;;
+    *) echo "- diffusers comparison: FAILED (exit $COMPARE_RC; compare.log)" ;;
+  esac
+  [ -f "$OUT_DIR/compare.md" ] && { echo; cat "$OUT_DIR/compare.md"; }
   for f in "$OUT_DIR"/bench-*.md; do [ -f "$f" ] && { echo; cat "$f"; }; done
+  echo
+  echo "### Exit status of every test and benchmark process"
+  echo
+  grep "^|" "$OUT_DIR/exit-status.md"
   if [ ${#SKIPPED[@]} -gt 0 ]; then
     echo
     echo "Skipped:"
@@ -180,5 +330,5 @@ fi
   fi
 } >"$RESULTS"
 cat "$RESULTS"
-say "done in $(($(date +%s) - START)) s (tests rc $TEST_RC)"
-[ "$TEST_RC" = 0 ] && [ -s "$OUT_DIR/bench-tiny.json" -o "$MODE" = gpu ]
+say "done in $(($(date +%s) - START)) s (tests rc $TEST_RC, comparison rc ${COMPARE_RC:-not run})"
+[ "$TEST_RC" = 0 ] && [ -s "$OUT_DIR/bench-tiny.json" -o "$MODE" = gpu ] && [ "${COMPARE_RC:-0}" = 0 ]

@@ -1,9 +1,15 @@
-"""Builds one TorchScript part of a stage package: weights taken by name from a diffusers-style module, stored flat
-on one module, plus generated TorchScript source. The Python twin of models/script_builder.cc: Reel's runtime moves,
-converts and quantizes a part's top-level parameters, so every weight must be one (no submodules, no buffers)."""
+"""Builds one TorchScript part of a stage package: the part's source and weight names come from Reel's own builders
+(models/*_script.cc, through the reel_model_source program), so an exported package runs exactly the source of the
+synthetic presets; the weights are taken by name from a diffusers-style module and stored flat on one module.
+Reel's runtime moves, converts and quantizes a part's top-level parameters, so every weight must be one."""
 
+import json
+import os
+import shutil
+import subprocess
 import types
-from typing import Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -28,12 +34,6 @@ _TORCH_NAMESPACE.__getattr__ = _torch_attr
 
 def _resolve(name):
     return _TORCH_NAMESPACE if name == "torch" else None
-
-
-def float_literal(x: float) -> str:
-    """A literal TorchScript reads as float, never as int."""
-    s = repr(float(x))
-    return s if any(c in s for c in ".en") else s + ".0"
 
 
 def config_value(module, key: str, default=None, required: bool = False, component: str = ""):
@@ -97,26 +97,19 @@ class PartBuilder:
         # A copy, so that the saved file holds exactly this tensor's storage and never a larger shared one.
         self.params[name] = t.to(dtype=self.dtype, copy=True).contiguous()
 
-    def linear(self, name: str, path: str, in_features: int, out_features: int, bias: bool = True) -> None:
-        self.take(name + "_w", path + ".weight", (out_features, in_features))
-        self._bias(name, path, out_features, bias)
-
-    def norm(self, name: str, path: str, dim: int, bias: bool = True) -> None:
-        self.take(name + "_w", path + ".weight", (dim,))
-        self._bias(name, path, dim, bias)
-
-    def conv(self, name: str, path: str, in_channels: int, out_channels: int, kernel: Sequence[int],
-             bias: bool = True) -> None:
-        self.take(name + "_w", path + ".weight", (out_channels, in_channels, *kernel))
-        self._bias(name, path, out_channels, bias)
-
-    def _bias(self, name: str, path: str, dim: int, bias: bool) -> None:
-        if bias:
-            self.take(name + "_b", path + ".bias", (dim,))
-        elif self.w.has(path + ".bias"):
-            raise ExportError(f"{self.w.component}: '{path}.bias' exists but this architecture has no bias there")
-
-    def define(self, source: str) -> None:
+    def define(self, source: str, weights: Sequence[Tuple[str, Sequence[int]]],
+               path_of: Callable[[str], str]) -> None:
+        """Takes every weight the source declares: `name` from path_of(name) in the diffusers module, with the
+        declared shape. A weight the architecture has no place for (a bias where Reel's source has none) is refused,
+        so that no checkpoint weight is silently dropped."""
+        names = {name for name, _ in weights}
+        for name, shape in weights:
+            self.take(name, path_of(name), shape)
+            if name.endswith("_w") and name[:-2] + "_b" not in names:
+                module_path = path_of(name).rsplit(".", 1)[0]
+                if self.w.has(module_path + ".bias"):
+                    raise ExportError(f"{self.w.component}: '{module_path}.bias' exists but this architecture has "
+                                      "no bias there")
         self.source.append(source)
 
     def finish(self, class_name: str) -> torch.jit.ScriptModule:
@@ -144,6 +137,53 @@ def count_weights(module: torch.jit.ScriptModule) -> Tuple[int, int]:
     return params, nbytes
 
 
-def optional_arg(builder: PartBuilder, name: str) -> str:
-    """`self.<name>` when the part holds that weight, else `None` (TorchScript's Optional[Tensor])."""
-    return "self." + name if name in builder.params else "None"
+def _model_source_binary() -> str:
+    env = os.environ.get("REEL_MODEL_SOURCE")
+    if env:
+        return env
+    root = Path(__file__).resolve().parents[3]
+    for build in [os.environ.get("REEL_BUILD_DIR"), root / "build"]:
+        if build and (Path(build) / "models" / "reel_model_source").is_file():
+            return str(Path(build) / "models" / "reel_model_source")
+    found = shutil.which("reel_model_source")
+    if found:
+        return found
+    raise ExportError("reel_model_source was not found (it gives every part its TorchScript source): build Reel "
+                      "first (scripts/build.sh), or set REEL_MODEL_SOURCE or REEL_BUILD_DIR")
+
+
+class ModelSource:
+    """Reel's part builders (reel_model_source), asked once per distinct part: (source, [(weight, shape)])."""
+
+    def __init__(self):
+        self._cache: Dict[str, Tuple[str, List[Tuple[str, List[int]]]]] = {}
+
+    def part(self, component: str, part: str, config: dict, text_tokens: int = 0):
+        request = json.dumps({"component": component, "part": part, "config": config, "text_tokens": text_tokens},
+                             sort_keys=True)
+        if request not in self._cache:
+            binary = _model_source_binary()
+            try:
+                r = subprocess.run([binary], input=request + "\n", capture_output=True, text=True, check=False)
+            except OSError as e:
+                raise ExportError(f"reel_model_source {binary}: cannot run ({e.strerror})") from None
+            try:
+                answer = json.loads(r.stdout.splitlines()[0])
+            except (IndexError, json.JSONDecodeError):
+                raise ExportError(f"reel_model_source {binary}: no answer (exit {r.returncode}): "
+                                  f"{r.stderr.strip()[-300:]}") from None
+            if "error" in answer:
+                raise ExportError(f"{component} {part}: {answer['error']}")
+            self._cache[request] = (answer["source"], [(n, list(shape)) for n, shape in answer["weights"]])
+        return self._cache[request]
+
+
+MODEL_SOURCE = ModelSource()
+
+
+def diffusers_path(table: Dict[str, str], name: str) -> str:
+    """A flat weight name (stem_w / stem_b) as a module path: table[stem] + .weight / .bias."""
+    stem, suffix = name.rsplit("_", 1)
+    if stem not in table or suffix not in ("w", "b"):
+        raise ExportError(f"weight '{name}' of Reel's source has no known place in the checkpoint")
+    return table[stem] + (".weight" if suffix == "w" else ".bias")
