@@ -35,19 +35,31 @@ DdimScheduler::DdimScheduler(const SchedulerSpec& spec) : spec_(spec) {
   }
 }
 
+// The tables diffusers' CogVideoXDDIMScheduler.set_timesteps makes with numpy, value for value: numpy's arange and
+// linspace round differently from the textbook formulas (checked for every N from 1 to 250 against diffusers
+// itself by tests/scheduler_test.cc).
 std::vector<int> DdimScheduler::Timesteps(int steps) const {
   const int n = spec_.num_train_timesteps;
   std::vector<int> t;
   if (spec_.timestep_spacing == "trailing") {
-    // round(arange(n, 0, -n/steps)) - 1, with numpy's round-half-to-even (nearbyint's default mode).
-    const double ratio = static_cast<double>(n) / steps;
-    for (int i = 0; i < steps; ++i) t.push_back(static_cast<int>(std::nearbyint(n - i * ratio)) - 1);
+    // np.round(np.arange(n, 0, -n/steps)) - 1. numpy's arange fills x[i] = start + i·delta with delta recomputed
+    // as (start + step) - start, so some entries round the other way than n - i·n/steps would. Where its length,
+    // ceil(n / (n/steps)), comes out steps + 1 (12 step counts up to 250 at n = 1000: 61, 103, 121, ...), the extra entry is
+    // round(~0) - 1 = -1, not a timestep: diffusers runs it as an extra step on alphas_cumprod[-1]; Reel runs the
+    // steps asked for and drops it (docs/STAGE_PACKAGE.md).
+    const double start = n, step = -static_cast<double>(n) / steps;
+    const double delta = (start + step) - start;
+    for (int i = 0; i < steps; ++i) {
+      const double x = i == 1 ? start + step : start + i * delta;
+      t.push_back(static_cast<int>(std::nearbyint(x)) - 1);  // numpy rounds half to even, as nearbyint does
+    }
   } else if (spec_.timestep_spacing == "leading") {
     const int ratio = n / steps;
     for (int i = steps - 1; i >= 0; --i) t.push_back(i * ratio);
-  } else {  // linspace
+  } else {  // linspace: np.linspace(0, n - 1, steps).round()[::-1]: x[i] = i·((n-1)/(steps-1)), the last exactly n-1
+    const double step = steps > 1 ? static_cast<double>(n - 1) / (steps - 1) : 0.0;
     for (int i = steps - 1; i >= 0; --i)
-      t.push_back(static_cast<int>(std::nearbyint(steps == 1 ? 0.0 : (n - 1) * static_cast<double>(i) / (steps - 1))));
+      t.push_back(i == steps - 1 && steps > 1 ? n - 1 : static_cast<int>(std::nearbyint(i * step)));
   }
   return t;
 }

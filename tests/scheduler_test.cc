@@ -1,5 +1,10 @@
-// The DDIM scheduler against values computed by hand from CogVideoX's settings (see ../shared/COGVIDEOX.md §6).
+// The DDIM scheduler against values computed by hand from CogVideoX's settings (see ../shared/COGVIDEOX.md §6), and
+// its timestep tables against diffusers' CogVideoXDDIMScheduler itself (the project's Python environment).
 #include <cmath>
+#include <cstdio>
+#include <map>
+#include <sstream>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -84,6 +89,56 @@ TEST(Scheduler, DdimStepCoefficientsFollowVPrediction) {
   // The last step returns x̂0 itself.
   EXPECT_NEAR(plan[3].c_sample, std::sqrt(a[249]), 1e-12);
   EXPECT_NEAR(plan[3].c_model, -std::sqrt(1 - a[249]), 1e-12);
+}
+
+// diffusers' tables for every N from 1 to 250, "trailing" (CogVideoX's) and "linspace", from diffusers itself.
+std::map<std::string, std::vector<int>> DiffusersTables() {
+  const std::string cmd = std::string(REEL_PYTHON) + R"( -c '
+from diffusers import CogVideoXDDIMScheduler
+for spacing in ("trailing", "linspace"):
+    s = CogVideoXDDIMScheduler(timestep_spacing=spacing, rescale_betas_zero_snr=True, snr_shift_scale=1.0)
+    for n in range(1, 251):
+        s.set_timesteps(n)
+        print(spacing, n, *s.timesteps.tolist())
+' 2>&1)";
+  std::map<std::string, std::vector<int>> tables;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return tables;
+  char line[8192];
+  while (fgets(line, sizeof line, p)) {
+    std::istringstream in(line);
+    std::string spacing;
+    int n = 0, t = 0;
+    if (!(in >> spacing >> n)) continue;
+    std::vector<int>& v = tables[spacing + " " + std::to_string(n)];
+    while (in >> t) v.push_back(t);
+  }
+  pclose(p);
+  return tables;
+}
+
+TEST(Scheduler, TimestepTablesAreDiffusersForEveryStepCountUpTo250) {
+  const auto tables = DiffusersTables();
+  ASSERT_EQ(tables.size(), 500u) << "diffusers did not answer through " << REEL_PYTHON;
+  std::vector<int> extra;
+  for (const char* spacing : {"trailing", "linspace"}) {
+    SchedulerSpec spec = Spec(1.0);
+    spec.timestep_spacing = spacing;
+    const DdimScheduler s(spec);
+    for (int n = 1; n <= 250; ++n) {
+      std::vector<int> want = tables.at(std::string(spacing) + " " + std::to_string(n));
+      SCOPED_TRACE(::testing::Message() << spacing << " N=" << n);
+      // Where numpy's arange runs one entry long, that entry is -1: Reel runs the N steps asked for.
+      if (static_cast<int>(want.size()) == n + 1) {
+        EXPECT_EQ(want.back(), -1);
+        want.pop_back();
+        extra.push_back(n);
+      }
+      EXPECT_EQ(s.Timesteps(n), want);
+    }
+  }
+  // The step counts up to 250 where diffusers' trailing table has N + 1 entries, the last -1.
+  EXPECT_EQ(extra, (std::vector<int>{61, 103, 121, 122, 201, 206, 217, 223, 227, 233, 242, 244}));
 }
 
 }  // namespace
