@@ -20,6 +20,15 @@ def ln(self, x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     return torch.layer_norm(x.float(), [x.size(-1)], w.float(), b.float(), eps).to(x.dtype)
 )";
 
+// A linear layer over the timestep embedding, one row per batch element whatever the batch: a GEMM over B rows
+// rounds differently from B GEMVs (MKL takes another kernel for one row), so a guided step split across two workers
+// (batch 1 each) would differ in the last bits from the same step on one worker (batch 2). A batched product with
+// one row per batch entry is computed the same way for any B. Also used by the embed and the head.
+const char* kRowLinear = R"(
+def row_linear(self, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    return torch.bmm(x.unsqueeze(1), w.t().unsqueeze(0).expand(x.size(0), -1, -1)).squeeze(1) + b
+)";
+
 // 3D sin-cos table of CogVideoX-2B (and of 5B-I2V at sizes its learned table does not cover).
 const char* kSinCos = R"(
 def sincos_1d(self, d: int, pos: Tensor) -> Tensor:
@@ -139,7 +148,7 @@ void BuildTransformerEmbed(const TransformerConfig& c, int text_tokens, ScriptBu
                              sh, sw, c.head_dim)
                : "    cos = torch.zeros([0], device=x.device)\n    sin = torch.zeros([0], device=x.device)\n";
 
-  b.Define(std::string(kSinCos) + kRope + fmt::format(R"(
+  b.Define(std::string(kSinCos) + kRope + kRowLinear + fmt::format(R"(
 def forward(self, latents: Tensor, text: Tensor, timestep: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     dt = self.patch_w.dtype
     B = latents.size(0)
@@ -159,7 +168,7 @@ def forward(self, latents: Tensor, text: Tensor, timestep: Tensor) -> Tuple[Tens
     freqs = torch.exp(k * -9.210340371976184 / (half - {freq_shift}))
     arg = timestep.float().unsqueeze(1) * freqs.unsqueeze(0)
     temb = torch.cat({halves}, 1).to(dt)
-    emb = torch.linear(torch.silu(torch.linear(temb, self.time1_w, self.time1_b)), self.time2_w, self.time2_b)
+    emb = self.row_linear(torch.silu(self.row_linear(temb, self.time1_w, self.time1_b)), self.time2_w, self.time2_b)
 {rope}
     return x, t, emb, cos, sin
 )",
@@ -190,7 +199,7 @@ void BuildTransformerBlock(const TransformerConfig& c, ScriptBuilder& b) {
     k = torch.cat([k[:, :, :T], self.apply_rope(k[:, :, T:], cos, sin)], 2)
 )"
                                     : "";
-  b.Define(std::string(kLayerNorm) + AttentionSource(c.fused_attention) + fmt::format(R"(
+  b.Define(std::string(kLayerNorm) + kRowLinear + AttentionSource(c.fused_attention) + fmt::format(R"(
 def apply_rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     xf = x.float()
     pairs = xf.reshape(x.size(0), x.size(1), x.size(2), x.size(3) // 2, 2)
@@ -201,7 +210,7 @@ def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Te
     B = video.size(0)
     T = text.size(1)
     L = T + video.size(1)
-    m = torch.linear(torch.silu(emb), self.norm1_lin_w, self.norm1_lin_b).unsqueeze(1).chunk(6, 2)
+    m = self.row_linear(torch.silu(emb), self.norm1_lin_w, self.norm1_lin_b).unsqueeze(1).chunk(6, 2)
     v_n = self.ln(video, self.norm1_w, self.norm1_b, {eps}) * (1 + m[1]) + m[0]
     t_n = self.ln(text, self.norm1_w, self.norm1_b, {eps}) * (1 + m[4]) + m[3]
     x = torch.cat([t_n, v_n], 1)
@@ -215,7 +224,7 @@ def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Te
     a = torch.linear(a, self.out_w, self.out_b)
     video = video + m[2] * a[:, T:]
     text = text + m[5] * a[:, :T]
-    m = torch.linear(torch.silu(emb), self.norm2_lin_w, self.norm2_lin_b).unsqueeze(1).chunk(6, 2)
+    m = self.row_linear(torch.silu(emb), self.norm2_lin_w, self.norm2_lin_b).unsqueeze(1).chunk(6, 2)
     v_n = self.ln(video, self.norm2_w, self.norm2_b, {eps}) * (1 + m[1]) + m[0]
     t_n = self.ln(text, self.norm2_w, self.norm2_b, {eps}) * (1 + m[4]) + m[3]
     x = torch.cat([t_n, v_n], 1)
@@ -236,10 +245,10 @@ void BuildTransformerHead(const TransformerConfig& c, ScriptBuilder& b) {
   b.Linear("norm_out_lin", c.time_embed_dim, 2 * D);
   b.Norm("norm_out", D);
   b.Linear("proj", D, p * p * c.out_channels);
-  b.Define(std::string(kLayerNorm) + fmt::format(R"(
+  b.Define(std::string(kLayerNorm) + kRowLinear + fmt::format(R"(
 def forward(self, video: Tensor, emb: Tensor, f: int, h: int, w: int) -> Tensor:
     x = self.ln(video, self.norm_final_w, self.norm_final_b, {eps})
-    m = torch.linear(torch.silu(emb), self.norm_out_lin_w, self.norm_out_lin_b).unsqueeze(1)
+    m = self.row_linear(torch.silu(emb), self.norm_out_lin_w, self.norm_out_lin_b).unsqueeze(1)
     x = self.ln(x, self.norm_out_w, self.norm_out_b, {eps}) * (1 + m[:, :, {D}:]) + m[:, :, :{D}]
     x = torch.linear(x, self.proj_w, self.proj_b)
     B = x.size(0)

@@ -153,8 +153,8 @@ ComputeDevice& OpenComputeDevice(const std::string& spec, const std::string& fla
                                         flag, spec));
     const int n = CudaDeviceCount();
     if (index >= n)
-      throw InvalidArgument(fmt::format("{} {}: this machine has {} CUDA device{}; accepted cpu{}", flag, spec, n,
-                                        n == 1 ? "" : "s", n > 0 ? fmt::format(" or cuda:0..cuda:{}", n - 1) : ""));
+      throw InvalidArgument(fmt::format("{} {}: accepted cpu{} (this machine has {} CUDA device{})", flag, spec,
+                                        n > 0 ? fmt::format(" or cuda:0..cuda:{}", n - 1) : "", n, n == 1 ? "" : "s"));
 #ifdef REEL_HAVE_CUDA
     return CudaDevice(index);
 #endif

@@ -1,6 +1,7 @@
 // Fused attention (scaled_dot_product_attention, the default in every denoiser and text-encoder package) against the
 // chunked float32 math that packages used before LibTorch 2, on denoiser blocks of CogVideoX-2B and -5B width, in
 // float32 and bfloat16, and the T5 block's fused attention with its position bias against the same math written out.
+// Also: a guided batch of two gives the same bits as each element alone (guidance split across two workers).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -157,6 +158,34 @@ TEST(Attention, T5BlockEqualsBiasedSoftmaxMath) {
   const torch::Tensor g = torch::gelu(torch::linear(h2, w("wi0_w")), "tanh") * torch::linear(h2, w("wi1_w"));
   const torch::Tensor want = x + torch::linear(g, w("wo_w"));
   EXPECT_LE(MaxDiff(got, want), 1e-5 * MaxAbs(want));
+}
+
+// A guided step runs the denoiser on a batch of two on one worker, or on each half on two workers: the frames must
+// not depend on which. Embed, block and head at 2B width, float32 and bfloat16, bit for bit.
+TEST(DenoiserParts, ABatchOfTwoEqualsEachElementAloneBitForBit) {
+  torch::NoGradGuard no_grad;
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(::testing::Message() << dtype);
+    TransformerConfig c = BlockConfig(k2B, true);
+    c.text_embed_dim = 256;
+    ScriptBuilder eb("Embed", 1, dtype), bb("Block", 2, dtype), hb("Head", 3, dtype);
+    BuildTransformerEmbed(c, 16, eb);
+    BuildTransformerBlock(c, bb);
+    BuildTransformerHead(c, hb);
+    torch::jit::Module embed = eb.Finish(), block = bb.Finish(), head = hb.Finish();
+    torch::manual_seed(4);
+    const torch::Tensor latents = torch::randn({2, 2, 16, 8, 12}), text = torch::randn({2, 16, 256}).to(dtype);
+    const torch::Tensor timestep = torch::tensor({999, 999});
+    auto run = [&](int64_t from, int64_t n) {
+      auto e = embed.forward({latents.narrow(0, from, n), text.narrow(0, from, n), timestep.narrow(0, from, n)})
+                   .toTuple()->elements();
+      auto o = block.forward({e[0], e[1], e[2], e[3], e[4]}).toTuple()->elements();
+      return head.forward({o[0], e[2], 2, 8, 12}).toTensor();
+    };
+    const torch::Tensor both = run(0, 2);
+    EXPECT_TRUE(torch::equal(both, torch::cat({run(0, 1), run(1, 1)})))
+        << "largest difference " << MaxDiff(both, torch::cat({run(0, 1), run(1, 1)}));
+  }
 }
 
 }  // namespace

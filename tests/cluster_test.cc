@@ -354,10 +354,10 @@ TEST_F(ClusterTest, BadInputIsRefusedBeforeAnythingIsQueued) {
   st = reg("cpu", -5);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("device_capacity_bytes -5"), std::string::npos);
-  // And a CUDA worker in a CPU build says so before registering.
+  // And a CUDA worker on a machine without a GPU (or a build without CUDA) says so before registering.
   const CommandResult cuda = Reel("worker --device cuda:0" + at);
   EXPECT_EQ(cuda.exit_code, 2);
-  EXPECT_NE(cuda.output.find("--device cuda:0: accepted cpu in this build"), std::string::npos) << cuda.output;
+  EXPECT_NE(cuda.output.find("--device cuda:0: accepted cpu"), std::string::npos) << cuda.output;
 }
 
 TEST_F(ClusterTest, ServeWithTwoWorkersMakesTheSameVideoAsGenerate) {
