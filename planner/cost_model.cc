@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
@@ -12,34 +13,47 @@ namespace reel::planner {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------------
-// Defaults. CUDA: an H100-class card, ~400 TFLOP/s sustained in bf16 on large GEMMs (f32 without TF32 about a
-// seventh of that), 20 GB/s pinned host-to-device copies, and the 1.4 TB/s that chunked attention's passes over
-// its score chunks reached on an H200 (Reel's 2B and 5B blocks at 49×480×720 took 0.50 s and 0.74 s: 36 bytes per
-// score element in about 25 ps; docs/PLANNER.md). The simulated device: what
-// this project's 2-core development machine (AMD EPYC, AVX-512 with BF16) sustained on LibTorch 1.13's CPU kernels
-// in tests/cost_model_test.cc (docs/PLANNER.md); its copies are memcpy clones.
-constexpr double kCudaBf16Flops = 400e12;
+// Defaults. CUDA: an H100 or H200 (the same tensor cores, 989 TFLOP/s dense bf16 on paper), whose bf16 GEMMs at
+// 8192³ measured 790–800 TFLOP/s: that is the rate, and each class of work reaches its share of it (EfficiencyOf).
+// f32 without TF32 is not recalibrated (no f32 runs measured). 20 GB/s pinned host-to-device copies. The 2.3 TB/s
+// that chunked attention's passes over its score chunks reached on an H200: Reel's chunked 5B and 2B steps at
+// 49×480×720, guided, took 21.8 s and 8.41 s, about 16 ps per score element of 36 bytes (an H100, with 70% of the
+// H200's memory bandwidth, would be slower there). docs/PLANNER.md has the figures and how estimates compare.
+// The simulated device: what this project's 2-core development machine (AMD EPYC, AVX-512 with BF16) sustains on
+// LibTorch's CPU kernels (docs/PLANNER.md): bf16 GEMMs through oneDNN as measured on LibTorch 1.13 (the machine
+// is shared: PyTorch 2.11 measured 170–390 GFLOP/s at 2B widths under its usual load); f32 GEMMs now go through
+// the wheel's MKL, which on this AMD CPU reaches a quarter of bf16's rate (0.20–0.25 in interleaved runs) where
+// Debian's LibTorch 1.13 reached half. Chunked attention's passes over its scores reach 2 GB/s (against the GEMMs
+// in the same runs; 4 GB/s on LibTorch 1.13). Its copies are memcpy clones.
+constexpr double kCudaBf16Flops = 800e12;
 constexpr double kCudaF32Flops = 55e12;
-constexpr double kCudaMemory = 1.4e12;
+constexpr double kCudaMemory = 2.3e12;
 constexpr double kCudaCopy = 20e9;
-constexpr double kCpuF32Flops = 150e9;
+constexpr double kCpuF32Flops = 75e9;
 constexpr double kCpuBf16Flops = 300e9;
-constexpr double kCpuMemory = 4e9;
+constexpr double kCpuMemory = 2e9;
 constexpr double kCpuCopy = 4e9;
 // Fixed cost of calling one TorchScript part (an embed, a block, a decoder chunk): the interpreter, allocations,
 // thread hand-offs. It is what tiny's stages take; at CogVideoX widths it disappears in the compute.
 constexpr double kCpuCallSeconds = 5e-3;
 constexpr double kCudaCallSeconds = 0.5e-3;
 
-// The share of the rate each kind of work reaches (before calibration). GEMMs at T5 and transformer widths and
-// flash attention run near it; the QKᵀ and PV matmuls of chunked math attention (inner dimension 64) reach less;
-// 3D convolutions with the norms around them on a GPU much less.
+// The share of the rate each class of work reaches (its MFU against the measured GEMM rate, before calibration).
+// On CUDA: linear layers 0.70 (cuBLAS at transformer widths ~0.8, less the norms, modulations, RoPE and residuals
+// around them, which move memory and are not counted as FLOPs); fused attention 0.40 (PyTorch's flash kernel is
+// FlashAttention-2, about 35% of the H100's paper peak by the FlashAttention-3 paper); the QKᵀ and PV matmuls of
+// materialised attention (inner dimension 64) 0.25, though their passes over the scores bound them first; 3D
+// convolutions with the norms around them 0.15. The two first are chosen so that CogVideoX-5B's guided step at
+// 49×480×720 lands just under the published ~1.8 s on an H100 (docs/PLANNER.md); a GPU run is to confirm them.
+// On the simulated device: what LibTorch's CPU kernels reached on this machine. Its flash kernel computes its
+// softmax in float32 whatever the dtype: at head_dim 64 it ran at 0.20 of the bf16 GEMMs' speed and 0.8–0.96 of
+// the f32 ones' in the same runs, so at nearly the same FLOP/s in both dtypes.
 struct Efficiency {
-  double dense, attention, conv;
+  double dense, attention, fused_attention, conv;
 };
-Efficiency EfficiencyOf(const std::string& kind, Implementation impl) {
-  if (kind == "cuda") return {0.9, impl == Implementation::kReel ? 0.5 : 0.9, 0.3};
-  return {0.85, 0.4, 0.8};
+Efficiency EfficiencyOf(const std::string& kind, const std::string& compute_dtype) {
+  if (kind == "cuda") return {0.70, 0.25, 0.40, 0.15};
+  return {0.85, 0.4, compute_dtype == "f32" ? 0.75 : 0.17, 0.8};
 }
 
 // Bytes each score element of chunked math attention moves through memory: q·kᵀ written, cast to f32, scaled,
@@ -85,7 +99,7 @@ class Tape {
 };
 
 struct Impl {
-  bool chunked_attention;  // Reel: score chunks of kAttentionChunkElements; else SDPA/flash
+  bool fused_attention;    // SDPA (no scores); else scores materialised (the denoiser's in chunks)
   bool f32_norms;          // Reel: x.float() before every norm, the result cast back
   bool diffusers_vae;      // diffusers' decoder: SpatialNorm at full size, k=1 cache copies, SiLU not in place
   bool cpu;                // the simulated device: host-side tables count as device bytes, LibTorch's CPU kernels
@@ -151,13 +165,31 @@ struct Work {
   double calls = 0;                           // TorchScript part calls
 };
 
+// What SDPA holds while it runs, beside q, k and v: its output, allocated as [B, L, heads, head_dim] (so the
+// transpose + reshape after it is a view), and the float32 log-sum-exp of every query row, [B, heads, L], dropped
+// when it returns. Flash and memory-efficient kernels on CUDA keep their tiles on chip (the memory-efficient
+// kernel's padded copy of T5's 226-wide mask is left out: under 7 MB). LibTorch's CPU flash kernel gives each thread
+// a tile of q_split × 512 scores in float32 (and in the compute dtype for bf16/f16), q_split 256, 64 or 32 by the
+// query length, plus its row sums and output rows: under 1 MiB a thread, counted for this 2-core machine's two (as
+// profiled with torch 2.11). Leaves the output alive.
+constexpr int64_t kCpuThreads = 2;
+void FusedAttention(Tape& t, int64_t out_bytes, int64_t lse_rows, int64_t L, int64_t hd, int64_t s, const Impl& impl) {
+  t.Alloc(out_bytes);
+  t.Alloc(lse_rows * 4);
+  if (impl.cpu) {
+    const int64_t q = std::min<int64_t>(L, L >= 768 ? 256 : L >= 192 ? 64 : 32), kv = std::min<int64_t>(L, 512);
+    t.Temp(kCpuThreads * ((q * kv + 2 * q + q * hd) * 4 + (s != 4 ? q * kv * s : 0)));
+  }
+  t.Free(lse_rows * 4);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Text encoder (T5): ids → embedding and relative-position bias → blocks → RMSNorm.
 struct T5Dims {
   int64_t B, T, D, H, dkv, F, blocks;
 };
 
-int64_t TextEncoderActivations(const T5Dims& d, int64_t s, Work& w) {
+int64_t TextEncoderActivations(const T5Dims& d, int64_t s, const Impl& impl, Work& w) {
   const int64_t inner = d.H * d.dkv;
   const int64_t btd = d.B * d.T * d.D, bti = d.B * d.T * inner, btf = d.B * d.T * d.F;
   const int64_t scores = d.B * d.H * d.T * d.T;
@@ -172,13 +204,22 @@ int64_t TextEncoderActivations(const T5Dims& d, int64_t s, Work& w) {
   Rms(t, btd, s);
   for (int i = 0; i < 3; ++i) t.Alloc(bti * s);  // q, k, v
   t.Free(btd * s);                               // h
-  t.Temp(2 * bti * s);                           // matmul's contiguous copies of the transposed heads
-  const int64_t p = Softmax(t, scores, s);
-  t.Alloc(bti * s);  // p·v
-  t.Free(p);
-  t.Free(3 * bti * s);
-  t.Alloc(bti * s);  // transpose + reshape
-  t.Free(bti * s);
+  if (impl.fused_attention) {
+    // SDPA with scale 1 and the bias as an additive mask, cast to the activations' dtype in every block.
+    const int64_t mask = s != 4 ? d.H * d.T * d.T * s : 0;
+    t.Alloc(mask);
+    FusedAttention(t, bti * s, d.B * d.H * d.T, d.T, d.dkv, s, impl);
+    t.Free(mask);
+    t.Free(3 * bti * s);
+  } else {
+    t.Temp(2 * bti * s);  // matmul's contiguous copies of the transposed heads
+    const int64_t p = Softmax(t, scores, s);
+    t.Alloc(bti * s);  // p·v
+    t.Free(p);
+    t.Free(3 * bti * s);
+    t.Alloc(bti * s);  // transpose + reshape
+    t.Free(bti * s);
+  }
   t.Alloc(btd * s);  // o
   t.Free(bti * s);
   t.Alloc(btd * s);  // x + o
@@ -283,19 +324,20 @@ int64_t DenoiserActivations(const DitDims& d, int64_t s, const Impl& impl, int64
       t.Free(nv * (s != 4 ? s : 4) + Lz * s);
     }
   }
-  if (impl.chunked_attention) {
+  if (impl.fused_attention) {
+    FusedAttention(t, Lz * s, d.B * d.H * L, L, d.hd, s, impl);
+    t.Free(3 * Lz * s);  // q, k, v
+  } else {
     const int64_t rows = std::max<int64_t>(1, kAttentionChunkElements / (d.B * d.H * L));
     const int64_t S = d.B * d.H * std::min(rows, L) * L;
     t.Alloc(rows >= L ? 0 : Lz * s);  // the chunks' outputs gathered so far
     t.Free(Softmax(t, S, s));
     t.Alloc(Lz * s);  // torch.cat of the chunks (or the one output)
     t.Free(rows >= L ? 0 : Lz * s);
-  } else {
-    t.Alloc(Lz * s);  // SDPA output
+    t.Free(3 * Lz * s);  // q, k, v
+    t.Alloc(Lz * s);     // transpose + reshape
+    t.Free(Lz * s);
   }
-  t.Free(3 * Lz * s);  // q, k, v
-  t.Alloc(Lz * s);     // transpose + reshape
-  t.Free(Lz * s);
   t.Alloc(Lz * s);  // out projection
   t.Free(Lz * s);
   t.Alloc(V * s + X * s);  // gate · a
@@ -332,7 +374,7 @@ int64_t DenoiserActivations(const DitDims& d, int64_t s, const Impl& impl, int64
   w.dense += d.blocks * per_block + 2.0 * d.B * N * d.C * d.p * d.p * d.D + 2.0 * d.B * d.T * d.Dt * d.D +
              2.0 * d.B * N * d.D * d.p * d.p * d.Cout;
   w.attention += d.blocks * 4.0 * d.B * L * L * d.D;
-  if (impl.chunked_attention) w.scores += static_cast<double>(d.blocks) * d.B * d.H * L * L;
+  if (!impl.fused_attention) w.scores += static_cast<double>(d.blocks) * d.B * d.H * L * L;
   return t.peak();
 }
 
@@ -688,6 +730,25 @@ int64_t OwnPeak(const StageProfile& p, int64_t input_bytes) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+Attention AttentionOf(const Manifest& manifest, StageKind stage) {
+  const auto fused = [&](StageKind k) -> std::optional<bool> {
+    if (!manifest.has_stage(k)) return std::nullopt;
+    const auto& config = manifest.stage(k).config;
+    const auto it = config.find("fused_attention");
+    if (it == config.end()) return std::nullopt;
+    return it->second != 0;
+  };
+  switch (stage) {
+    case StageKind::kDenoiser:
+      return fused(stage).value_or(false) ? Attention::kFused : Attention::kMaterialised;
+    case StageKind::kTextEncoder:
+      if (const auto own = fused(stage)) return *own ? Attention::kFused : Attention::kMaterialised;
+      return fused(StageKind::kDenoiser).has_value() ? Attention::kFused : Attention::kMaterialised;
+    default:
+      return Attention::kFused;
+  }
+}
+
 DeviceRates DefaultRates(const std::string& device_kind, const std::string& compute_dtype) {
   if (device_kind == "cuda")
     return {compute_dtype == "f32" ? kCudaF32Flops : kCudaBf16Flops, kCudaMemory, kCudaCopy};
@@ -783,8 +844,13 @@ Estimate CostModel::Raw(StageKind stage, const Choice& c, const DeviceRates& rat
   const StageManifest& sm = manifest_.stage(stage);
   const int64_t s = SizeOf(c.compute);
   const bool diffusers = options_.implementation == Implementation::kDiffusers;
-  const Impl impl{!diffusers, !diffusers, diffusers, kind == "cpu"};
+  // diffusers' transformer calls SDPA; transformers' T5 computes its scores as Reel's older packages do.
+  const Attention attention = diffusers && stage == StageKind::kDenoiser ? Attention::kFused
+                              : diffusers && stage == StageKind::kTextEncoder ? Attention::kMaterialised
+                                                                              : AttentionOf(manifest_, stage);
+  const Impl impl{attention == Attention::kFused, !diffusers, diffusers, kind == "cpu"};
   Estimate e;
+  e.attention = attention;
 
   // Weights: on the device in the compute dtype (int8 codes are expanded there), on the host as stored.
   int64_t total = 0, edges = 0, block = 0, nblocks = 0;
@@ -818,7 +884,7 @@ Estimate CostModel::Raw(StageKind stage, const Choice& c, const DeviceRates& rat
       const T5Dims d{B, T, ConfigInt(sm, "d_model", 4096), ConfigInt(sm, "num_heads", 64), ConfigInt(sm, "d_kv", 64),
                      ConfigInt(sm, "d_ff", 10240), nblocks};
       e.input_bytes = B * T * 8;
-      e.activation_bytes = TextEncoderActivations(d, s, work);
+      e.activation_bytes = TextEncoderActivations(d, s, impl, work);
       work.calls = nblocks + 2;
       break;
     }
@@ -877,12 +943,15 @@ Estimate CostModel::Raw(StageKind stage, const Choice& c, const DeviceRates& rat
   }
   e.dense_flops = work.dense + work.conv;
   e.attention_flops = work.attention;
-  const Efficiency eff = EfficiencyOf(kind, options_.implementation);
-  // Chunked math attention is bound by whichever is slower: its matmuls or the passes over its score chunks.
+  const Efficiency eff = EfficiencyOf(kind, c.compute);
+  // Fused attention runs at its kernels' share of the rate; materialised attention is bound by whichever is slower,
+  // its matmuls or the passes over its scores.
+  const double attention_seconds =
+      impl.fused_attention ? work.attention / (rates.flops * eff.fused_attention)
+                           : std::max(work.attention / (rates.flops * eff.attention),
+                                      work.scores * ScoreTraffic(s) / rates.memory_bytes_per_second);
   e.compute_seconds = work.dense / (rates.flops * eff.dense) + work.conv / (rates.flops * eff.conv) +
-                      std::max(work.attention / (rates.flops * eff.attention),
-                               work.scores * ScoreTraffic(s) / rates.memory_bytes_per_second) +
-                      work.calls * (kind == "cuda" ? kCudaCallSeconds : kCpuCallSeconds);
+                      attention_seconds + work.calls * (kind == "cuda" ? kCudaCallSeconds : kCpuCallSeconds);
 
   // Copies per job: model copies everything once; block:K and sequential copy every block on every run. block:K
   // places K − 1 blocks synchronously when a run starts (the first was prefetched) and copies each of the others

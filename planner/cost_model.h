@@ -25,8 +25,8 @@ struct Job {
 
 // Which implementation the activation estimates follow.
 enum class Implementation {
-  // Reel's TorchScript parts (models/*_script.cc): chunked math attention with kAttentionChunkElements scores per
-  // chunk, norms computed in f32 copies, the decoder's SpatialNorm convolutions applied before the resize.
+  // Reel's TorchScript parts (models/*_script.cc): attention as the package's manifest says (AttentionOf), norms
+  // computed in f32 copies, the decoder's SpatialNorm convolutions applied before the resize.
   kReel,
   // diffusers on CUDA, for comparison with published figures: SDPA/flash attention, norms in the compute dtype,
   // SpatialNorm materialised at full size with its k=1 cache copies, SiLU not in place, decoded frames kept on the
@@ -38,6 +38,22 @@ enum class Implementation {
 // kAttentionChunkElements (the planner is torch-free, so the test holds the two equal).
 inline constexpr int64_t kAttentionChunkElements = int64_t{1} << 26;
 
+// How a stage's TorchScript computes attention, which sets both its score memory and its time.
+enum class Attention {
+  // q·kᵀ materialised and softmaxed in float32: the denoiser in chunks of kAttentionChunkElements scores (packages
+  // made before LibTorch 2, and `reel model synth --attention chunked`), T5's 226×226 scores whole (packages made
+  // before LibTorch 2; transformers' T5, which diffusers runs).
+  kMaterialised,
+  // scaled_dot_product_attention: flash or memory-efficient kernels on CUDA, the flash kernel on CPU; no score
+  // matrix, only the output and its log-sum-exp rows.
+  kFused,
+};
+// What the package's manifest says: the denoiser's config `fused_attention` (1 fused, 0 chunked; absent in packages
+// made before LibTorch 2: chunked). T5 has no switch: its blocks moved to SDPA (position bias as an additive mask)
+// in the same change, so it is fused wherever the denoiser records the key (or T5's own config says so), else
+// materialised. Stages without attention (the VAE) say kFused: nothing is priced for it.
+Attention AttentionOf(const Manifest& manifest, StageKind stage);
+
 struct CostModelOptions {
   Implementation implementation = Implementation::kReel;
   std::vector<int> block_windows = {1, 2, 4, 8};  // K of block:K, kept where K < the stage's blocks
@@ -46,8 +62,8 @@ struct CostModelOptions {
 };
 
 struct DeviceRates {
-  double flops = 0;                    // sustained dense FLOP/s in the compute dtype, before a stage's efficiency
-  double memory_bytes_per_second = 0;  // device memory bandwidth (bounds chunked attention's score passes)
+  double flops = 0;                    // dense GEMM FLOP/s in the compute dtype, before each op class's efficiency
+  double memory_bytes_per_second = 0;  // what chunked attention's passes over its scores reach (they bound it)
   double copy_bytes_per_second = 0;    // host to device (pinned on CUDA; a memcpy on the simulated device)
 };
 // Defaults per device kind and compute dtype ("f32", "bf16", "f16"); figures and sources in docs/PLANNER.md.
@@ -68,6 +84,7 @@ struct Estimate {
   int64_t copy_bytes = 0;       // host to device per job
   double dense_flops = 0;       // linear layers and convolutions, one job
   double attention_flops = 0;   // QKᵀ and PV, one job
+  Attention attention = Attention::kFused;  // how they were priced
   double compute_seconds = 0;
   double copy_seconds = 0;      // what copies add to compute (overlapped copies add only their excess)
   int64_t peak_bytes() const { return weight_peak_bytes + activation_bytes; }

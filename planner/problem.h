@@ -17,7 +17,7 @@ struct Device {
   std::string kind = "cuda";  // cuda | cpu (the simulated device)
   int64_t capacity_bytes = 0;
   // Throughput figures used by estimates (0 = the defaults of `kind`, see cost_model.h).
-  double flops = 0;                  // sustained dense FLOP/s in bf16
+  double flops = 0;                  // bf16 GEMM FLOP/s (a large matmul's); each op class reaches a share of it
   double copy_bytes_per_second = 0;  // host to device, pinned
 };
 

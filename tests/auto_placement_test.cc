@@ -80,8 +80,8 @@ TEST(AutoPlacement, NothingFitsFallsBackToLeastMemoryEverywhere) {
 }
 
 TEST(AutoPlacement, ASecondModelSeesWhatTheFirstUses) {
-  // 2B alone keeps its denoiser resident on 48 GiB; beside the 5B (planned first: "a-5b" < "b-2b") it cannot.
-  const std::vector<WorkerSlot> one = {{"w", "h", "cuda:0", 48 * kGiB, 512 * kGiB}};
+  // 2B alone keeps its denoiser resident on 40 GiB; beside the 5B (planned first: "a-5b" < "b-2b") it cannot.
+  const std::vector<WorkerSlot> one = {{"w", "h", "cuda:0", 40 * kGiB, 512 * kGiB}};
   const AutoPlacement alone = PlanPlacement({{"b-2b", Preset("cogvideox-2b")}}, one, {},
                                             planner::Objective::kLatency, 0.10);
   const AutoPlacement both = PlanPlacement({{"a-5b", Preset("cogvideox-5b")}, {"b-2b", Preset("cogvideox-2b")}},
