@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include <torch/torch.h>
@@ -78,9 +79,15 @@ TEST(Attention, FusedBlockEqualsChunkedMathInFloat32) {
   }
 }
 
-// Bfloat16: both are measured against the float32 result of the same weights. The fused kernel keeps its scores in
-// float32 where the chunked math rounds q·kᵀ to bfloat16 first, so it must be at least as close (within 10%), and
-// both within 3% of the output's scale.
+// Relative L2 error of a against the reference r.
+double RelL2(const torch::Tensor& a, const torch::Tensor& r) {
+  const torch::Tensor d = a.to(torch::kFloat64) - r.to(torch::kFloat64);
+  return d.norm().item<double>() / r.to(torch::kFloat64).norm().item<double>();
+}
+
+// Bfloat16: both are measured against the float32 result of the same weights (relative L2 error: a max over
+// elements is one element's bf16 rounding and swings run to run). The fused kernel keeps its scores in float32 where
+// the chunked math rounds q·kᵀ to bfloat16 first, so it must be at least as close (within 10%), and both within 2%.
 TEST(Attention, FusedBlockInBfloat16IsAsCloseToFloat32AsChunkedMath) {
   torch::NoGradGuard no_grad;
   for (const Width& w : {k2B, k5B}) {
@@ -90,13 +97,12 @@ TEST(Attention, FusedBlockInBfloat16IsAsCloseToFloat32AsChunkedMath) {
     const auto in = BlockInputs(w);
     const BlockRun r = RunBlock(ref, in, torch::kFloat32);
     const BlockRun a = RunBlock(fused, in, torch::kBFloat16), b = RunBlock(chunked, in, torch::kBFloat16);
-    const double scale = MaxAbs(r.video);
-    const double fused_err = MaxDiff(a.video, r.video), chunked_err = MaxDiff(b.video, r.video);
-    RecordProperty(std::string(w.name) + "_bf16_fused_error", std::to_string(fused_err / scale));
-    RecordProperty(std::string(w.name) + "_bf16_chunked_error", std::to_string(chunked_err / scale));
+    const double fused_err = RelL2(a.video, r.video), chunked_err = RelL2(b.video, r.video);
+    std::printf("%s bf16 relative L2 error against f32: fused %.3e, chunked %.3e; text %.3e\n", w.name, fused_err,
+                chunked_err, RelL2(a.text, r.text));
     EXPECT_LE(fused_err, 1.1 * chunked_err) << "fused " << fused_err << ", chunked " << chunked_err;
-    EXPECT_LE(fused_err, 0.03 * scale);
-    EXPECT_LE(MaxDiff(a.text, r.text), 0.03 * MaxAbs(r.text));
+    EXPECT_LE(fused_err, 0.02);
+    EXPECT_LE(RelL2(a.text, r.text), 0.02);
   }
 }
 
