@@ -28,11 +28,14 @@
 #include "cli/service_flags.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/printable.h"
+#include "common/utf8.h"
 #include "common/progress.h"
 #include "coordinator/coordinator.h"
 #include "profiler/host_memory.h"
 #include "reel/v1/coordinator.grpc.pb.h"
 #include "security/transport_security.h"
+#include "transfer/server_status.h"
 #include "transfer/tensor_stream.h"
 #include "worker/worker.h"
 
@@ -51,7 +54,10 @@ bool IsHandshakeFailure(const std::string& message) {
 }
 
 // A gRPC failure as the one line a user sees, with the exit code its kind deserves.
-[[noreturn]] void Raise(const grpc::Status& st, const std::string& address) {
+[[noreturn]] void Raise(const grpc::Status& status, const std::string& address) {
+  // Never an empty line, and nothing a server wrote reaches the terminal unescaped.
+  const grpc::Status filled = WithMessage(status, "coordinator " + address);
+  const grpc::Status st(filled.error_code(), TerminalText(filled.error_message()));
   switch (st.error_code()) {
     case grpc::StatusCode::INVALID_ARGUMENT: throw InvalidArgument(st.error_message());
     case grpc::StatusCode::NOT_FOUND: throw NotFound(st.error_message());
@@ -122,16 +128,16 @@ std::string Seconds(int64_t from_us, int64_t to_us) {
   return fmt::format("{:.1f}s", (to_us - from_us) / 1e6);
 }
 
-// What the job is doing now, in a few words.
+// What the job is doing now, in a few words (control characters escaped: it goes to a terminal).
 std::string Activity(const v1::Job& j) {
   for (const auto& s : j.stages())
     if (s.state() == "running") {
-      std::string a = fmt::format("{} on {}", StageName(s.stage()), s.worker());
-      if (!s.guidance_peer().empty()) a += "+" + s.guidance_peer();
+      std::string a = fmt::format("{} on {}", StageName(s.stage()), TerminalText(s.worker()));
+      if (!s.guidance_peer().empty()) a += "+" + TerminalText(s.guidance_peer());
       if (s.steps() > 0 && s.stage() == v1::DENOISER) a += fmt::format(" ({}/{})", s.step(), s.steps());
       return a;
     }
-  if (j.state() == v1::FAILED) return j.error();
+  if (j.state() == v1::FAILED) return TerminalText(j.error());
   return "";
 }
 
@@ -322,7 +328,7 @@ void Show(const v1::Job& job, const std::string& id, std::string& last, std::uni
       progress->Finish();
       progress.reset();
     }
-    spdlog::info("{} {}", id, activity);
+    spdlog::info("{} {}", TerminalText(id), activity);
   }
   last = activity;
 }
@@ -368,6 +374,7 @@ v1::Job Follow(v1::Coordinator::Stub& stub, const std::string& address, const st
 }
 
 void RunSubmit(SubmitFlags& f) {
+  CheckJobText(f.job);  // refused here as `reel generate` refuses it, before anything is sent
   if (!f.out.empty()) CheckOut(f.out);
   v1::SubmitJobRequest req;
   auto* s = req.mutable_spec();
@@ -387,7 +394,7 @@ void RunSubmit(SubmitFlags& f) {
     if (v && *v <= 0) throw InvalidArgument(fmt::format("{} {}: accepted a positive number", flag, *v));
   if (!r.image.empty()) {
     s->set_image(ReadFile(r.image, "--image"));
-    s->set_image_name(r.image);
+    s->set_image_name(Printable(r.image, 1024));  // for messages only; a file name need not be UTF-8, the field must
   }
   req.set_priority(f.priority);
   if (f.reconnect_seconds < 0 || f.reconnect_seconds > 86400)
@@ -404,12 +411,13 @@ void RunSubmit(SubmitFlags& f) {
     if (!Draining(st) || !reconnect.Again(st, "draining")) Raise(st, f.coordinator);
   }
   reconnect.Reached();
-  std::printf("%s\n", resp.job_id().c_str());
+  std::printf("%s\n", TerminalText(resp.job_id()).c_str());
   std::fflush(stdout);
   if (!f.wait) return;
   const v1::Job job = Follow(*stub, f.coordinator, resp.job_id(), reconnect);
   if (job.state() != v1::SUCCEEDED)
-    throw Internal(fmt::format("job {} {}: {}", job.id(), StateName(job.state()), job.error()));
+    throw Internal(fmt::format("job {} {}: {}", TerminalText(job.id()), StateName(job.state()),
+                               TerminalText(job.error())));
   const std::string out = f.out.empty() ? resp.job_id() + ".mp4" : f.out;
   Download(*stub, f.coordinator, job.id(), out, &reconnect);
   std::fprintf(stderr, "wrote %s (%d frames, %dx%d) in %s\n", out.c_str(), job.spec().frames(), job.spec().width(),
@@ -429,8 +437,9 @@ void PrintJobs(const v1::ListJobsResponse& resp) {
               "SUBMITTED", "TIME", "NOW");
   for (const auto& j : resp.jobs()) {
     const auto& s = j.spec();
-    std::printf("%-10s %-10s %4d %-14s %-12s %5d %9s %8s  %s\n", j.id().c_str(), StateName(j.state()).c_str(),
-                j.priority(), s.model().c_str(), fmt::format("{}x{}x{}", s.frames(), s.width(), s.height()).c_str(),
+    std::printf("%-10s %-10s %4d %-14s %-12s %5d %9s %8s  %s\n", TerminalText(j.id()).c_str(),
+                StateName(j.state()).c_str(), j.priority(), TerminalText(s.model()).c_str(),
+                fmt::format("{}x{}x{}", s.frames(), s.width(), s.height()).c_str(),
                 s.steps(), Ago(j.submitted_unix_us()).c_str(),
                 Seconds(j.started_unix_us(), j.finished_unix_us()).c_str(), Activity(j).c_str());
   }
@@ -455,6 +464,7 @@ void RunJobs(ListFlags& f) {
 }
 
 void RunJob(ListFlags& f) {
+  RequireUtf8("job id", f.id);
   if (!f.out.empty()) CheckOut(f.out);
   auto stub = Connect(f.coordinator);
   grpc::ClientContext ctx;
@@ -468,23 +478,24 @@ void RunJob(ListFlags& f) {
     std::printf("%s\n", ToJson(j).c_str());
   } else {
     const auto& s = j.spec();
-    std::printf("job %s: %s (priority %d, attempts %d)\n", j.id().c_str(), StateName(j.state()).c_str(),
-                j.priority(), j.attempts());
-    std::printf("  %s, \"%s\", %d frames %dx%d, %d steps, guidance %.2g, seed %llu\n", s.model().c_str(),
-                s.prompt().c_str(), s.frames(), s.width(), s.height(), s.steps(), s.guidance(),
+    // Stored text as another client wrote it: escaped, so no control sequence reaches this terminal.
+    std::printf("job %s: %s (priority %d, attempts %d)\n", TerminalText(j.id()).c_str(),
+                StateName(j.state()).c_str(), j.priority(), j.attempts());
+    std::printf("  %s, \"%s\", %d frames %dx%d, %d steps, guidance %.2g, seed %llu\n", TerminalText(s.model()).c_str(),
+                TerminalText(s.prompt()).c_str(), s.frames(), s.width(), s.height(), s.steps(), s.guidance(),
                 static_cast<unsigned long long>(s.seed()));
     std::printf("  submitted %s, queued %s, ran %s\n", Ago(j.submitted_unix_us()).c_str(),
                 Seconds(j.submitted_unix_us(), j.started_unix_us()).c_str(),
                 Seconds(j.started_unix_us(), j.finished_unix_us()).c_str());
     for (const auto& st2 : j.stages()) {
-      std::string where = st2.worker().empty() ? "" : " on " + st2.worker();
-      if (!st2.guidance_peer().empty()) where += " + " + st2.guidance_peer() + " (guidance-parallel)";
+      std::string where = st2.worker().empty() ? "" : " on " + TerminalText(st2.worker());
+      if (!st2.guidance_peer().empty()) where += " + " + TerminalText(st2.guidance_peer()) + " (guidance-parallel)";
       std::printf("  %-13s %-9s%s%s\n", StageName(st2.stage()).c_str(), st2.state().c_str(), where.c_str(),
                   st2.finished_unix_us() > 0
                       ? fmt::format(" {}", Seconds(st2.started_unix_us(), st2.finished_unix_us())).c_str()
                       : "");
     }
-    if (!j.error().empty()) std::printf("  error: %s\n", j.error().c_str());
+    if (!j.error().empty()) std::printf("  error: %s\n", TerminalText(j.error()).c_str());
   }
   if (!f.out.empty()) {
     Download(*stub, f.coordinator, f.id, f.out);
@@ -493,6 +504,7 @@ void RunJob(ListFlags& f) {
 }
 
 void RunCancel(ListFlags& f) {
+  RequireUtf8("job id", f.id);
   auto stub = Connect(f.coordinator);
   grpc::ClientContext ctx;
   Deadline(ctx);
@@ -502,7 +514,7 @@ void RunCancel(ListFlags& f) {
   const grpc::Status st = stub->CancelJob(&ctx, req, &j);
   if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) throw InvalidArgument(st.error_message());
   if (!st.ok()) Raise(st, f.coordinator);
-  std::printf("cancelled %s\n", j.id().c_str());
+  std::printf("cancelled %s\n", TerminalText(j.id()).c_str());
 }
 
 void RunWorkers(ListFlags& f) {
@@ -524,12 +536,13 @@ void RunWorkers(ListFlags& f) {
             ? fmt::format("{} / {}", FormatBytes(w.device_used_bytes()), FormatBytes(w.device_capacity_bytes()))
             : fmt::format("{} / -", FormatBytes(w.device_used_bytes()));
     std::string stages;
-    for (const auto& s : w.stages()) stages += (stages.empty() ? "" : ", ") + s;
-    if (!w.error().empty()) stages += (stages.empty() ? "" : "; ") + w.error();
-    std::string state = w.state();
-    if (state == "busy") state += " " + w.job_id();
-    std::printf("%-12s %-8s %-22s %-6s %-22s %-10s %6lld  %s\n", w.name().c_str(), state.c_str(),
-                w.address().c_str(), w.device().c_str(), mem.c_str(), FormatBytes(w.host_rss_bytes()).c_str(),
+    for (const auto& s : w.stages()) stages += (stages.empty() ? "" : ", ") + TerminalText(s);
+    if (!w.error().empty()) stages += (stages.empty() ? "" : "; ") + TerminalText(w.error());
+    std::string state = TerminalText(w.state());
+    if (state == "busy") state += " " + TerminalText(w.job_id());
+    std::printf("%-12s %-8s %-22s %-6s %-22s %-10s %6lld  %s\n", TerminalText(w.name()).c_str(), state.c_str(),
+                TerminalText(w.address()).c_str(), TerminalText(w.device()).c_str(), mem.c_str(),
+                FormatBytes(w.host_rss_bytes()).c_str(),
                 static_cast<long long>(w.stages_run()), stages.c_str());
   }
   if (resp.workers().empty()) std::printf("(no workers registered; models served: %s)\n",

@@ -94,6 +94,7 @@ void RunGenerate(GenerateFlags& f) {
   const auto start = std::chrono::steady_clock::now();
   GenerateRequest& r = f.job.request;
   if (f.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", f.threads));
+  CheckJobText(f.job);
   ComputeDevice& device = OpenComputeDevice(f.device, "--device");
   const int64_t capacity = f.device_memory.empty() ? 0 : ParseSize(f.device_memory, "--device-memory");
   // Cheap checks first: nothing heavy is loaded for a request that will be refused.

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/utf8.h"
 #include "package/job_request.h"
 
 namespace reel::cli {
@@ -29,6 +30,14 @@ inline void AddJobFlags(CLI::App& c, JobFlags& f) {
   c.add_option("--guidance", r.guidance, "Classifier-free guidance scale (<= 1 turns it off)")->default_val(6.0);
   c.add_option("--seed", r.seed, "Noise seed")->default_val(0);
   c.add_option("--fps", f.fps, "Frames per second of the MP4 (default: the model's)");
+}
+
+// The text rule `generate` and `submit` share with the coordinator's API: the model, the prompts and ids are UTF-8
+// (docs/SECURITY.md). Throws InvalidArgument naming the flag and the byte offset.
+inline void CheckJobText(const JobFlags& f) {
+  RequireUtf8("--model", f.model);
+  RequireUtf8("--prompt", f.request.prompt);
+  RequireUtf8("--negative-prompt", f.request.negative_prompt);
 }
 
 }  // namespace reel::cli

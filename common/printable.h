@@ -7,10 +7,13 @@
 #include <string>
 #include <string_view>
 
+#include "common/utf8.h"
+
 namespace reel {
 
-// `s` with control characters and bytes that are not UTF-8 written as \xNN, cut at `max_bytes` of the input with
-// "…" and the full length appended ("aaaa… (70000 bytes)"). Valid UTF-8 (prompts, names in any script) is kept.
+// `s` with control characters (C0, DEL, C1) and bytes that are not UTF-8 written as \xNN, cut at `max_bytes` of the
+// input with "…" and the full length appended ("aaaa… (70000 bytes)"). Valid UTF-8 (prompts, names in any script)
+// is kept.
 inline std::string Printable(std::string_view s, size_t max_bytes = 96) {
   std::string out;
   const size_t n = s.size() < max_bytes ? s.size() : max_bytes;
@@ -32,18 +35,9 @@ inline std::string Printable(std::string_view s, size_t max_bytes = 96) {
       continue;
     }
     // A UTF-8 sequence is kept whole when it is well formed and ends before the cut; otherwise its bytes are escaped.
-    const size_t len = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 0;
-    bool ok = len != 0 && i + len <= s.size();
-    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80;
-    if (ok && len == 3) {  // no overlong forms, no surrogates
-      const auto c1 = static_cast<unsigned char>(s[i + 1]);
-      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0);
-    }
-    if (ok && len == 4) {
-      const auto c1 = static_cast<unsigned char>(s[i + 1]);
-      ok = !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
-    }
-    if (!ok) {
+    // C1 controls (U+0080 to U+009F) too: some terminals act on them as on ESC sequences.
+    const size_t len = Utf8SequenceLength(s, i);
+    if (len == 0 || (c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0)) {
       escape(c);
       ++i;
       continue;
@@ -55,5 +49,9 @@ inline std::string Printable(std::string_view s, size_t max_bytes = 96) {
   if (s.size() > max_bytes) out += "… (" + std::to_string(s.size()) + " bytes)";
   return out;
 }
+
+// Stored text shown on a terminal (a job's prompt, model, error): every byte Printable would escape is escaped, and
+// nothing is cut.
+inline std::string TerminalText(std::string_view s) { return Printable(s, std::string_view::npos); }
 
 }  // namespace reel

@@ -31,6 +31,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/printable.h"
 #include "coordinator/auto_placement.h"
 #include "coordinator/job_store.h"
 #include "coordinator/job_validation.h"
@@ -99,7 +100,14 @@ std::vector<std::string> InputsOf(StageKind k, bool i2v) {
 
 std::vector<StageKind> DepsOf(StageKind k, bool i2v) { return StageDependencies(k, i2v); }
 
-grpc::Status Refuse(grpc::StatusCode code, const std::string& message) { return {code, message}; }
+grpc::Status Refuse(grpc::StatusCode code, const std::string& message) {
+  return {code, message.empty() ? "refused without a reason (a bug in the coordinator)" : message};
+}
+
+// An unknown id, echoed escaped and cut: a 10 KB id must not outgrow gRPC's metadata limit.
+grpc::Status NoSuchJob(const std::string& id) {
+  return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", Printable(id)));
+}
 
 // Whether a process answers gRPC's health check at `address` within `wait` (any reply counts: it is alive). A
 // worker killed and started again under its name is registered before its old entry's lease runs out; the old
@@ -1180,7 +1188,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT, "name: accepted 1 to 128 characters");
     if (!std::regex_match(req->device(), device_re))
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    fmt::format("device '{}': accepted cpu or cuda:N", req->device()));
+                    fmt::format("device '{}': accepted cpu or cuda:N", Printable(req->device())));
     if (req->device_capacity_bytes() < 0 || req->device_capacity_bytes() > (int64_t{1} << 50))
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
                     fmt::format("device_capacity_bytes {}: accepted 0 (unlimited) up to 1 PiB",
@@ -1190,7 +1198,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
                     fmt::format("host_memory_bytes {}: accepted 0 or more", req->host_memory_bytes()));
     if (req->address().find(':') == std::string::npos)
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    fmt::format("address '{}': accepted HOST:PORT", req->address()));
+                    fmt::format("address '{}': accepted HOST:PORT", Printable(req->address())));
+    // Its channels to the worker would carry this coordinator's token: in clear only to a loopback address.
+    if (const std::string refusal = ClientChannelRefusal(req->address()); !refusal.empty())
+      return Refuse(grpc::StatusCode::INVALID_ARGUMENT, "address " + refusal);
     // A live worker of that name elsewhere: a second worker given the same name, or this one started again after
     // its old process died (its lease has not run out yet). The old address answering tells which.
     std::string silent;  // the old entry, found not answering
@@ -1206,7 +1217,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         if (Answers(address, std::chrono::milliseconds(1000)))
           return Refuse(grpc::StatusCode::ALREADY_EXISTS,
                         fmt::format("name '{}': a live worker at {} already has it; give each worker its own --name",
-                                    req->name(), address));
+                                    Printable(req->name()), address));
         silent = other;
       }
     }
@@ -1217,11 +1228,11 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
         if (old->info.state() != "lost" && old->info.address() != req->address() && old->info.id() != silent)
           return Refuse(grpc::StatusCode::ALREADY_EXISTS,
                         fmt::format("name '{}': a live worker at {} already has it; give each worker its own --name",
-                                    req->name(), old->info.address()));
+                                    Printable(req->name()), old->info.address()));
         if (old->info.state() != "lost" && old->info.address() == req->address() && old->info.state() == "busy")
           return Refuse(grpc::StatusCode::ALREADY_EXISTS,
                         fmt::format("name '{}': this worker is already registered and running a stage",
-                                    req->name()));
+                                    Printable(req->name())));
         replaced = old->info.id();
         // The same process registering again (its heartbeat was refused), a new one at its address, or a new one
         // elsewhere whose predecessor no longer answers: whatever the old registration held is not there any more.
@@ -1254,7 +1265,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       }
       UpdateGauges();
     }
-    spdlog::info("worker {} registered from {} ({}, {}){}", req->name(), req->address(), req->device(),
+    spdlog::info("worker {} registered from {} ({}, {}){}", Printable(req->name()), Printable(req->address()),
+                 Printable(req->device()),
                  req->device_capacity_bytes() > 0 ? FormatCapacity(req->device_capacity_bytes()) : "unlimited",
                  replaced.empty() ? "" : " replacing its earlier registration");
     return grpc::Status::OK;
@@ -1266,11 +1278,13 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     std::lock_guard lock(mu);
     auto it = workers.find(req->worker_id());
     if (it == workers.end())
-      return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker {}: not registered here", req->worker_id()));
+      return Refuse(grpc::StatusCode::NOT_FOUND,
+                    fmt::format("worker {}: not registered here", Printable(req->worker_id())));
     WorkerEntry& w = it->second;
     if (w.info.state() == "lost")
       // It went silent and its work was given away; it registers again from scratch.
-      return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker {}: was declared lost", req->worker_id()));
+      return Refuse(grpc::StatusCode::NOT_FOUND,
+                    fmt::format("worker {}: was declared lost", Printable(req->worker_id())));
     w.last_heartbeat_ms = SteadyMs();
     w.info.set_last_heartbeat_unix_us(NowUnixUs());
     if (std::exchange(w.suspect, false)) Dispatch();  // it is alive after all
@@ -1293,7 +1307,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     if (it == workers.end() || it->second.info.state() == "lost")
       return Refuse(grpc::StatusCode::NOT_FOUND,
                     fmt::format("worker {}: not registered here (its work, if any, was given to others)",
-                                req->worker_id()));
+                                Printable(req->worker_id())));
     WorkerEntry& w = it->second;
     const std::string id = w.info.id(), name = w.info.name();
     w.last_heartbeat_ms = SteadyMs();  // a draining worker asks often: that is its heartbeat
@@ -1395,7 +1409,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       }
     }
     const auto stored = Stored(req->job_id());
-    if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    if (!stored) return NoSuchJob(req->job_id());
     *resp = Public(*stored);
     return grpc::Status::OK;
   }
@@ -1446,7 +1460,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
           lock.unlock();
           // Ended and out of memory (or never known): its last state, from the store.
           const auto stored = Stored(req->job_id());
-          if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+          if (!stored) return NoSuchJob(req->job_id());
           writer->Write(Public(*stored));
           return grpc::Status::OK;
         }
@@ -1470,7 +1484,7 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
     auto it = jobs.find(req->job_id());
     if (it == jobs.end()) {
       const auto stored = Stored(req->job_id());  // only ended jobs leave memory
-      if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+      if (!stored) return NoSuchJob(req->job_id());
       return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
                     fmt::format("job {}: already {}", stored->job.id(), v1::JobState_Name(stored->job.state())));
     }
@@ -1517,7 +1531,8 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       std::vector<std::string> names;
       for (const auto& [n, m] : models) names.push_back(n);
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    fmt::format("model '{}': this coordinator serves {}", req->model(), fmt::join(names, ", ")));
+                    fmt::format("model '{}': this coordinator serves {}", Printable(req->model()),
+                                fmt::join(names, ", ")));
     }
     const Manifest& m = mit->second;
     planner::Job job = planner::JobOf(m, req->frames(), req->height(), req->width(), req->steps());
@@ -1569,10 +1584,10 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       for (const auto& n : named) {
         WorkerEntry* w = WorkerByName(n);
         if (!w || w->info.state() == "lost")
-          return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker '{}': not registered here", n));
+          return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("worker '{}': not registered here", Printable(n)));
         if (w->info.state() != "idle")
           return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                        fmt::format("worker '{}' is {}; tune it when it is idle", n, w->info.state()));
+                        fmt::format("worker '{}' is {}; tune it when it is idle", Printable(n), w->info.state()));
       }
       for (auto& [id, w] : workers)
         if (w.info.state() == "idle" && (named.empty() || named.count(w.info.name()))) {
@@ -1652,14 +1667,17 @@ struct Coordinator::Impl final : public v1::Coordinator::Service {
       if (it != jobs.end()) stored = it->second;
     }
     if (!stored) stored = Stored(req->job_id());
-    if (!stored) return Refuse(grpc::StatusCode::NOT_FOUND, fmt::format("job '{}': no such job", req->job_id()));
+    if (!stored) return NoSuchJob(req->job_id());
     if (stored->job.state() != v1::SUCCEEDED)
       return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                    fmt::format("job {}: {}, it has no output", req->job_id(), v1::JobState_Name(stored->job.state())));
+                    fmt::format("job {}: {}, it has no output", Printable(req->job_id()),
+                                v1::JobState_Name(stored->job.state())));
     path = stored->output_path;
     TensorBlob blob;
     std::ifstream in(path, std::ios::binary);
-    if (!in) return Refuse(grpc::StatusCode::DATA_LOSS, fmt::format("job {}: output {} is missing", req->job_id(), path));
+    if (!in)
+      return Refuse(grpc::StatusCode::DATA_LOSS,
+                    fmt::format("job {}: output {} is missing", Printable(req->job_id()), path));
     blob.data.assign(std::istreambuf_iterator<char>(in), {});
     blob.dtype = "u8";
     blob.shape = {blob.bytes()};

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/printable.h"
+#include "common/utf8.h"
 #include "media/video_io.h"
 #include "package/job_request.h"
 #include "transfer/wire.h"
@@ -55,6 +56,12 @@ void ValidateLimits(const Limits& l) {
 
 const Manifest& ValidateSubmit(const std::map<std::string, Manifest>& models, const v1::SubmitJobRequest& req,
                                v1::JobSpec& spec, const Limits& limits) {
+  // Text fields first: the wire already refuses what is not UTF-8 (proto/text_fields.h); this holds for a spec
+  // made in process too, and names the flag as `reel generate` and `reel submit` do.
+  RequireUtf8("--model", spec.model());
+  RequireUtf8("--prompt", spec.prompt());
+  RequireUtf8("--negative-prompt", spec.negative_prompt());
+  RequireUtf8("--image name", spec.image_name());
   auto mit = models.find(spec.model());
   if (mit == models.end()) {
     std::vector<std::string> names;

@@ -8,7 +8,7 @@ build=$root/build-fuzz
 [ "${1:-}" = --build-dir ] && build=$2
 echo "| target | input | verdict | what Reel says |"
 echo "|---|---|---|---|"
-for t in manifest job_request tensor_stream; do
+for t in manifest job_request tensor_stream metrics_http; do
   for f in "$root/fuzz/corpus/$t"/*; do
     line=$(REEL_FUZZ_EXPLAIN=1 "$build/fuzz/${t}_fuzzer" "$f" 2>&1 >/dev/null | grep -m1 '^REEL_FUZZ_RESULT' || true)
     [ -n "$line" ] || line=$'REEL_FUZZ_RESULT\tnot parsed\t(the bytes are not a message of the target\'s input type)'

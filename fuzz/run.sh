@@ -3,7 +3,7 @@
 # each for a bounded time over its checked-in corpus. ctest runs it as `fuzz_bounded` (tests/CMakeLists.txt);
 # docs/FUZZING.md has the longer runs.
 #
-#   fuzz/run.sh [--build-dir DIR] [--seconds N] [TARGET...]     (default: build-fuzz, 15 s, all three targets)
+#   fuzz/run.sh [--build-dir DIR] [--seconds N] [TARGET...]     (default: build-fuzz, 15 s, all four targets)
 #
 # Exit status: 0 when no target crashed, leaked or hit UB; 1 when one did (its report is printed and the input
 # kept under DIR/artifacts); 77 when clang with libFuzzer is missing (ctest shows the test as skipped).
@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(manifest job_request tensor_stream)
+[ ${#targets[@]} -gt 0 ] || targets=(manifest job_request tensor_stream metrics_http)
 
 # libFuzzer ships with clang's runtime libraries (Debian: clang, libclang-rt-14-dev; scripts/install_deps.sh).
 probe=$(mktemp -d)

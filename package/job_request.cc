@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/printable.h"
+#include "common/utf8.h"
 
 namespace reel {
 
@@ -46,6 +47,9 @@ void ValidateRequest(const Manifest& m, const GenerateRequest& r) {
                                       Printable(r.image), m.name));
   if (r.prompt.size() > 64 * 1024)
     throw InvalidArgument(fmt::format("--prompt: {} bytes, accepted at most 65536", r.prompt.size()));
+  // The same text rule as the coordinator's API (docs/SECURITY.md): `generate` and `submit` agree.
+  RequireUtf8("--prompt", r.prompt);
+  RequireUtf8("--negative-prompt", r.negative_prompt);
 }
 
 }  // namespace reel

@@ -1,17 +1,10 @@
-// prometheus-cpp families behind Metrics, and a small HTTP endpoint for /metrics. Neither prometheus::Exposer nor
-// civetweb is used: the Exposer adds its own exposer_* families (one a summary) to every scrape, breaking the
-// reel_ prefix and histograms-only conventions, and Debian's civetweb starts its threads with a fixed 100 KB stack,
-// less than the static TLS of a process linking LibTorch, OpenBLAS and gRPC (~108 KB), so it cannot start in
-// `reel`. A scrape is one short request; one thread with a default stack serves them in turn.
+// prometheus-cpp families behind Metrics, served by HttpEndpoint (http_endpoint.h). prometheus::Exposer is not
+// used: it adds its own exposer_* families (one a summary) to every scrape, breaking the reel_ prefix and
+// histograms-only conventions. Nor is civetweb (Exposer's server, also packaged alone): Debian's starts its threads
+// with a fixed 100 KB stack, less than the static TLS of a process linking LibTorch, OpenBLAS and gRPC (~108 KB), so
+// it cannot start in `reel`.
 #include "profiler/metrics.h"
 
-#include <arpa/inet.h>
-
-#include <netinet/in.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -19,10 +12,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <map>
-#include <optional>
 #include <mutex>
-#include <atomic>
-#include <thread>
 #include <tuple>
 
 #include "common/error.h"
@@ -42,124 +32,26 @@ Histogram::BucketBoundaries DurationBuckets() {
   return b;
 }
 
-struct ListenAddress {
-  int family = AF_INET;
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-};
-
-// "127.0.0.1:9464", "[::1]:0", "localhost:9464" -> a socket address; nullopt when malformed.
-std::optional<ListenAddress> ParseListen(const std::string& host_port) {
-  const auto colon = host_port.rfind(':');
-  if (colon == std::string::npos) return std::nullopt;
-  std::string host = host_port.substr(0, colon);
-  const std::string port = host_port.substr(colon + 1);
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port) > 65535)
-    return std::nullopt;
-  if (host == "localhost") host = "127.0.0.1";
-  ListenAddress a;
-  const auto port_n = static_cast<uint16_t>(std::stoi(port));
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.addr);
-    if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &in6->sin6_addr) != 1) return std::nullopt;
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port_n);
-    a.family = AF_INET6;
-    a.len = sizeof(sockaddr_in6);
-  } else {
-    auto* in4 = reinterpret_cast<sockaddr_in*>(&a.addr);
-    if (inet_pton(AF_INET, host.c_str(), &in4->sin_addr) != 1) return std::nullopt;
-    in4->sin_family = AF_INET;
-    in4->sin_port = htons(port_n);
-    a.len = sizeof(sockaddr_in);
-  }
-  return a;
-}
-
-void SendAll(int fd, const std::string& data) {
-  for (size_t sent = 0; sent < data.size();) {
-    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    sent += static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
 
 struct MetricsEndpoint::Impl {
   std::shared_ptr<prometheus::Registry> registry;
-  int fd = -1;
-  int port = 0;
-  int wake[2] = {-1, -1};
-  std::thread thread;
-
-  void Loop(const MetricsEndpoint& self) {
-    pollfd fds[2] = {{fd, POLLIN, 0}, {wake[0], POLLIN, 0}};
-    for (;;) {
-      if (::poll(fds, 2, -1) < 0) continue;
-      if (fds[1].revents) return;
-      const int c = ::accept(fd, nullptr, nullptr);
-      if (c < 0) continue;
-      timeval tv{2, 0};
-      ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      std::string request;
-      char buf[2048];
-      while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
-        const ssize_t n = ::recv(c, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        request.append(buf, static_cast<size_t>(n));
-      }
-      const bool get = request.rfind("GET /metrics ", 0) == 0 || request.rfind("GET /metrics?", 0) == 0;
-      const std::string body = get ? self.Serialize() : "only GET /metrics is served here\n";
-      SendAll(c, std::string(get ? "HTTP/1.1 200 OK" : "HTTP/1.1 404 Not Found") +
-                     "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " +
-                     std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
-      ::close(c);
-    }
-  }
+  std::unique_ptr<HttpEndpoint> http;
 };
 
-MetricsEndpoint::MetricsEndpoint(std::shared_ptr<prometheus::Registry> registry) : impl_(std::make_unique<Impl>()) {
+MetricsEndpoint::MetricsEndpoint(std::shared_ptr<prometheus::Registry> registry, HttpLimits limits)
+    : impl_(std::make_unique<Impl>()) {
   impl_->registry = std::move(registry);
+  impl_->http = std::make_unique<HttpEndpoint>("/metrics", [this] { return Serialize(); }, limits);
 }
 
-MetricsEndpoint::~MetricsEndpoint() {
-  if (impl_->thread.joinable()) {
-    const char x = 1;
-    (void)!::write(impl_->wake[1], &x, 1);
-    impl_->thread.join();
-  }
-  for (int f : {impl_->fd, impl_->wake[0], impl_->wake[1]})
-    if (f >= 0) ::close(f);
-}
+MetricsEndpoint::~MetricsEndpoint() = default;
 
 void MetricsEndpoint::Serve(const std::string& host_port, const std::string& flag) {
-  const auto addr = ParseListen(host_port);
-  if (!addr)
-    throw InvalidArgument(flag + " " + host_port +
-                          ": accepted HOST:PORT with an IP address or localhost, such as 127.0.0.1:9464 or "
-                          "0.0.0.0:9464 (port 0 picks a free port)");
-  if (impl_->fd >= 0) throw InvalidArgument(flag + " " + host_port + ": metrics are already served on port " +
-                                            std::to_string(port()));
-  const int fd = ::socket(addr->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<const sockaddr*>(&addr->addr), addr->len) != 0 || ::listen(fd, 64) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw InvalidArgument(flag + " " + host_port + ": cannot listen there (in use, or not an address of this host)");
-  }
-  sockaddr_storage bound{};
-  socklen_t len = sizeof bound;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
-  impl_->port = ntohs(addr->family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                                               : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  impl_->fd = fd;
-  if (::pipe2(impl_->wake, O_CLOEXEC) != 0) throw InvalidArgument(flag + " " + host_port + ": cannot create a pipe");
-  impl_->thread = std::thread([this] { impl_->Loop(*this); });
+  impl_->http->Serve(host_port, flag);
 }
 
-int MetricsEndpoint::port() const { return impl_->port; }
+int MetricsEndpoint::port() const { return impl_->http->port(); }
 
 std::string MetricsEndpoint::Serialize() const {
   return prometheus::TextSerializer().Serialize(impl_->registry->Collect());

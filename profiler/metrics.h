@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "profiler/http_endpoint.h"
 #include "profiler/stage_profile.h"
 
 namespace prometheus {
@@ -14,10 +15,12 @@ class Registry;
 
 namespace reel {
 
-// Serves a registry's families on /metrics over HTTP (the text exposition format), and nothing else.
+// Serves a registry's families on /metrics over HTTP (the text exposition format), and nothing else: scrapes are
+// served concurrently, each connection within `limits` (a whole-request deadline, a bound on connections and on
+// the request's size), so slow or idle clients cannot hold a scrape up.
 class MetricsEndpoint {
  public:
-  explicit MetricsEndpoint(std::shared_ptr<prometheus::Registry> registry);
+  explicit MetricsEndpoint(std::shared_ptr<prometheus::Registry> registry, HttpLimits limits = {});
   ~MetricsEndpoint();
   MetricsEndpoint(const MetricsEndpoint&) = delete;
   MetricsEndpoint& operator=(const MetricsEndpoint&) = delete;

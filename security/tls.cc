@@ -4,6 +4,8 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <arpa/inet.h>
 #include <openssl/x509_vfy.h>
 
 #include <fstream>
@@ -110,6 +112,38 @@ TlsMaterial LoadTls(const TlsFiles& f) {
                                       "that CA and valid now",
                                       f.cert_name, f.cert, f.ca_name, f.ca, X509_verify_cert_error_string(err)));
   return m;
+}
+
+std::string CertificateNameProblem(const std::string& cert_pem, const std::string& host_in) {
+  std::string host = host_in;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  Bio bio = BioOf(cert_pem);
+  Cert cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  ERR_clear_error();
+  if (!cert) return "it holds no certificate";
+  in6_addr any{};
+  const bool ip = inet_pton(AF_INET, host.c_str(), &any) == 1 || inet_pton(AF_INET6, host.c_str(), &any) == 1;
+  if (ip ? X509_check_ip_asc(cert.get(), host.c_str(), 0) == 1
+         : X509_check_host(cert.get(), host.data(), host.size(), 0, nullptr) == 1)
+    return "";
+  std::string names;
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert.get(), NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* n = sk_GENERAL_NAME_value(sans, i);
+    std::string one;
+    if (n->type == GEN_DNS) {
+      one = "DNS:" + std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(n->d.dNSName)),
+                                 static_cast<size_t>(ASN1_STRING_length(n->d.dNSName)));
+    } else if (n->type == GEN_IPADD) {
+      char text[INET6_ADDRSTRLEN] = "?";
+      const int len = ASN1_STRING_length(n->d.iPAddress);
+      inet_ntop(len == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(n->d.iPAddress), text, sizeof text);
+      one = std::string("IP:") + text;
+    }
+    if (!one.empty()) names += (names.empty() ? "" : ", ") + one;
+  }
+  GENERAL_NAMES_free(sans);
+  return names.empty() ? "it has no subjectAltName DNS or IP entry" : "it names " + names;
 }
 
 }  // namespace reel

@@ -26,4 +26,8 @@ struct TlsMaterial {
 // and what is wrong.
 TlsMaterial LoadTls(const TlsFiles& files);
 
+// Whether the certificate in `cert_pem` names `host` (an IP address, "[v6]", or a DNS name) as peers verify it:
+// "" when it does, else what it names instead ("it names DNS:localhost, IP:127.0.0.1").
+std::string CertificateNameProblem(const std::string& cert_pem, const std::string& host);
+
 }  // namespace reel

@@ -4,7 +4,6 @@
 #include <sstream>
 
 #include <fmt/format.h>
-#include <grpcpp/support/interceptor.h>
 
 #include "common/error.h"
 
@@ -48,28 +47,20 @@ class Checker final : public grpc::AuthMetadataProcessor {
   std::string expected_;
 };
 
-class Sender final : public grpc::experimental::Interceptor {
+class Plugin final : public grpc::MetadataCredentialsPlugin {
  public:
-  explicit Sender(const std::string* value) : value_(value) {}
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA))
-      methods->GetSendInitialMetadata()->insert({kHeader, *value_});
-    methods->Proceed();
+  explicit Plugin(std::string token) : value_(std::string(kScheme) + token) {}
+  bool IsBlocking() const override { return false; }
+  const char* GetType() const override { return "reel-bearer-token"; }
+  grpc::Status GetMetadata(grpc::string_ref, grpc::string_ref, const grpc::AuthContext&,
+                           std::multimap<std::string, std::string>* metadata) override {
+    metadata->insert({kHeader, value_});
+    return grpc::Status::OK;
   }
+  std::string DebugString() override { return "Reel bearer token"; }  // never the token
 
  private:
-  const std::string* value_;
-};
-
-class SenderFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
- public:
-  explicit SenderFactory(std::string token) : value_(std::string(kScheme) + token) {}
-  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
-    return new Sender(&value_);
-  }
-
- private:
-  std::string value_;  // lives as long as the channel that owns this factory
+  std::string value_;
 };
 
 }  // namespace
@@ -115,8 +106,8 @@ std::shared_ptr<grpc::AuthMetadataProcessor> TokenChecker(std::string token) {
   return std::make_shared<Checker>(std::move(token));
 }
 
-std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface> TokenSender(std::string token) {
-  return std::make_unique<SenderFactory>(std::move(token));
+std::shared_ptr<grpc::CallCredentials> TokenCredentials(std::string token, grpc_security_level min_level) {
+  return grpc::experimental::MetadataCredentialsFromPlugin(std::make_unique<Plugin>(std::move(token)), min_level);
 }
 
 }  // namespace reel

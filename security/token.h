@@ -7,7 +7,8 @@
 #include <string_view>
 
 #include <grpcpp/security/auth_metadata_processor.h>
-#include <grpcpp/support/client_interceptor.h>
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/credentials.h>
 
 namespace reel {
 
@@ -22,7 +23,12 @@ bool TokenEquals(std::string_view a, std::string_view b);
 // runs. grpc.health.v1.Health stays open (orchestrators probe it without credentials).
 std::shared_ptr<grpc::AuthMetadataProcessor> TokenChecker(std::string token);
 
-// The client side: adds the token to every call on a channel.
-std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface> TokenSender(std::string token);
+// The client side: call credentials that add the token to every call. gRPC attaches call credentials only on a
+// channel whose security level is at least `min_level`, and never on an insecure channel: composed with TLS
+// credentials (the default level, privacy and integrity) the token never travels in clear. GRPC_SECURITY_NONE is
+// for the loopback exception alone, composed with local credentials, which admit loopback peers only
+// (CreateClientChannel).
+std::shared_ptr<grpc::CallCredentials> TokenCredentials(std::string token,
+                                                        grpc_security_level min_level = GRPC_PRIVACY_AND_INTEGRITY);
 
 }  // namespace reel

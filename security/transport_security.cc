@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -13,6 +14,8 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/printable.h"
+#include "common/split.h"
 #include "security/token.h"
 
 namespace reel {
@@ -49,12 +52,40 @@ TransportSecurity LoadSecurity(const SecurityFlags& f) {
 bool IsLoopbackHost(const std::string& host_in) {
   std::string host = host_in;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (const char* remote = std::getenv("REEL_TEST_NOT_LOOPBACK"); remote && *remote)
+    for (const auto& h : SplitList(remote))
+      if (h == host || h == host_in) return false;
   if (host == "localhost") return true;
   in_addr v4{};
   if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
   in6_addr v6{};
   if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
   return false;
+}
+
+std::string TargetHost(const std::string& target) {
+  std::string t = target;
+  // dns://AUTHORITY/host names its own resolver: never taken for loopback.
+  if (t.rfind("dns://", 0) == 0 && t.rfind("dns:///", 0) != 0) return "";
+  for (const char* scheme : {"dns:///", "dns:", "ipv4:", "ipv6:"})
+    if (t.rfind(scheme, 0) == 0) {
+      t = t.substr(std::strlen(scheme));
+      break;
+    }
+  if (!t.empty() && t.front() == '[') {
+    const auto close = t.find(']');
+    return close == std::string::npos ? t : t.substr(0, close + 1);
+  }
+  const auto colon = t.rfind(':');
+  return colon == std::string::npos ? t : t.substr(0, colon);
+}
+
+std::string TokenInClearRefusal(const std::string& target, bool tls, bool token) {
+  if (!token || tls || IsLoopbackHost(TargetHost(target))) return "";
+  return fmt::format("{}: not a loopback address, and a bearer token goes there only over TLS (it would cross the "
+                     "network in clear); give --tls-cert, --tls-key and --tls-ca (or $REEL_TLS_*) as well, or use a "
+                     "loopback address (127.0.0.1, localhost, [::1])",
+                     Printable(target));
 }
 
 void CheckListen(const std::string& listen, const TransportSecurity& s, const std::string& flag) {
@@ -136,14 +167,26 @@ uint64_t ClientSecurityGeneration() {
   return c.generation;
 }
 
+namespace {
+
+TransportSecurity ClientSecurity() {
+  auto& c = Client();
+  std::lock_guard lock(c.mu);
+  if (!c.loaded) c.loaded = LoadSecurity(c.flags.WithEnvironmentDefaults());
+  return *c.loaded;
+}
+
+}  // namespace
+
+std::string ClientChannelRefusal(const std::string& address) {
+  const TransportSecurity s = ClientSecurity();
+  return TokenInClearRefusal(address, s.tls.enabled(), !s.token.empty());
+}
+
 std::shared_ptr<grpc::Channel> CreateClientChannel(const std::string& address, const grpc::ChannelArguments& args) {
-  TransportSecurity s;
-  {
-    auto& c = Client();
-    std::lock_guard lock(c.mu);
-    if (!c.loaded) c.loaded = LoadSecurity(c.flags.WithEnvironmentDefaults());
-    s = *c.loaded;
-  }
+  const TransportSecurity s = ClientSecurity();
+  if (std::string refusal = TokenInClearRefusal(address, s.tls.enabled(), !s.token.empty()); !refusal.empty())
+    throw InvalidArgument(refusal);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (s.tls.enabled()) {
     grpc::SslCredentialsOptions o;
@@ -151,13 +194,16 @@ std::shared_ptr<grpc::Channel> CreateClientChannel(const std::string& address, c
     o.pem_private_key = s.tls.key_pem;
     o.pem_cert_chain = s.tls.cert_pem;
     creds = grpc::SslCredentials(o);
+    if (!s.token.empty()) creds = grpc::CompositeChannelCredentials(creds, TokenCredentials(s.token));
+  } else if (!s.token.empty()) {
+    // The loopback exception, kept deliberately narrow: local credentials refuse any peer that is not loopback
+    // (after connecting, before a byte of the call is sent), and only they carry call credentials without TLS.
+    creds = grpc::CompositeChannelCredentials(grpc::experimental::LocalCredentials(LOCAL_TCP),
+                                              TokenCredentials(s.token, GRPC_SECURITY_NONE));
   } else {
     creds = grpc::InsecureChannelCredentials();
   }
-  if (s.token.empty()) return grpc::CreateCustomChannel(address, creds, args);
-  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(TokenSender(s.token));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(address, creds, args, std::move(interceptors));
+  return grpc::CreateCustomChannel(address, creds, args);
 }
 
 }  // namespace reel

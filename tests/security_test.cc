@@ -19,6 +19,7 @@
 #include "security/token.h"
 #include "security/transport_security.h"
 #include "tests/cluster_harness.h"
+#include "tests/fake_server.h"
 #include "tests/test_util.h"
 
 namespace reel {
@@ -55,13 +56,16 @@ std::shared_ptr<grpc::Channel> Channel(const std::string& address, const Creds& 
     o.pem_private_key = c.key;
     o.pem_cert_chain = c.cert;
     creds = grpc::SslCredentials(o);
+    if (!c.token.empty()) creds = grpc::CompositeChannelCredentials(creds, TokenCredentials(c.token));
+  } else if (!c.token.empty()) {
+    // As CreateClientChannel makes it: local credentials (loopback peers only) carry the token without TLS.
+    creds = grpc::CompositeChannelCredentials(grpc::experimental::LocalCredentials(LOCAL_TCP),
+                                              TokenCredentials(c.token, GRPC_SECURITY_NONE));
   }
   grpc::ChannelArguments args;
   static std::atomic<int> next{0};
   args.SetInt("reel-test-channel", ++next);  // its own connection, never one made with other credentials
-  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
-  if (!c.token.empty()) interceptors.push_back(TokenSender(c.token));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(address, creds, args, std::move(interceptors));
+  return grpc::CreateCustomChannel(address, creds, args);
 }
 
 template <typename Ctx>
@@ -416,6 +420,11 @@ TEST_F(SecurityTest, AuthenticationFailuresAreRefusedAndChangeNothing) {
                                  Pki("evil.key").string(), Pki("ca.pem").string(), Pki("token").string()),
        2, "does not verify against --tls-ca"},
       {"jobs" + at, 1, "no TLS connection"},
+      // Its own CA trusts it, so it passes the local check; the handshake fails, and gRPC's own log line of that
+      // ("E1207 ... Handshake failed") does not reach the terminal beside Reel's line.
+      {"jobs" + at + fmt::format(" --tls-cert {} --tls-key {} --tls-ca {} --token-file {}", Pki("evil.pem").string(),
+                                 Pki("evil.key").string(), Pki("evil-ca.pem").string(), Pki("token").string()),
+       1, "no TLS connection"},
       {fmt::format("REEL_TLS_CERT={} REEL_TLS_KEY={} REEL_TLS_CA={} REEL_TOKEN_FILE={} {} jobs {}",
                    Pki("client.pem").string(), Pki("client.key").string(), Pki("ca.pem").string(),
                    Pki("token").string(), REEL_BINARY, at),
@@ -461,6 +470,47 @@ TEST_F(SecurityTest, ATokenAloneGuardsALoopbackCoordinator) {
                                                   Pki("token").string(), REEL_BINARY, cluster_->address()));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_EQ(JobCount(plain), 1);
+}
+
+// Issue 19: a certificate problem is named once, on the side that has it.
+TEST_F(SecurityTest, AWorkerWhoseCertificateDoesNotNameItsHostExitsWithOneLine) {
+  std::string flags;
+  for (const auto& f : ServerFlags()) flags += " " + Quote(f);
+  const CommandResult r = Reel("worker --coordinator 127.0.0.1:1 --listen 127.0.0.2:0 --threads 1" + flags);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << "one line: " << r.output;
+  EXPECT_NE(r.output.find("does not name 127.0.0.2, the host this worker is reached at (it names DNS:localhost, "
+                          "IP:127.0.0.1)"),
+            std::string::npos)
+      << r.output;
+}
+
+// Issue 19: over TLS the token travels inside the TLS session only: a plaintext server a TLS client or worker reaches
+// by mistake sees a handshake, never the token.
+TEST_F(SecurityTest, APlaintextServerNeverReceivesTheTokenFromATlsClientOrWorker) {
+  testing::RecordingServer fake("127.0.0.2", /*hang_up=*/true);
+  ASSERT_NE(fake.port(), 0);
+  const CommandResult r = Reel("jobs --coordinator " + fake.address() + ClientFlags());
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << "one line: " << r.output;
+  std::vector<std::string> args = {REEL_BINARY, "worker", "--coordinator", fake.address(), "--listen", "127.0.0.1:0",
+                                   "--threads", "1", "--name", "mistaken"};
+  for (const auto& f : ServerFlags()) args.push_back(f);
+  const fs::path log = dir_ / "mistaken.log";
+  extra_logs_.push_back(log);
+  {
+    Process worker(args, log);
+    EXPECT_TRUE(WaitFor([&] { return fake.connections() >= 3; }, 30)) << fake.connections();
+    worker.Stop(SIGKILL);
+  }
+  EXPECT_FALSE(fake.received().empty());  // the handshakes
+  EXPECT_EQ(fake.received().find(token_), std::string::npos);
+  EXPECT_EQ(fake.received().find("authorization"), std::string::npos);
+  // It says once that the coordinator is unreachable; gRPC's own lines do not repeat in its log.
+  const std::string text = Read(log);
+  EXPECT_FALSE(std::regex_search(text, std::regex("(^|\n)[EWID][0-9]{4} "))) << text;
+  EXPECT_EQ(text.find("unreachable"), text.rfind("unreachable")) << text;
+  EXPECT_NE(text.find("unreachable"), std::string::npos) << text;
 }
 
 TEST_F(SecurityTest, NonLoopbackListenNeedsTlsAndATokenOrInsecure) {

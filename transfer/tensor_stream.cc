@@ -13,6 +13,7 @@
 #include "common/printable.h"
 #include "reel/v1/worker.grpc.pb.h"
 #include "security/transport_security.h"
+#include "transfer/server_status.h"
 
 namespace reel {
 
@@ -231,6 +232,7 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
 }
 
 void ConfigureServer(grpc::ServerBuilder& builder) {
+  builder.experimental().SetInterceptorCreators(StatusMessageInterceptors());  // no status without a message
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);

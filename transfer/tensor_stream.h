@@ -99,7 +99,8 @@ std::shared_ptr<const TensorBlob> FetchTensor(const std::string& address, const 
 
 // Channels with Reel's message limits, one per address, shared by the process.
 std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);
-// The same limits and HTTP/2 settings for a server that sends or receives tensors.
+// The same limits and HTTP/2 settings for a server that sends or receives tensors, and a message on every status
+// it sends (server_status.h).
 void ConfigureServer(grpc::ServerBuilder& builder);
 
 // A worker's tensors, keyed by (job, name).

@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "common/printable.h"
 #include "media/video_io.h"
 #include "models/presets.h"
 #include "models/synth.h"
@@ -748,6 +749,21 @@ int RunWorker(const WorkerOptions& o) {
   const TransportSecurity security = LoadSecurity(o.security);
   CheckListen(o.listen, security);
   SetClientSecurity(security);  // its calls to the coordinator and other workers present the same credentials
+  // The coordinator and other workers verify this worker's certificate against the host it advertises: a
+  // certificate that does not name it would fail every one of their handshakes, so it is one line here instead.
+  if (security.tls.enabled()) {
+    const std::string listen_host = o.listen.substr(0, o.listen.rfind(':'));
+    const std::string host = listen_host == "0.0.0.0" || listen_host == "[::]" ? HostName() : listen_host;
+    if (const std::string problem = CertificateNameProblem(security.tls.cert_pem, host); !problem.empty())
+      throw InvalidArgument(fmt::format("{} {}: does not name {}, the host this worker is reached at ({}); the "
+                                        "coordinator would refuse every connection to it. Accepted a certificate "
+                                        "whose subjectAltName names {} (docs/SECURITY.md), or a --listen host it "
+                                        "names",
+                                        o.security.tls.cert_name, o.security.tls.cert, host, problem, host));
+  }
+  // Refused now, before anything is dialled: the token never goes to a coordinator in clear off loopback.
+  if (const std::string refusal = ClientChannelRefusal(o.coordinator); !refusal.empty())
+    throw InvalidArgument("--coordinator " + refusal);
 
   // Signals are taken by sigwait on this thread only; every thread started from here inherits the mask.
   sigset_t sigs;
@@ -865,7 +881,10 @@ int RunWorker(const WorkerOptions& o) {
           warned = false;
         } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
                    st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-          if (!warned) spdlog::warn("worker {}: coordinator {} unreachable; retrying", name, o.coordinator);
+          // Once, with gRPC's reason (a certificate that does not name the coordinator's host shows here).
+          if (!warned)
+            spdlog::warn("worker {}: coordinator {} unreachable ({}); retrying", name, o.coordinator,
+                         Printable(st.error_message(), 400));
           warned = true;
           interval_ms = 500;
         } else {
