@@ -11,7 +11,7 @@ Usage (with the project venv, .venv/bin/python):
                             --guidance G --seed N --threads T --prompt P --json OUT.json [--frames-out FRAMES.npy]
       Loads the checkpoint with CogVideoXPipeline.from_pretrained and runs pipe(...) once, timing its stages from
       inside: encode_prompt (text), everything from its end to the start of decode_latents (the denoising loop:
-      timesteps, noise, RoPE tables, the transformer on the CFG batch, guidance, DDIM), decode_latents (VAE decode).
+      timesteps, latents, RoPE tables, the transformer on the CFG batch, guidance, DDIM), decode_latents (VAE decode).
   diffusers_pipeline.py table --work DIR
       Reads the JSON files bench/reel_vs_diffusers.sh collected under DIR and prints the markdown tables.
 
@@ -157,10 +157,17 @@ def run(a) -> None:
         step_ends.append(time.perf_counter())
         return kwargs
 
+    # The initial noise as Reel draws it: float32 from a CPU generator seeded with --seed, [1, f, C, h, w]. In f32 this
+    # is exactly what the pipeline's prepare_latents draws itself; in bf16 the pipeline would draw bf16 noise, another
+    # random stream, so it is given the f32 draw cast to its dtype (the pipeline keeps its latents in that dtype).
+    vae_spatial = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    shape = (1, (a.frames - 1) // pipe.vae.config.temporal_compression_ratio + 1, pipe.transformer.config.in_channels,
+             a.height // vae_spatial, a.width // vae_spatial)
     generator = torch.Generator("cpu").manual_seed(a.seed)
+    latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(DTYPES[a.dtype])
     t0 = time.perf_counter()
     video = pipe(prompt=a.prompt, negative_prompt="", num_frames=a.frames, height=a.height, width=a.width,
-                 num_inference_steps=a.steps, guidance_scale=a.guidance, generator=generator,
+                 num_inference_steps=a.steps, guidance_scale=a.guidance, latents=latents,
                  max_sequence_length=max_len, output_type="pt", callback_on_step_end=on_step_end,
                  callback_on_step_end_tensor_inputs=["latents"]).frames
     call = time.perf_counter() - t0
@@ -260,7 +267,8 @@ def table(a) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if agree:
-        print("\nSame weights, seed and prompt: Reel's frames against diffusers' (first run, 8-bit levels):\n")
+        print("\nSame weights, seed, initial noise and prompt: Reel's frames against diffusers' (first run, 8-bit "
+              "levels):\n")
         print("| case | dtype | Reel attention | max abs diff | mean abs diff | pixels within 2 | Reel frame level "
               "(mean ± sd) |")
         print("|---|---|---|---|---|---|---|")

@@ -17,8 +17,10 @@
 # Environment: REEL (default build/cli/reel), PY (default .venv/bin/python, with torch, diffusers, transformers,
 #   sentencepiece), REEL_EXPORT (default tools/export/reel_export.py), WORK (keep checkpoints, packages and JSON
 #   there instead of a temporary directory that is removed at exit).
-# Needs a built tree (scripts/build.sh or cmake --build build --target reel) and about 8 GB of free disk for the
-# 2b and 5b checkpoints and packages. On the 2-core development machine the default run takes about 12 minutes.
+# Needs a built tree (scripts/build.sh or cmake --build build --target reel) and free disk for the 2b and 5b
+# checkpoints and packages: 14 GB in f32, 17 GB with bf16. On the 2-core development machine, when nothing else
+# runs, the default run takes about 7 minutes (2 of them building and exporting the checkpoints, which WORK keeps
+# for later runs); under other load either side can be several times slower at random: the table says the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
@@ -62,7 +64,8 @@ for c in $CASES; do
     pkg="$WORK/$c/pkg-$dt"
     if [ ! -f "$pkg/manifest.json" ]; then
       log "$c: exporting the checkpoint ($dt)"
-      "$PY" "$REEL_EXPORT" --checkpoint "$ckpt" --out "$pkg" --dtype "$dt" --name "$c-$dt" >"$WORK/$c.export-$dt.log" 2>&1 ||
+      "$PY" "$REEL_EXPORT" --checkpoint "$ckpt" --out "$pkg" --dtype "$dt" --name "$c-$dt" \
+        >"$WORK/$c.export-$dt.log" 2>&1 ||
         { cat "$WORK/$c.export-$dt.log" >&2; exit 1; }
     fi
     # Which attention the package's denoiser blocks run (the TorchScript source is inside the .pt zip).
@@ -99,6 +102,10 @@ for c in $CASES; do
   done
 done
 
-echo "Reel $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+changes'), $("$PY" -c 'import torch, diffusers, transformers; print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}")'), $THREADS threads, $(nproc) cores, load average $LOAD_START at the start and $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+versions=$("$PY" -c 'import torch, diffusers, transformers
+print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}")')
+tree="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+changes')"
+echo "Reel $tree, $versions, $THREADS threads, $(nproc) cores, load average $LOAD_START at the start and" \
+  "$(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo
 "$PY" "$HELPER" table --work "$WORK"
