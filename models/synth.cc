@@ -247,8 +247,9 @@ fs::path ModelCacheDir() {
 fs::path ResolveModel(const std::string& model) {
   std::error_code ec;
   if (FindPreset(model)) {
-    // "-r2": packages with fused attention; a cache filled by an older Reel (chunked attention) is left alone.
-    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r2");
+    // "-r3": packages with fused attention and one `linear` per row in the timestep linears; a cache filled by an
+    // older Reel (chunked attention, or the bmm row_linear) is left alone.
+    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r3");
     if (fs::exists(dir / kManifestFileName, ec)) {
       try {
         LoadManifest(dir);

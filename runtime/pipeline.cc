@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include "common/error.h"
 #include "package/tokenizer.h"
@@ -63,6 +64,11 @@ thread_local std::map<StageKind, bool> stage_active;
 template <typename Fn>
 auto Runtime::OnDevice(StageKind k, Fn&& fn) {
   DeviceScope device;
+  // On the CPU, TorchScript's profiling executor only costs: each part's first call runs instrumented and its second
+  // compiles an optimised graph that runs no faster there (no CPU fuser); a text encoder runs once per job and a
+  // decoder once per chunk, so small jobs paid it on every stage (docs/BENCHMARKS.md). CUDA keeps it: it feeds the
+  // fuser. The setting is per thread, so it is set around every call.
+  torch::jit::GraphOptimizerEnabledGuard optimize(device_.device().is_cuda());
   try {
     return fn();
   } catch (const Error&) {

@@ -1,7 +1,8 @@
-"""What the export tests share: import paths, the tiny mirror models, a trained SentencePiece model, the reel
-binary and running the export CLI."""
+"""What the export tests share: import paths, tiny CogVideoX models built from configs with the real diffusers and
+transformers classes (random weights), a trained SentencePiece model, the reel binary and running the export CLI."""
 
 import json
+import math
 import os
 import random
 import shutil
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import unittest
 from pathlib import Path
+from types import SimpleNamespace
 
 TESTS = Path(__file__).resolve().parent
 TOOL = TESTS.parent
@@ -17,11 +19,8 @@ REPO = TOOL.parent.parent
 sys.path.insert(0, str(TOOL))
 
 import torch  # noqa: E402
-
-import mirror_t5  # noqa: E402
-import mirror_transformer  # noqa: E402
-import mirror_vae  # noqa: E402
-from mirror_common import randomize  # noqa: E402
+from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel  # noqa: E402
+from transformers import T5Config, T5EncoderModel  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -34,20 +33,58 @@ VARIANTS = {
     "5b-i2v": {"use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": True,
                "in_channels": 32},
 }
+T5_CONFIG = dict(vocab_size=384, d_model=64, d_kv=16, num_heads=4, d_ff=160, num_layers=2,
+                 relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
+                 dropout_rate=0.1, pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu")
+TRANSFORMER_CONFIG = dict(num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
+                          time_embed_dim=64, text_embed_dim=64, num_layers=2, sample_width=8, sample_height=8,
+                          sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=32)
+VAE_CONFIG = dict(block_out_channels=(16, 32, 32, 64), latent_channels=16, layers_per_block=1, norm_num_groups=8,
+                  sample_height=64, sample_width=64, scaling_factor=0.7)
 
 
-def tiny_t5(seed=1):
-    return randomize(mirror_t5.T5EncoderModel(), seed)
+@torch.no_grad()
+def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Draws every weight and persistent buffer so that no mapping mistake can hide behind the libraries' ones and
+    zeros (diffusers zero-initialises nothing here, but LayerNorm scales are ones and biases zeros): matrices
+    ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1²), biases ~ N(0, 0.1²), learned positions ~ N(0, 0.5²)."""
+    g = torch.Generator().manual_seed(seed)
+    persistent = set(module.state_dict().keys())  # not diffusers' computed sin-cos table
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if not t.is_floating_point() or name not in persistent:
+            continue
+        r = torch.randn(t.shape, generator=g, dtype=torch.float32)
+        if "pos_embedding" in name:
+            t.copy_(0.5 * r)
+        elif t.dim() >= 2:
+            fan_in = t[0].numel() if t.dim() > 2 or "embed" not in name else t.shape[1]
+            t.copy_(r / math.sqrt(max(1, fan_in)))
+        elif name.endswith("bias"):
+            t.copy_(0.1 * r)
+        else:
+            t.copy_(1.0 + 0.1 * r)
+    return module.eval()
+
+
+def tiny_t5(seed=1, **overrides):
+    return randomize(T5EncoderModel(T5Config(**dict(T5_CONFIG, **overrides))), seed)
 
 
 def tiny_transformer(variant="5b", seed=2, **overrides):
-    kw = dict(VARIANTS[variant])
+    kw = dict(TRANSFORMER_CONFIG, **VARIANTS[variant])
     kw.update(overrides)
-    return randomize(mirror_transformer.CogVideoXTransformer3DModel(**kw), seed)
+    return randomize(CogVideoXTransformer3DModel(**kw), seed)
 
 
 def tiny_vae(seed=3, **overrides):
-    return randomize(mirror_vae.AutoencoderKLCogVideoX(**overrides), seed)
+    return randomize(AutoencoderKLCogVideoX(**dict(VAE_CONFIG, **overrides)), seed)
+
+
+def rotary_embeddings(transformer, height, width, num_frames, vae_scale_factor_spatial=8):
+    """diffusers' own CogVideoXPipeline._prepare_rotary_positional_embeddings for `transformer` (height/width in
+    pixels, frames in latents), called on the parts of a pipeline it reads."""
+    pipe = SimpleNamespace(transformer=transformer, vae_scale_factor_spatial=vae_scale_factor_spatial)
+    return CogVideoXPipeline._prepare_rotary_positional_embeddings(pipe, height, width, num_frames, torch.device("cpu"))
 
 
 def train_spiece(directory: Path) -> Path:
@@ -84,7 +121,7 @@ def run_reel(args, cache_dir: Path):
 
 
 def save_checkpoint(root: Path, variant="5b", spiece: Path = None, scheduler=None, **transformer_overrides) -> Path:
-    """A diffusers-layout checkpoint directory of the tiny mirrors (their own weight file format)."""
+    """A checkpoint in the Hub's layout, written by the libraries' own save_pretrained (safetensors)."""
     tiny_t5().save_pretrained(root / "text_encoder")
     tiny_transformer(variant, **transformer_overrides).save_pretrained(root / "transformer")
     tiny_vae().save_pretrained(root / "vae")
@@ -100,13 +137,17 @@ def save_checkpoint(root: Path, variant="5b", spiece: Path = None, scheduler=Non
 
 
 def run_export(args, with_diffusers=True):
-    """Runs reel_export.py; with_diffusers puts the test stand-ins for diffusers/transformers on the path."""
-    env = dict(os.environ)
-    paths = [str(TESTS / "fake_site"), str(TESTS)] if with_diffusers else []
-    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, str(TOOL / "reel_export.py"), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    """Runs reel_export.py; with_diffusers=False runs it as if diffusers and transformers were not installed
+    (their entries in sys.modules set to None, which makes importing them raise ImportError)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    argv = [str(TOOL / "reel_export.py"), *map(str, args)]
+    if with_diffusers:
+        cmd = [sys.executable, *argv]
+    else:
+        hide = ("import runpy, sys; sys.modules['diffusers'] = sys.modules['transformers'] = None; "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+        cmd = [sys.executable, "-c", hide, *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 class TempDirTest(unittest.TestCase):

@@ -1,11 +1,12 @@
-"""Each exported TorchScript part, saved and loaded back, against the eager mirror of the diffusers / transformers
-module it came from, on the same inputs: same outputs (float32, to rounding), Reel's calling convention."""
+"""Each exported TorchScript part, saved and loaded back, against the diffusers / transformers module it came from
+(the libraries themselves, tiny configs with random weights), on the same inputs: same outputs (float32, to
+rounding), Reel's calling convention."""
 
 import unittest
 
 import torch
 
-from export_test_util import TEXT_TOKENS, TempDirTest, tiny_t5, tiny_transformer, tiny_vae, mirror_transformer
+from export_test_util import TEXT_TOKENS, TempDirTest, rotary_embeddings, tiny_t5, tiny_transformer, tiny_vae
 from exporter import t5, transformer, vae
 from exporter.script import class_name_for
 
@@ -85,7 +86,7 @@ class DenoiserPartsTest(PartsTest):
             latents = torch.randn(2, f, spec.in_channels, h, w, generator=g)
             text = torch.randn(2, TEXT_TOKENS, 64, generator=g)
             timestep = torch.tensor([999, 321])
-            rope = (mirror_transformer.prepare_rotary_positional_embeddings(tr, h * 8, w * 8, f)
+            rope = (rotary_embeddings(tr, h * 8, w * 8, f)
                     if spec.rotary else None)
             with torch.no_grad():
                 want = tr(latents, text, timestep, image_rotary_emb=rope).sample
