@@ -1,6 +1,7 @@
 """What the export tests share: import paths, tiny CogVideoX models built from configs with the real diffusers and
 transformers classes (random weights), a trained SentencePiece model, the reel binary and running the export CLI."""
 
+import atexit
 import json
 import math
 import os
@@ -85,6 +86,31 @@ def rotary_embeddings(transformer, height, width, num_frames, vae_scale_factor_s
     pixels, frames in latents), called on the parts of a pipeline it reads."""
     pipe = SimpleNamespace(transformer=transformer, vae_scale_factor_spatial=vae_scale_factor_spatial)
     return CogVideoXPipeline._prepare_rotary_positional_embeddings(pipe, height, width, num_frames, torch.device("cpu"))
+
+
+# Measured agreement with the libraries, one row per comparison: written (JSON lines) to the file REEL_PARITY_REPORT
+# names when the test process ends (ctest: build/parity.jsonl); tools/export/tests/parity_table.py turns it into the
+# table of docs/STAGE_PACKAGE.md.
+PARITY_ROWS = []
+
+
+def record_parity(stage: str, model: str, dtype: str, against: str, max_abs: float, rel: float, psnr=None):
+    PARITY_ROWS.append(dict(stage=stage, model=model, dtype=dtype, against=against, max_abs=max_abs, rel=rel,
+                            psnr=psnr))
+
+
+@atexit.register
+def _write_parity():
+    path = os.environ.get("REEL_PARITY_REPORT")
+    if path and PARITY_ROWS:
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in PARITY_ROWS)
+
+
+def errors(got: torch.Tensor, want: torch.Tensor):
+    """(max |got - want|, that over max |want|) in float32."""
+    diff = (got.float() - want.float()).abs().max().item()
+    return diff, diff / max(want.float().abs().max().item(), 1e-30)
 
 
 def train_spiece(directory: Path) -> Path:
