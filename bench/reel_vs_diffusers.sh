@@ -69,7 +69,7 @@ for c in $CASES; do
         { cat "$WORK/$c.export-$dt.log" >&2; exit 1; }
     fi
     # Which attention the package's denoiser blocks run (the TorchScript source is inside the .pt zip).
-    if unzip -p "$pkg/denoiser/block_000.pt" '*/code/*' 2>/dev/null | grep -q scaled_dot_product_attention; then
+    if unzip -p "$pkg/denoiser/block_000.pt" '*/code/*' 2>/dev/null | grep scaled_dot_product_attention >/dev/null; then
       attention=sdpa
     else
       attention=chunked

@@ -1,6 +1,7 @@
 // `reel generate`: one job end to end in this process, with memory strategies and the profiler.
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -71,20 +72,31 @@ RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
   o.vae.slicing = f.vae_slicing;
   if (f.vae_tiling) {
     const std::string& t = *f.vae_tiling;
-    int tile = 256;
-    if (!t.empty()) {
-      try {
-        size_t used = 0;
-        tile = std::stoi(t, &used);
-        if (used != t.size()) tile = -1;
-      } catch (const std::exception&) {
-        tile = -1;
-      }
+    // T, HxW, or "diffusers": enable_tiling()'s default, half of CogVideoX's VAE sample size (480 × 720).
+    int tile = 256, tile_w = 0;
+    if (t == "diffusers") {
+      tile = 240;
+      tile_w = 360;
+    } else if (!t.empty()) {
+      const auto number = [](const std::string& s) {
+        try {
+          size_t used = 0;
+          const int v = std::stoi(s, &used);
+          return used == s.size() && !s.empty() && std::isdigit(static_cast<unsigned char>(s[0])) ? v : -1;
+        } catch (const std::exception&) {
+          return -1;
+        }
+      };
+      const size_t x = t.find('x');
+      tile = number(t.substr(0, x));
+      if (x != std::string::npos) tile_w = number(t.substr(x + 1));
     }
-    if (tile < 0)
-      throw InvalidArgument(fmt::format("--vae-tiling {}: accepted a tile size in pixels, a multiple of 8, at least 16",
+    if (tile < 0 || tile_w < 0)
+      throw InvalidArgument(fmt::format("--vae-tiling {}: accepted a tile size in pixels (a multiple of 8, at least "
+                                        "16), HxW, or diffusers (240x360, as enable_tiling())",
                                         t));
     o.vae.tile = tile;
+    o.vae.tile_w = tile_w == tile ? 0 : tile_w;
     ValidateVaeDecodeOptions(o.vae);  // the decoder's own rule for tile sizes
   }
   return o;
@@ -199,7 +211,8 @@ void AddGenerateCommand(CLI::App& app) {
   g->add_flag("--vae-slicing", f->vae_slicing, "Decode latent frames in slices carrying the causal cache");
   g->add_flag("--no-oom-retry", f->no_oom_retry,
               "Fail when a stage runs out of device memory instead of retrying it with the next cheaper choice");
-  g->add_option("--vae-tiling", f->vae_tiling, "Decode in spatial tiles of T pixels (default 256) with blended seams")
+  g->add_option("--vae-tiling", f->vae_tiling, "Decode in spatial tiles of T or HxW pixels (default 256) with blended seams; diffusers: "
+                  "240x360, as diffusers' enable_tiling()")
       ->expected(0, 1);
   AddProfilingFlags(*g, f->profiling);
   g->callback([f] { RunGenerate(*f); });

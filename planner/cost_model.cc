@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "planner/planning.h"
 
 namespace reel::planner {
 namespace {
@@ -638,13 +639,14 @@ struct VaeCost {
 
 // The decoder at batch 1 (Reel decodes one video per job) with the choice's slicing and tiling.
 VaeCost DecoderActivations(const VaeArch& a, int64_t f, int64_t h, int64_t w, int64_t s, bool slicing, int tile,
-                           const Impl& impl) {
+                           int tile_w, const Impl& impl) {
   Tape t;
   VaeCost c;
   t.Alloc(a.lc * f * h * w * 4);  // the latents
   const int64_t video_px = 3 * ((f - 1) * 4 + 1) * h * 8 * w * 8;
-  // Reel's tiles are T×T pixels; diffusers' enable_tiling ignores T and takes half the sample size, 30×45 latents.
-  const int64_t lth = impl.diffusers_vae ? 30 : tile / 8, ltw = impl.diffusers_vae ? 45 : tile / 8;
+  // Reel's tiles are T×T or H×W pixels; diffusers' enable_tiling ignores T and takes half the sample size, 30×45
+  // latents.
+  const int64_t lth = impl.diffusers_vae ? 30 : tile / 8, ltw = impl.diffusers_vae ? 45 : (tile_w > 0 ? tile_w : tile) / 8;
   const bool tiled = tile > 0 && (h > lth || w > ltw);
   if (tiled) {
     // Only the largest tile matters for the peak; the FLOPs count every tile (overlaps decode twice).
@@ -772,6 +774,7 @@ struct CostModel::Choice {
   int blocks = 0;                // K of block:K
   bool slicing = false;
   int tile = 0;
+  int tile_w = 0;       // a tile's width where it is not square (tiling=HxW)
   std::string dtype;    // weight format
   std::string compute;  // compute dtype
   std::string strategy;  // canonical spelling, as the runtime records it
@@ -815,9 +818,7 @@ CostModel::Choice CostModel::Parse(StageKind stage, const std::string& strategy,
     const bool decoder = stage == StageKind::kVaeDecoder;
     if (decoder && item == "slicing") {
       c.slicing = true;
-    } else if (decoder && item.rfind("tiling=", 0) == 0 && item.size() > 7 &&
-               item.find_first_not_of("0123456789", 7) == std::string::npos && item.size() < 13) {
-      c.tile = std::stoi(item.substr(7));
+    } else if (decoder && item.rfind("tiling=", 0) == 0 && ParseTile(item.substr(7), c.tile, c.tile_w)) {
     } else {
       throw InvalidArgument(fmt::format("strategy {}: '{}' is not {}", strategy, item,
                                         decoder ? "slicing or tiling=T" : "accepted for this stage (only the decoder "
@@ -833,6 +834,7 @@ CostModel::Choice CostModel::Parse(StageKind stage, const std::string& strategy,
   c.strategy = c.offload == "block" ? fmt::format("block:{}", c.blocks) : c.offload;
   if (c.slicing) c.strategy += "+slicing";
   if (c.tile > 0) c.strategy += fmt::format("+tiling={}", c.tile);
+  if (c.tile > 0 && c.tile_w > 0 && c.tile_w != c.tile) c.strategy += fmt::format("x{}", c.tile_w);
   SizeOf(dtype);  // validates
   c.dtype = dtype;
   c.compute = dtype != "int8" ? dtype : kind == "cuda" ? "bf16" : DTypeName(sm.dtype);
@@ -919,14 +921,13 @@ Estimate CostModel::Raw(StageKind stage, const Choice& c, const DeviceRates& rat
       break;
     }
     case StageKind::kVaeDecoder: {
-      const VaeCost vc = DecoderActivations(ArchOf(sm), f, h, w, s, c.slicing, c.tile, impl);
+      const VaeCost vc = DecoderActivations(ArchOf(sm), f, h, w, s, c.slicing, c.tile, c.tile_w, impl);
       e.input_bytes = ArchOf(sm).lc * f * h * w * 4;
       e.activation_bytes = vc.peak;
       work.conv = vc.flops;
       work.calls = vc.calls;
       const int64_t video = 3 * int64_t{job.frames} * job.height * job.width * 4;
-      const int64_t lt = c.tile / 8;
-      if (c.tile > 0 && (h > lt || w > lt))
+      if (c.tile > 0 && (h > c.tile / 8 || w > (c.tile_w > 0 ? c.tile_w : c.tile) / 8))
         e.run_host_bytes = video + 2 * video / job.height * std::min<int64_t>(c.tile, job.height);
       else
         e.run_host_bytes = c.slicing ? 2 * video : video;

@@ -17,6 +17,20 @@ std::vector<StageKind> PipelineStages(const Manifest& manifest) {
   return out;
 }
 
+bool ParseTile(const std::string& text, int& tile, int& tile_w) {
+  const size_t x = text.find('x');
+  const auto number = [](const std::string& s, int& out) {
+    if (s.empty() || s.size() > 5 || s.find_first_not_of("0123456789") != std::string::npos) return false;
+    out = std::stoi(s);
+    return true;
+  };
+  int h = 0, w = 0;
+  if (!number(text.substr(0, x), h) || (x != std::string::npos && !number(text.substr(x + 1), w))) return false;
+  tile = h;
+  tile_w = w == h ? 0 : w;
+  return true;
+}
+
 StrategyParts SplitStrategy(const std::string& strategy) {
   StrategyParts p;
   size_t start = 0;
@@ -29,7 +43,7 @@ StrategyParts SplitStrategy(const std::string& strategy) {
     } else if (item == "slicing") {
       p.slicing = true;
     } else if (item.rfind("tiling=", 0) == 0) {
-      p.tile = std::stoi(item.substr(7));
+      ParseTile(item.substr(7), p.tile, p.tile_w);
     }
   }
   return p;

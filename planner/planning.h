@@ -31,8 +31,11 @@ struct StrategyParts {
   std::string offload = "none";
   bool slicing = false;
   int tile = 0;
+  int tile_w = 0;  // tiling=HxW: the width where it differs from the height
 };
 StrategyParts SplitStrategy(const std::string& strategy);
+// "T" or "HxW" (digits) into tile and tile_w (0 when square); false for anything else.
+bool ParseTile(const std::string& text, int& tile, int& tile_w);
 
 // The manifest's default job shape; `frames`, `height`, `width`, `steps` > 0 override it.
 Job JobOf(const Manifest& manifest, int frames = 0, int height = 0, int width = 0, int steps = 0);

@@ -48,6 +48,7 @@ std::optional<RunOptions> CheaperAfterOom(const RunOptions& options, const Manif
       v.slicing = true;
     } else if (v.tile > 64 && next_tile >= 64) {
       v.tile = next_tile;
+      v.tile_w = 0;  // halving a rectangular tile goes square
     } else if (off.mode == OffloadMode::kNone) {
       off.mode = OffloadMode::kModel;
       if (why) *why = fmt::format("{}: {} -> model", name, before);

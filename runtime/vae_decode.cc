@@ -46,6 +46,8 @@ TileAxis MakeAxis(int tile, double overlap) {
   return a;
 }
 
+int TileWidth(const VaeDecodeOptions& o) { return o.tile_w > 0 ? o.tile_w : o.tile; }
+
 void CheckOverlap(const char* name, double overlap, int tile) {
   if (!(overlap >= 0.0 && overlap < 1.0) || (tile > 0 && MakeAxis(tile, overlap).latent_stride < 1)) {
     throw InvalidArgument(fmt::format(
@@ -109,8 +111,10 @@ class Decoder {
 
  private:
   torch::Tensor DecodeSlice(const torch::Tensor& z) {
-    const int64_t tile = opts_.tile / kSpatialCompression;
-    if (opts_.tile > 0 && (z.size(3) > tile || z.size(4) > tile)) return DecodeTiled(z);
+    // diffusers' condition: tiled when the latent exceeds the tile along either axis.
+    if (opts_.tile > 0 &&
+        (z.size(3) > opts_.tile / kSpatialCompression || z.size(4) > TileWidth(opts_) / kSpatialCompression))
+      return DecodeTiled(z);
     return DecodeChunked(z);
   }
 
@@ -130,7 +134,7 @@ class Decoder {
   // the left, both already blended) complete it, so its kept part is copied into the output at once and only the
   // previous row of host tiles is held.
   torch::Tensor DecodeTiled(const torch::Tensor& z) {
-    const TileAxis ah = MakeAxis(opts_.tile, opts_.overlap_h), aw = MakeAxis(opts_.tile, opts_.overlap_w);
+    const TileAxis ah = MakeAxis(opts_.tile, opts_.overlap_h), aw = MakeAxis(TileWidth(opts_), opts_.overlap_w);
     const int64_t h = z.size(3), w = z.size(4);
     const int64_t out_h = kSpatialCompression * h, out_w = kSpatialCompression * w;
     torch::Tensor out;
@@ -171,16 +175,21 @@ class Decoder {
 std::string VaeDecodeName(const VaeDecodeOptions& opts) {
   std::string s = opts.slicing ? "slicing" : "";
   if (opts.tile > 0) s += fmt::format("{}tiling={}", s.empty() ? "" : "+", opts.tile);
+  if (opts.tile > 0 && opts.tile_w > 0 && opts.tile_w != opts.tile) s += fmt::format("x{}", opts.tile_w);
   return s;
 }
 
 void ValidateVaeDecodeOptions(const VaeDecodeOptions& opts) {
-  if (opts.tile != 0 && (opts.tile < 16 || opts.tile % kSpatialCompression != 0)) {
-    throw InvalidArgument(fmt::format(
-        "--vae-tiling {}: accepted a tile size in pixels, a multiple of 8, at least 16", opts.tile));
+  for (const int t : {opts.tile, opts.tile_w}) {
+    if (t != 0 && (t < 16 || t % kSpatialCompression != 0)) {
+      throw InvalidArgument(fmt::format(
+          "--vae-tiling {}: accepted a tile size in pixels, a multiple of 8, at least 16", t));
+    }
   }
+  if (opts.tile_w != 0 && opts.tile == 0)
+    throw InvalidArgument(fmt::format("--vae-tiling: a tile width ({}) needs a tile height", opts.tile_w));
   CheckOverlap("overlap_h", opts.overlap_h, opts.tile);
-  CheckOverlap("overlap_w", opts.overlap_w, opts.tile);
+  CheckOverlap("overlap_w", opts.overlap_w, TileWidth(opts));
 }
 
 torch::Tensor DecodeVae(torch::jit::Module& decoder, const torch::Tensor& z, const VaeDecodeOptions& opts,

@@ -154,6 +154,10 @@ TEST_F(StrategiesCli, BadStrategyFlagsAreRefused) {
       {"--offload denoiser=block:2,vae=none", "'vae=none' is not STAGE=VALUE"},
       {"--dtype int4", "--dtype int4: accepted f32, bf16 or f16"},
       {"--vae-tiling 10", "--vae-tiling 10: accepted a tile size in pixels, a multiple of 8, at least 16"},
+      {"--vae-tiling 48x12", "--vae-tiling 12: accepted a tile size in pixels, a multiple of 8, at least 16"},
+      {"--vae-tiling 48x", "--vae-tiling 48x: accepted a tile size in pixels (a multiple of 8, at least 16), HxW, or "
+                           "diffusers (240x360, as enable_tiling())"},
+      {"--vae-tiling diffuser", "--vae-tiling diffuser: accepted a tile size in pixels"},
       {"--device cuda:0", "--device cuda:0: accepted cpu"},
       {"--device-memory 12XB", "--device-memory 12XB: accepted a size such as 12GiB"},
       {"--sample-ms -5", "--sample-ms -5: accepted 0 (off) or more"},

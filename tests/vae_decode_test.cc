@@ -194,6 +194,23 @@ TEST(VaeDecode, TilingAtDiffusersDefaultTileUsesItsNumbers) {
   EXPECT_EQ(r.piece_frames.size(), 2u * 2u);
 }
 
+TEST(VaeDecode, TilingAtDiffusersDefaultRectangle) {
+  // --vae-tiling diffusers: enable_tiling()'s 240×360 tiles (30×45 latents): strides 25 and int(45·4/5) = 36
+  // latents, blends 40 and 72 pixels, keeping 200 and 288. The real diffusers' frames are compared in
+  // tools/export/tests/test_pipeline_parity.py (test_vae_tiling_as_enable_tiling).
+  const torch::Tensor z = Latents(1, 1, 31, 46, 33);
+  VaeDecodeOptions opts;
+  opts.tile = 240;
+  opts.tile_w = 360;
+  EXPECT_EQ(VaeDecodeName(opts), "tiling=240x360");
+  const Decoded r = Decode(z, opts);
+  EXPECT_TRUE(torch::equal(r.out, DiffusersTiledDecode(z, {30, 25, 40, 200}, {45, 36, 72, 288})));
+  EXPECT_EQ(r.piece_frames.size(), 2u * 2u);
+  // Wider than the square tile but within the rectangle: one tile, as forward.
+  const torch::Tensor narrow = Latents(1, 1, 30, 45, 34);
+  EXPECT_TRUE(torch::equal(Decode(narrow, opts).out, Forward(narrow)));
+}
+
 TEST(VaeDecode, TilingShapeAndCloseToUntiled) {
   VaeDecodeOptions opts;
   opts.tile = 64;

@@ -72,6 +72,7 @@ RunOptions OptionsFor(const TuneCandidate& c, ComputeDevice& device) {
   o.offload[c.stage] = ParseOffload(parts.offload, "strategy " + c.strategy);
   o.vae.slicing = parts.slicing;
   o.vae.tile = parts.tile;
+  o.vae.tile_w = parts.tile_w;
   const std::string compute = c.dtype == "int8" ? c.estimate.compute_dtype : c.dtype;
   if (const auto d = ParseDType(compute)) o.dtype[c.stage] = *d;
   o.int8[c.stage] = c.dtype == "int8";
