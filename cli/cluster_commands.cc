@@ -388,6 +388,7 @@ void RunSubmit(SubmitFlags& f) {
   s->set_steps(f.job.steps.value_or(0));
   s->set_fps(f.job.fps.value_or(0));
   s->set_guidance(r.guidance);
+  s->set_dynamic_cfg(r.dynamic_cfg);
   s->set_seed(r.seed);
   for (const auto& [flag, v] : {std::pair{"--frames", f.job.frames}, {"--height", f.job.height},
                                 {"--width", f.job.width}, {"--steps", f.job.steps}, {"--fps", f.job.fps}})

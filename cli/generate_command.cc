@@ -125,8 +125,9 @@ void RunGenerate(GenerateFlags& f) {
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   device.SetCapacity(capacity);
   StagePackage package = StagePackage::Load(dir);
-  spdlog::info("generating {} frames {}x{} with {} ({} steps, guidance {}, seed {})", r.frames, r.width, r.height,
-               manifest.name, r.steps, r.guidance, r.seed);
+  spdlog::info("generating {} frames {}x{} with {} ({} steps, {}, guidance {}{}, seed {})", r.frames, r.width,
+               r.height, manifest.name, r.steps, manifest.scheduler.kind == "cogvideox_dpm" ? "DPM" : "DDIM",
+               r.guidance, r.dynamic_cfg ? " dynamic" : "", r.seed);
   Progress progress("denoise", r.steps);
   GenerateHooks hooks;
   hooks.on_step = [&](int done, int) { progress.Step(done); };
