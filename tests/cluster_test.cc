@@ -418,6 +418,8 @@ TEST_F(ClusterTest, DynamicGuidanceTravelsWithTheJob) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const v1::Job j = cluster_->Job(r.output.substr(0, r.output.find('\n')));
   EXPECT_TRUE(j.spec().dynamic_cfg());
+  const CommandResult shown = Reel("job " + j.id() + " --coordinator " + cluster_->address());
+  EXPECT_NE(shown.output.find("guidance 6 (dynamic)"), std::string::npos) << shown.output;
   EXPECT_FALSE(StageOf(j, v1::DENOISER).guidance_peer().empty());
   const std::string got = Frames(out);
   EXPECT_TRUE(got == Frames(ref)) << "the frames differ from reel generate --dynamic-cfg's";
