@@ -351,6 +351,7 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
   // Every draw is diffusers' (DiffusersNoise from the job's generator, in diffusers' order: the image posterior, the
   // initial latents, then the DPM sampler's noise), so a seed gives diffusers' video.
   at::Generator gen = JobGenerator(r.seed);
+  auto noise_dtype = [&](at::ScalarType dtype) { return options_.f32_noise ? torch::kFloat32 : dtype; };
   torch::Tensor image_latents;
   if (m.image_conditioned) {
     if (!moments.defined()) throw Internal("image-to-video denoising needs the image encoder's moments");
@@ -360,12 +361,14 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
     const torch::Tensor mean = vae_moments.narrow(1, 0, lc);
     const torch::Tensor logvar = vae_moments.narrow(1, lc, lc).clamp(-30.0, 20.0);
     const torch::Tensor sample =
-        mean + torch::exp(0.5 * logvar) * DiffusersNoise(mean.sizes(), mean.scalar_type(), gen, device_.device());
+        mean + torch::exp(0.5 * logvar) * DiffusersNoise(mean.sizes(), noise_dtype(mean.scalar_type()), gen,
+                                                         device_.device()).to(mean.scalar_type());
     torch::Tensor first = sample.to(latent_dtype).permute({0, 2, 1, 3, 4}) * m.vae.scaling_factor;  // [1, 1, lc, h, w]
     image_latents = torch::cat({first, torch::zeros({1, f - 1, lc, h, w}, on_device.dtype(latent_dtype))}, 1);
   }
 
-  torch::Tensor latents = DiffusersNoise({1, f, lc, h, w}, latent_dtype, gen, device_.device());
+  torch::Tensor latents =
+      DiffusersNoise({1, f, lc, h, w}, noise_dtype(latent_dtype), gen, device_.device()).to(latent_dtype);
   const auto sampler = Sampler::Make(m.scheduler, r.steps);
   const std::vector<int>& timesteps = sampler->timesteps();
   JobShape denoise_shape = shape;
