@@ -2,13 +2,14 @@
 """The diffusers side of bench/reel_vs_diffusers.sh: diffusers' own CogVideoXPipeline, timed per stage.
 
 Usage (with the project venv, .venv/bin/python):
-  diffusers_pipeline.py checkpoint --case tiny|2b|5b --out DIR [--seed N]
+  diffusers_pipeline.py checkpoint --case tiny|2b|5b --out DIR [--seed N] [--scheduler ddim|dpm]
       Builds CogVideoXPipeline from configs with seeded random weights (T5EncoderModel from a T5Config, a T5
       tokenizer from a SentencePiece model trained here on /usr/share/common-licenses, CogVideoXTransformer3DModel,
-      AutoencoderKLCogVideoX, CogVideoXDDIMScheduler) and save_pretrained()s it in the Hub's layout, plus
+      AutoencoderKLCogVideoX, CogVideoXDDIMScheduler or CogVideoXDPMScheduler) and save_pretrained()s it in the Hub's layout, plus
       tokenizer/spiece.model, which tools/export/reel_export.py reads.
   diffusers_pipeline.py run --checkpoint DIR --dtype f32|bf16 --frames F --height H --width W --steps S
-                            --guidance G --seed N --threads T --prompt P --json OUT.json [--frames-out FRAMES.npy]
+                            --guidance G [--dynamic-cfg] --seed N --threads T --prompt P --json OUT.json
+                            [--frames-out FRAMES.npy]
       Loads the checkpoint with CogVideoXPipeline.from_pretrained and runs pipe(...) once, timing its stages from
       inside: encode_prompt (text), everything from its end to the start of decode_latents (the denoising loop:
       timesteps, latents, RoPE tables, the transformer on the CFG batch, guidance, DDIM), decode_latents (VAE decode).
@@ -83,9 +84,9 @@ def train_tokenizer(directory: Path, vocab_size: int = 1000) -> Path:
     return directory / "spiece.model"
 
 
-def make_checkpoint(case: str, out: Path, seed: int) -> None:
+def make_checkpoint(case: str, out: Path, seed: int, scheduler_kind: str = "ddim") -> None:
     import sentencepiece as spm
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
@@ -107,7 +108,8 @@ def make_checkpoint(case: str, out: Path, seed: int) -> None:
         transformer = CogVideoXTransformer3DModel(**c["transformer"]).eval()
         torch.manual_seed(seed + 2)
         vae = AutoencoderKLCogVideoX(**c["vae"]).eval()
-        scheduler = CogVideoXDDIMScheduler(**SCHEDULER, snr_shift_scale=c["snr_shift_scale"])
+        scheduler_class = CogVideoXDPMScheduler if scheduler_kind == "dpm" else CogVideoXDDIMScheduler
+        scheduler = scheduler_class(**SCHEDULER, snr_shift_scale=c["snr_shift_scale"])
         pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                                  scheduler=scheduler)
         pipe.save_pretrained(str(out))
@@ -157,19 +159,14 @@ def run(a) -> None:
         step_ends.append(time.perf_counter())
         return kwargs
 
-    # The initial noise as Reel draws it: float32 from a CPU generator seeded with --seed, [1, f, C, h, w]. In f32 this
-    # is exactly what the pipeline's prepare_latents draws itself; in bf16 the pipeline would draw bf16 noise, another
-    # random stream, so it is given the f32 draw cast to its dtype (the pipeline keeps its latents in that dtype).
-    vae_spatial = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    shape = (1, (a.frames - 1) // pipe.vae.config.temporal_compression_ratio + 1, pipe.transformer.config.in_channels,
-             a.height // vae_spatial, a.width // vae_spatial)
+    # The pipeline draws its own noise from a CPU generator seeded with --seed, as `reel generate --seed` draws it
+    # (prepare_latents' randn_tensor in the pipeline's dtype; a DPM scheduler's step noise from the same generator).
     generator = torch.Generator("cpu").manual_seed(a.seed)
-    latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(DTYPES[a.dtype])
     t0 = time.perf_counter()
     video = pipe(prompt=a.prompt, negative_prompt="", num_frames=a.frames, height=a.height, width=a.width,
-                 num_inference_steps=a.steps, guidance_scale=a.guidance, latents=latents,
-                 max_sequence_length=max_len, output_type="pt", callback_on_step_end=on_step_end,
-                 callback_on_step_end_tensor_inputs=["latents"]).frames
+                 num_inference_steps=a.steps, guidance_scale=a.guidance, use_dynamic_cfg=a.dynamic_cfg,
+                 generator=generator, max_sequence_length=max_len, output_type="pt",
+                 callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"]).frames
     call = time.perf_counter() - t0
 
     (text_start, text_end), = clock.calls["text"]
@@ -282,12 +279,14 @@ def main() -> int:
     c.add_argument("--case", choices=sorted(CASES), required=True)
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--seed", type=int, default=1234)
+    c.add_argument("--scheduler", choices=("ddim", "dpm"), default="ddim")
     r = sub.add_parser("run")
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     for name in ("frames", "height", "width", "steps", "threads"):
         r.add_argument("--" + name, type=int, required=True)
     r.add_argument("--guidance", type=float, default=6.0)
+    r.add_argument("--dynamic-cfg", action="store_true")
     r.add_argument("--seed", type=int, default=42)
     r.add_argument("--prompt", default="a red fox")
     r.add_argument("--json", required=True)
@@ -296,7 +295,7 @@ def main() -> int:
     t.add_argument("--work", required=True)
     a = ap.parse_args()
     if a.cmd == "checkpoint":
-        make_checkpoint(a.case, a.out, a.seed)
+        make_checkpoint(a.case, a.out, a.seed, a.scheduler)
     elif a.cmd == "run":
         run(a)
     else:

@@ -388,6 +388,7 @@ void RunSubmit(SubmitFlags& f) {
   s->set_steps(f.job.steps.value_or(0));
   s->set_fps(f.job.fps.value_or(0));
   s->set_guidance(r.guidance);
+  s->set_dynamic_cfg(r.dynamic_cfg);
   s->set_seed(r.seed);
   for (const auto& [flag, v] : {std::pair{"--frames", f.job.frames}, {"--height", f.job.height},
                                 {"--width", f.job.width}, {"--steps", f.job.steps}, {"--fps", f.job.fps}})
@@ -481,9 +482,9 @@ void RunJob(ListFlags& f) {
     // Stored text as another client wrote it: escaped, so no control sequence reaches this terminal.
     std::printf("job %s: %s (priority %d, attempts %d)\n", TerminalText(j.id()).c_str(),
                 StateName(j.state()).c_str(), j.priority(), j.attempts());
-    std::printf("  %s, \"%s\", %d frames %dx%d, %d steps, guidance %.2g, seed %llu\n", TerminalText(s.model()).c_str(),
-                TerminalText(s.prompt()).c_str(), s.frames(), s.width(), s.height(), s.steps(), s.guidance(),
-                static_cast<unsigned long long>(s.seed()));
+    std::printf("  %s, \"%s\", %d frames %dx%d, %d steps, guidance %.2g%s, seed %llu\n",
+                TerminalText(s.model()).c_str(), TerminalText(s.prompt()).c_str(), s.frames(), s.width(), s.height(),
+                s.steps(), s.guidance(), s.dynamic_cfg() ? " (dynamic)" : "", static_cast<unsigned long long>(s.seed()));
     std::printf("  submitted %s, queued %s, ran %s\n", Ago(j.submitted_unix_us()).c_str(),
                 Seconds(j.submitted_unix_us(), j.started_unix_us()).c_str(),
                 Seconds(j.started_unix_us(), j.finished_unix_us()).c_str());

@@ -40,6 +40,7 @@ struct GenerateFlags {
   std::string device = "cpu", device_memory, offload = "none", dtype, weights, host_memory;
   bool vae_slicing = false;
   bool no_oom_retry = false;
+  std::string noise = "diffusers";
   std::optional<std::string> vae_tiling;
   ProfilingFlags profiling;
 };
@@ -70,6 +71,9 @@ RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
     o.host_budget = MachineMemory().available_bytes / 4 * 3;
   }
   o.vae.slicing = f.vae_slicing;
+  if (f.noise != "diffusers" && f.noise != "f32")
+    throw InvalidArgument(fmt::format("--noise {}: accepted diffusers or f32", f.noise));
+  o.f32_noise = f.noise == "f32";
   if (f.vae_tiling) {
     const std::string& t = *f.vae_tiling;
     // T, HxW, or "diffusers": enable_tiling()'s default, half of CogVideoX's VAE sample size (480 × 720).
@@ -137,8 +141,9 @@ void RunGenerate(GenerateFlags& f) {
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   device.SetCapacity(capacity);
   StagePackage package = StagePackage::Load(dir);
-  spdlog::info("generating {} frames {}x{} with {} ({} steps, guidance {}, seed {})", r.frames, r.width, r.height,
-               manifest.name, r.steps, r.guidance, r.seed);
+  spdlog::info("generating {} frames {}x{} with {} ({} steps, {}, guidance {}{}, seed {})", r.frames, r.width,
+               r.height, manifest.name, r.steps, manifest.scheduler.kind == "cogvideox_dpm" ? "DPM" : "DDIM",
+               r.guidance, r.dynamic_cfg ? " dynamic" : "", r.seed);
   Progress progress("denoise", r.steps);
   GenerateHooks hooks;
   hooks.on_step = [&](int done, int) { progress.Step(done); };
@@ -208,6 +213,10 @@ void AddGenerateCommand(CLI::App& app) {
                 "Weight storage: float (the dtype) or int8 with per-channel scales, for all stages or STAGE=int8");
   g->add_option("--host-memory", f->host_memory,
                 "Host RAM the weights may hold, e.g. 24GiB (default: 3/4 of the memory available at start)");
+  g->add_option("--noise", f->noise,
+                "Initial noise: diffusers (drawn in the denoiser's dtype, as diffusers draws it) or f32 (drawn in "
+                "float32, the same for every dtype)")
+      ->default_val("diffusers");
   g->add_flag("--vae-slicing", f->vae_slicing, "Decode latent frames in slices carrying the causal cache");
   g->add_flag("--no-oom-retry", f->no_oom_retry,
               "Fail when a stage runs out of device memory instead of retrying it with the next cheaper choice");

@@ -28,6 +28,8 @@ inline void AddJobFlags(CLI::App& c, JobFlags& f) {
   c.add_option("--width", f.width, "Width in pixels, a multiple of 16");
   c.add_option("--steps", f.steps, "Denoising steps");
   c.add_option("--guidance", r.guidance, "Classifier-free guidance scale (<= 1 turns it off)")->default_val(6.0);
+  c.add_flag("--dynamic-cfg", r.dynamic_cfg,
+             "Vary the guidance scale over the steps as diffusers' use_dynamic_cfg does (CogVideoX's I2V examples)");
   c.add_option("--seed", r.seed, "Noise seed")->default_val(0);
   c.add_option("--fps", f.fps, "Frames per second of the MP4 (default: the model's)");
 }

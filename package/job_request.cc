@@ -38,6 +38,9 @@ void ValidateRequest(const Manifest& m, const GenerateRequest& r) {
         fmt::format("--steps {}: accepted 1 to {}", r.steps, m.scheduler.num_train_timesteps));
   if (!(r.guidance >= 0.0) || r.guidance > 100.0)
     throw InvalidArgument(fmt::format("--guidance {}: accepted 0 to 100 (1 or less turns guidance off)", r.guidance));
+  if (r.dynamic_cfg && r.guidance <= 1.0)
+    throw InvalidArgument(fmt::format("--dynamic-cfg: needs --guidance above 1, got {} (1 or less turns guidance off)",
+                                      r.guidance));
   if (r.fps < 1 || r.fps > 240) throw InvalidArgument(fmt::format("--fps {}: accepted 1 to 240", r.fps));
   if (m.image_conditioned && r.image.empty())
     throw InvalidArgument(fmt::format("--image: required by image-to-video model '{}'", m.name));

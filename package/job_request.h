@@ -15,6 +15,8 @@ struct GenerateRequest {
   std::string image;  // image-to-video conditioning file; empty for text-to-video
   int frames = 0, height = 0, width = 0, steps = 0;
   double guidance = 6.0;
+  // diffusers' use_dynamic_cfg: the guidance scale of each step follows runtime/scheduler.h's GuidanceScale.
+  bool dynamic_cfg = false;
   uint64_t seed = 0;
   int fps = 0;
 };

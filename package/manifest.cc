@@ -318,7 +318,8 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
   Reader sch = r.Object("scheduler");
   auto& s = m.scheduler;
   s.kind = sch.String("kind");
-  if (s.kind != "cogvideox_ddim") sch.Fail("kind", "is '" + Printable(s.kind, 64) + "', accepted 'cogvideox_ddim'");
+  if (s.kind != "cogvideox_ddim" && s.kind != "cogvideox_dpm")
+    sch.Fail("kind", "is '" + Printable(s.kind, 64) + "', accepted 'cogvideox_ddim' or 'cogvideox_dpm'");
   s.num_train_timesteps = static_cast<int>(sch.Int("num_train_timesteps", 2, 100000));
   s.beta_schedule = sch.String("beta_schedule");
   if (s.beta_schedule != "scaled_linear" && s.beta_schedule != "linear")

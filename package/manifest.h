@@ -72,6 +72,8 @@ struct VaeSpec {
 };
 
 struct SchedulerSpec {
+  // The checkpoint's scheduler class: "cogvideox_ddim" (CogVideoXDDIMScheduler) or "cogvideox_dpm"
+  // (CogVideoXDPMScheduler); the settings below are common to both.
   std::string kind = "cogvideox_ddim";
   int num_train_timesteps = 1000;
   std::string beta_schedule = "scaled_linear";

@@ -1,6 +1,5 @@
 #include "runtime/pipeline.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
@@ -8,6 +7,7 @@
 #include "package/tokenizer.h"
 #include "profiler/host_memory.h"
 #include "runtime/device_memory.h"
+#include "runtime/sampler.h"
 #include "runtime/scheduler.h"
 
 namespace reel {
@@ -350,27 +350,33 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
   const int64_t lc = m.vae.latent_channels;
   torch::NoGradGuard no_grad;
   DeviceScope device;
-  // Noise comes from the CPU generator whatever the device, so a seed gives the same video everywhere.
+  // diffusers' precision policy: the latents live in the denoiser's dtype (diffusers' prompt_embeds.dtype) and are
+  // cast back to it after every scheduler step; the prediction and the guidance are float32.
+  const auto latent_dtype = ToTorch(m.stage(StageKind::kDenoiser).dtype);
   const auto on_device = torch::TensorOptions(torch::kFloat32).device(device_.device());
-  auto noise = [&](at::IntArrayRef sizes, at::Generator& g) {
-    return torch::randn(sizes, g, torch::kFloat32).to(device_.device());
-  };
-
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
+  // Every draw is diffusers' (DiffusersNoise from the job's generator, in diffusers' order: the image posterior, the
+  // initial latents, then the DPM sampler's noise), so a seed gives diffusers' video.
+  at::Generator gen = JobGenerator(r.seed);
+  auto noise_dtype = [&](at::ScalarType dtype) { return options_.f32_noise ? torch::kFloat32 : dtype; };
   torch::Tensor image_latents;
   if (m.image_conditioned) {
     if (!moments.defined()) throw Internal("image-to-video denoising needs the image encoder's moments");
-    const torch::Tensor mean = moments.narrow(1, 0, lc);
-    const torch::Tensor logvar = moments.narrow(1, lc, lc).clamp(-30.0, 20.0);
-    // A posterior sample, as CogVideoX-I2V uses (not the mean), scaled into the denoiser's latent space.
-    const torch::Tensor sample = mean + torch::exp(0.5 * logvar) * noise(mean.sizes(), gen);
-    torch::Tensor first = (sample * m.vae.scaling_factor).permute({0, 2, 1, 3, 4});  // [1, 1, lc, h, w]
-    image_latents = torch::cat({first, torch::zeros({1, f - 1, lc, h, w}, on_device)}, 1);
+    // A posterior sample, as CogVideoX-I2V uses (not the mean), in the image encoder's dtype as diffusers' latent
+    // distribution draws it, then scaled into the denoiser's latent space in the latents' dtype.
+    const torch::Tensor vae_moments = moments.to(ToTorch(m.stage(StageKind::kVaeEncoder).dtype));
+    const torch::Tensor mean = vae_moments.narrow(1, 0, lc);
+    const torch::Tensor logvar = vae_moments.narrow(1, lc, lc).clamp(-30.0, 20.0);
+    const torch::Tensor sample =
+        mean + torch::exp(0.5 * logvar) * DiffusersNoise(mean.sizes(), noise_dtype(mean.scalar_type()), gen,
+                                                         device_.device()).to(mean.scalar_type());
+    torch::Tensor first = sample.to(latent_dtype).permute({0, 2, 1, 3, 4}) * m.vae.scaling_factor;  // [1, 1, lc, h, w]
+    image_latents = torch::cat({first, torch::zeros({1, f - 1, lc, h, w}, on_device.dtype(latent_dtype))}, 1);
   }
 
-  torch::Tensor latents = noise({1, f, lc, h, w}, gen);
-  const DdimScheduler scheduler(m.scheduler);
-  const auto plan = scheduler.Plan(r.steps);
+  torch::Tensor latents =
+      DiffusersNoise({1, f, lc, h, w}, noise_dtype(latent_dtype), gen, device_.device()).to(latent_dtype);
+  const auto sampler = Sampler::Make(m.scheduler, r.steps);
+  const std::vector<int>& timesteps = sampler->timesteps();
   JobShape denoise_shape = shape;
   denoise_shape.batch = batch;
   // Split guidance: this side conditions on the prompt (row 1 of [negative, positive]).
@@ -379,40 +385,42 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
   StageExecutor& de = executor(dk);
   OnDevice(dk, [&] {
     StageUse use(de, stage_active[dk]);
-    for (size_t i = 0; i < plan.size(); ++i) {
+    for (size_t i = 0; i < timesteps.size(); ++i) {
       if (hooks.cancelled && hooks.cancelled())
-        throw Cancelled(fmt::format("cancelled before denoising step {} of {}", i + 1, plan.size()));
+        throw Cancelled(fmt::format("cancelled before denoising step {} of {}", i + 1, timesteps.size()));
       const auto t0 = Clock::now();
-      const auto& step = plan[i];
+      const int t = timesteps[i];
+      const double scale = GuidanceScale(r.guidance, r.dynamic_cfg, r.steps, t);
       torch::Tensor input = latents;
       if (image_latents.defined()) input = torch::cat({input, image_latents}, 2);
+      input = input.to(torch::kFloat32);  // the denoiser's interface; it computes in its own dtype
       torch::Tensor v;
       if (split) {
-        auto uncond = branch(input, step.timestep);
+        auto uncond = branch(input, t);
         const torch::Tensor cond =
-            DenoiseStep(input, local_text, torch::full({1}, step.timestep, on_device.dtype(torch::kInt64)),
-                        denoise_shape);
+            DenoiseStep(input, local_text, torch::full({1}, t, on_device.dtype(torch::kInt64)), denoise_shape);
         const torch::Tensor u = uncond();
-        v = u + r.guidance * (cond - u);
+        v = u + scale * (cond - u);
       } else {
         if (cfg) input = torch::cat({input, input}, 0);
-        const torch::Tensor timestep = torch::full({batch}, step.timestep, on_device.dtype(torch::kInt64));
+        const torch::Tensor timestep = torch::full({batch}, t, on_device.dtype(torch::kInt64));
         v = DenoiseStep(input, local_text, timestep, denoise_shape);
         if (cfg) {
           const auto parts = v.chunk(2, 0);
-          v = parts[0] + r.guidance * (parts[1] - parts[0]);
+          v = parts[0] + scale * (parts[1] - parts[0]);
         }
       }
-      latents = latents * step.c_sample + v * step.c_model;
+      latents = sampler->Step(i, v, latents, gen).to(latent_dtype);
       device_.Synchronize();  // a step's time is the device's, not the time to queue it
       de.stats().step_seconds.push_back(Since(t0));
       if (observer_) observer_->OnEvent(RunEvent{fmt::format("step {}", i), "step", "compute", t0, Clock::now()});
-      if (hooks.on_step) hooks.on_step(static_cast<int>(i + 1), static_cast<int>(plan.size()));
+      if (hooks.on_step) hooks.on_step(static_cast<int>(i + 1), static_cast<int>(timesteps.size()));
     }
     use.Finish();
     return 0;
   });
-  return (latents.permute({0, 2, 1, 3, 4}) / m.vae.scaling_factor).contiguous();
+  // diffusers' decode_latents: permute, then 1/scaling_factor · latents, in the latents' dtype; the decoder takes f32.
+  return (latents.permute({0, 2, 1, 3, 4}) * (1 / m.vae.scaling_factor)).to(torch::kFloat32).contiguous();
 }
 
 Video Runtime::DecodeVideo(const GenerateRequest& r, const torch::Tensor& z) {

@@ -58,6 +58,10 @@ struct RunOptions {
   VaeDecodeOptions vae;
   // The device the stages compute on (null: the simulated device).
   ComputeDevice* device = nullptr;
+  // Initial noise drawn in float32 and cast to the latents' dtype (`reel generate --noise f32`): one seed gives the
+  // same starting noise in every dtype, for comparing dtypes. Default: diffusers' draw in the latents' dtype (bf16
+  // noise is another random stream), so one seed gives diffusers' video (docs/STAGE_PACKAGE.md, Sampling).
+  bool f32_noise = false;
   // Host bytes the weights may hold (0 = no limit). Over it, the text encoder's host weights are released after
   // it runs when that brings the rest under; otherwise the run is refused before it starts.
   int64_t host_budget = 0;

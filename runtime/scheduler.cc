@@ -64,30 +64,11 @@ std::vector<int> DdimScheduler::Timesteps(int steps) const {
   return t;
 }
 
-std::vector<DdimStep> DdimScheduler::Plan(int steps) const {
-  const double final_alpha = spec_.set_alpha_to_one ? 1.0 : alphas_cumprod_.front();
-  const int stride = spec_.num_train_timesteps / steps;
-  std::vector<DdimStep> plan;
-  for (int t : Timesteps(steps)) {
-    DdimStep s;
-    s.timestep = t;
-    s.prev_timestep = t - stride;
-    s.alpha_cumprod = alphas_cumprod_[t];
-    s.alpha_prev = s.prev_timestep >= 0 ? alphas_cumprod_[s.prev_timestep] : final_alpha;
-    // DDIM with eta = 0: x_prev = a·x_t + b·x̂0, a = √((1-ᾱ_prev)/(1-ᾱ_t)), b = √ᾱ_prev − √ᾱ_t·a.
-    const double sa = std::sqrt(s.alpha_cumprod), s1a = std::sqrt(1.0 - s.alpha_cumprod);
-    const double a = std::sqrt((1.0 - s.alpha_prev) / (1.0 - s.alpha_cumprod));
-    const double b = std::sqrt(s.alpha_prev) - sa * a;
-    if (spec_.prediction_type == "v_prediction") {  // x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v
-      s.c_sample = a + b * sa;
-      s.c_model = -b * s1a;
-    } else {  // epsilon: x̂0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t
-      s.c_sample = a + b / sa;
-      s.c_model = -b * s1a / sa;
-    }
-    plan.push_back(s);
-  }
-  return plan;
+double GuidanceScale(double guidance, bool dynamic, int steps, int timestep) {
+  if (!dynamic) return guidance;
+  // Python's float ** 5.0 and math.cos are C's pow and cos: the same libm gives the same bits.
+  const double x = static_cast<double>(steps - timestep) / steps;
+  return 1 + guidance * ((1 - std::cos(M_PI * std::pow(x, 5.0))) / 2);
 }
 
 }  // namespace reel

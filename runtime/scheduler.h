@@ -1,5 +1,5 @@
-// CogVideoX's DDIM scheduler (v-prediction, SNR shift, zero-terminal-SNR rescale, trailing spacing) in plain
-// double arithmetic; the runtime applies each step as x_prev = c_sample·x_t + c_model·model_output.
+// CogVideoX's noise schedule (SNR shift, zero-terminal-SNR rescale) in plain double arithmetic, its timestep tables
+// (shared by the DDIM and DPM schedulers) and the guidance scale of each step; runtime/sampler.h applies the steps.
 #pragma once
 
 #include <vector>
@@ -8,21 +8,17 @@
 
 namespace reel {
 
-struct DdimStep {
-  int timestep = 0;
-  int prev_timestep = 0;      // < 0 at the last step (ᾱ_prev = final_alpha_cumprod)
-  double alpha_cumprod = 0;   // ᾱ_t
-  double alpha_prev = 0;      // ᾱ_prev
-  double c_sample = 0;        // coefficient of x_t in x_prev
-  double c_model = 0;         // coefficient of the model output in x_prev
-};
+// The classifier-free guidance scale of the step at `timestep` of `steps`: `guidance` itself, or with dynamic CFG
+// diffusers' CogVideoX pipelines' 1 + g·(1 − cos(π·((N − t)/N)^5))/2, where t is the step's timestep (0..999, not its
+// index: that is what diffusers computes, so (N − t)/N is negative and the scale oscillates; tests check it against
+// diffusers itself).
+double GuidanceScale(double guidance, bool dynamic, int steps, int timestep);
 
 class DdimScheduler {
  public:
   explicit DdimScheduler(const SchedulerSpec& spec);
   const std::vector<double>& alphas_cumprod() const { return alphas_cumprod_; }
   std::vector<int> Timesteps(int steps) const;
-  std::vector<DdimStep> Plan(int steps) const;
 
  private:
   SchedulerSpec spec_;

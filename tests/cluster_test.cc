@@ -100,6 +100,16 @@ class ClusterTest : public ::testing::Test {
     ASSERT_TRUE(cluster_->WaitIdle(2));
   }
 
+  // Encoders and decoder on "enc", two denoiser workers "dit0" and "dit1" (a guided denoise splits across them).
+  void StartGuidanceParallel() {
+    const std::string placement = Placement(R"({"workers": [
+        {"name": "enc", "stages": ["text_encoder", "vae_decoder"]},
+        {"name": "dit0", "stages": ["denoiser"]},
+        {"name": "dit1", "stages": ["denoiser"]}]})");
+    ASSERT_TRUE(cluster_->StartCoordinator({"--placement", placement}));
+    for (const char* n : {"enc", "dit0", "dit1"}) cluster_->StartWorker(n);
+  }
+
   static const v1::StageRun& StageOf(const v1::Job& j, v1::Stage s) {
     for (const auto& st : j.stages())
       if (st.stage() == s) return st;
@@ -173,12 +183,7 @@ TEST_F(ClusterTest, StagesRunWhereTheyArePlacedAndTheVideoEqualsGenerate) {
 }
 
 TEST_F(ClusterTest, GuidanceParallelDenoisingEqualsOneWorker) {
-  const std::string placement = Placement(R"({"workers": [
-      {"name": "enc", "stages": ["text_encoder", "vae_decoder"]},
-      {"name": "dit0", "stages": ["denoiser"]},
-      {"name": "dit1", "stages": ["denoiser"]}]})");
-  ASSERT_TRUE(cluster_->StartCoordinator({"--placement", placement}));
-  for (const char* n : {"enc", "dit0", "dit1"}) cluster_->StartWorker(n);
+  ASSERT_NO_FATAL_FAILURE(StartGuidanceParallel());
   ASSERT_TRUE(cluster_->WaitIdle(3));
   const auto out = dir_ / "fox.mp4";
   const CommandResult r = Reel("submit --coordinator " + cluster_->address() + " " + kJob +
@@ -396,6 +401,29 @@ TEST_F(ClusterTest, ServeWithTwoWorkersMakesTheSameVideoAsGenerate) {
                            "reel_worker_device_memory_bytes{kind=\"used\",worker=\"w0\"}"})
     EXPECT_NE(body.find(want), std::string::npos) << want << "\n" << body;
   serve.Stop(SIGTERM);
+}
+
+// `reel submit --dynamic-cfg` reaches the denoiser through the coordinator (JobSpec.dynamic_cfg), also when its
+// guidance branch runs on another worker: the video equals `reel generate --dynamic-cfg`'s, not the plain job's.
+TEST_F(ClusterTest, DynamicGuidanceTravelsWithTheJob) {
+  ASSERT_NO_FATAL_FAILURE(StartGuidanceParallel());
+  const auto ref = dir_ / "dynamic-ref.mp4";
+  const CommandResult g =
+      Reel(std::string("generate ") + kJob + " --steps 4 --dynamic-cfg --threads 1 --out " + Quote(ref.string()));
+  ASSERT_EQ(g.exit_code, 0) << g.output;
+  ASSERT_TRUE(cluster_->WaitIdle(3));
+  const auto out = dir_ / "fox.mp4";
+  const CommandResult r = Reel("submit --coordinator " + cluster_->address() + " " + kJob +
+                               " --steps 4 --dynamic-cfg --wait --out " + Quote(out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const v1::Job j = cluster_->Job(r.output.substr(0, r.output.find('\n')));
+  EXPECT_TRUE(j.spec().dynamic_cfg());
+  const CommandResult shown = Reel("job " + j.id() + " --coordinator " + cluster_->address());
+  EXPECT_NE(shown.output.find("guidance 6 (dynamic)"), std::string::npos) << shown.output;
+  EXPECT_FALSE(StageOf(j, v1::DENOISER).guidance_peer().empty());
+  const std::string got = Frames(out);
+  EXPECT_TRUE(got == Frames(ref)) << "the frames differ from reel generate --dynamic-cfg's";
+  EXPECT_FALSE(got == Frames(scratch_->path() / "ref.mp4")) << "--dynamic-cfg changed nothing";
 }
 
 }  // namespace

@@ -62,6 +62,10 @@ TEST(Manifest, RoundTripIsExact) {
   const Manifest back = ManifestFromJson(text, "x");
   EXPECT_EQ(ManifestToJson(back), text);
   EXPECT_EQ(back.name, "sample");
+  EXPECT_EQ(back.scheduler.kind, "cogvideox_ddim");
+  Manifest dpm = m;
+  dpm.scheduler.kind = "cogvideox_dpm";  // a CogVideoXDPMScheduler checkpoint keeps its sampler
+  EXPECT_EQ(ManifestFromJson(ManifestToJson(dpm), "x").scheduler.kind, "cogvideox_dpm");
   EXPECT_EQ(*back.seed, 7u);
   EXPECT_EQ(back.stage(StageKind::kDenoiser).num_blocks(), 1);
   EXPECT_EQ(back.stage(StageKind::kDenoiser).params(), 45);
@@ -83,7 +87,8 @@ TEST(Manifest, EachValidationErrorNamesTheField) {
       {[](auto& j) { j["tokenizer"]["max_length"] = 1; }, "field 'tokenizer.max_length' is 1"},
       {[](auto& j) { j["vae"]["scaling_factor"] = -1; }, "field 'vae.scaling_factor' is -1"},
       {[](auto& j) { j["vae"]["latent_channels"] = "16"; }, "field 'vae.latent_channels' must be an integer"},
-      {[](auto& j) { j["scheduler"]["kind"] = "euler"; }, "field 'scheduler.kind' is 'euler'"},
+      {[](auto& j) { j["scheduler"]["kind"] = "euler"; },
+       "field 'scheduler.kind' is 'euler', accepted 'cogvideox_ddim' or 'cogvideox_dpm'"},
       {[](auto& j) { j["scheduler"]["prediction_type"] = "sample"; }, "field 'scheduler.prediction_type'"},
       {[](auto& j) { j["scheduler"]["timestep_spacing"] = "odd"; }, "field 'scheduler.timestep_spacing'"},
       {[](auto& j) { j["limits"]["max_height"] = 8; }, "field 'limits.max_height' is 8"},
@@ -255,6 +260,12 @@ TEST(JobRequest, EachBadValueIsRefusedWithTheAcceptedRange) {
   EXPECT_EQ(error([](auto& r) { r.frames = 1; }), "");
   EXPECT_EQ(error([](auto& r) { r.frames = 49; }), "");
   EXPECT_EQ(error([](auto& r) { r.guidance = 0; }), "");
+  EXPECT_EQ(error([](auto& r) { r.dynamic_cfg = true; }), "");
+  EXPECT_NE(error([](auto& r) {
+              r.dynamic_cfg = true;
+              r.guidance = 1;
+            }).find("--dynamic-cfg: needs --guidance above 1, got 1"),
+            std::string::npos);
   EXPECT_NE(error([](auto& r) { r.frames = 8; }).find("--frames 8: accepted 8k+1 frames from 1 to 49 (1, 9, 17, ...)"),
             std::string::npos);
   EXPECT_NE(error([](auto& r) { r.frames = 5; }).find("--frames 5: accepted 8k+1"), std::string::npos);

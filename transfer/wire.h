@@ -43,6 +43,7 @@ inline GenerateRequest RequestOf(const reel::v1::JobSpec& s) {
   r.width = s.width();
   r.steps = s.steps();
   r.guidance = s.guidance();
+  r.dynamic_cfg = s.dynamic_cfg();
   r.seed = s.seed();
   r.fps = s.fps();
   return r;

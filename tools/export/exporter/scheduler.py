@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 from .errors import ExportError
 
 SCHEDULER_CLASSES = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
+# The manifest's scheduler kind of each class: Reel runs each as diffusers does (runtime/sampler.h).
+KINDS = {"CogVideoXDDIMScheduler": "cogvideox_ddim", "CogVideoXDPMScheduler": "cogvideox_dpm"}
 
 # __init__ defaults of diffusers' CogVideoXDDIMScheduler / CogVideoXDPMScheduler (they are the same).
 _CLASS_DEFAULTS: Dict[str, Any] = {
@@ -26,6 +28,7 @@ _COGVIDEOX: Dict[str, Any] = {
 
 def scheduler_settings(config: Optional[Dict[str, Any]], rotary: bool, source: str) -> Dict[str, Any]:
     """The manifest's `scheduler` object, in the order Reel writes it."""
+    cls = SCHEDULER_CLASSES[0]
     if config is None:
         s = dict(_COGVIDEOX, snr_shift_scale=1.0 if rotary else 3.0)
     else:
@@ -37,7 +40,7 @@ def scheduler_settings(config: Optional[Dict[str, Any]], rotary: bool, source: s
         s.update({k: v for k, v in config.items() if k in _CLASS_DEFAULTS})
 
     def refuse(key, accepted):
-        raise ExportError(f"{source}: {key} {s[key]!r} is not supported by Reel's CogVideoX DDIM; accepted {accepted}")
+        raise ExportError(f"{source}: {key} {s[key]!r} is not supported by Reel's CogVideoX schedulers; accepted {accepted}")
 
     if s["trained_betas"] is not None:
         refuse("trained_betas", "null")
@@ -60,7 +63,7 @@ def scheduler_settings(config: Optional[Dict[str, Any]], rotary: bool, source: s
     for key in ("rescale_betas_zero_snr", "set_alpha_to_one"):
         if not isinstance(s[key], bool):
             refuse(key, "true or false")
-    return {"kind": "cogvideox_ddim", "num_train_timesteps": s["num_train_timesteps"],
+    return {"kind": KINDS[cls], "num_train_timesteps": s["num_train_timesteps"],
             "beta_schedule": s["beta_schedule"], "beta_start": float(s["beta_start"]), "beta_end": float(s["beta_end"]),
             "prediction_type": s["prediction_type"], "timestep_spacing": s["timestep_spacing"],
             "rescale_betas_zero_snr": s["rescale_betas_zero_snr"], "set_alpha_to_one": s["set_alpha_to_one"],

@@ -154,8 +154,8 @@ class PackageTest(TempDirTest):
                              "set_alpha_to_one": True, "snr_shift_scale": 2.5})
         # Missing keys take diffusers' class defaults, as from_config does.
         partial = scheduler_settings({"_class_name": "CogVideoXDPMScheduler", "clip_sample": False}, True, "s.json")
-        self.assertEqual((partial["prediction_type"], partial["timestep_spacing"], partial["snr_shift_scale"]),
-                         ("epsilon", "leading", 3.0))
+        self.assertEqual((partial["kind"], partial["prediction_type"], partial["timestep_spacing"],
+                          partial["snr_shift_scale"]), ("cogvideox_dpm", "epsilon", "leading", 3.0))
         for bad, word in (({"clip_sample": True}, "clip_sample"), ({"_class_name": "DDPMScheduler"}, "_class_name"),
                           ({"clip_sample": False, "beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
                           ({"clip_sample": False, "prediction_type": "sample"}, "prediction_type")):

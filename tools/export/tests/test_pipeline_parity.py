@@ -31,7 +31,6 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, b
 # 40 dB PSNR from diffusers' bf16 frames.
 F32_LEVELS = 1
 BF16_PSNR_DB = 40.0
-BF16_LATENTS_POLICY = False
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -109,10 +108,6 @@ class PipelineParityTest(TempDirTest):
                       generator=torch.Generator().manual_seed(SEED))
         if variant.endswith("i2v"):
             kwargs["image"] = self.image
-        elif dtype != torch.float32:
-            # The pipeline would draw bf16 noise (another random stream); Reel draws float32: the same draw, cast.
-            shape = (1, (JOB["frames"] - 1) // 4 + 1, 16, JOB["height"] // 8, JOB["width"] // 8)
-            kwargs["latents"] = torch.randn(shape, generator=torch.Generator().manual_seed(SEED)).to(dtype)
         with torch.no_grad():
             frames = pipe(**kwargs).frames[0]
         return to_levels(frames)
@@ -141,13 +136,10 @@ class PipelineParityTest(TempDirTest):
         record_parity("pipeline", f"{model} (diffusers itself)", "bf16", "f32 reference",
                       float(np.abs(lib.astype(int) - ref).max()), float(np.abs(lib.astype(int) - ref).max()) / 255.0,
                       psnr(lib, ref))
-        # Reel's bf16 video no further from the f32 one than diffusers' own bf16 video is.
-        self.assertGreaterEqual(psnr(reel, ref), psnr(lib, ref) - 1.0, f"{variant}: bf16 frames against f32")
-        # Issue 17's 40 dB against diffusers' bf16 frames needs its latents policy too (bf16 latents between steps:
-        # measured 32.7 dB while Reel kept them in f32; with the text encoder or the decoder in f32 on both sides
-        # 32.9 dB, so the loop is where they part).
-        if BF16_LATENTS_POLICY:
-            self.assertGreaterEqual(psnr(reel, lib), BF16_PSNR_DB, f"{variant}: bf16 frames against diffusers' bf16")
+        # Same noise (diffusers' bf16 draw from the seed) and latents policy (bf16 between steps) as the pipeline:
+        # Reel's bf16 frames are diffusers' bf16 frames to 40 dB. (With latents kept in f32 and f32 noise this was
+        # 32.7 dB, both sides 32.3-32.4 dB from f32: at tiny widths with guidance 6 bf16 rounding is amplified most.)
+        self.assertGreaterEqual(psnr(reel, lib), BF16_PSNR_DB, f"{variant}: bf16 frames against diffusers' bf16")
 
     def test_2b_f32(self):
         self.check_f32("2b")
@@ -174,6 +166,9 @@ class PipelineParityTest(TempDirTest):
 
     def test_5b_bf16(self):
         self.check_bf16("5b")
+
+    def test_5b_i2v_bf16(self):
+        self.check_bf16("5b-i2v")
 
 
 if __name__ == "__main__":
