@@ -76,8 +76,12 @@ class PackageTest(TempDirTest):
         self.assertEqual(m["format_version"], 1)
         self.assertEqual(m["name"], "tiny-5b")
         self.assertFalse(m["image_conditioned"])
+        added = m["tokenizer"].pop("added_tokens")  # transformers' T5Tokenizer: its specials and <extra_id_N>
         self.assertEqual(m["tokenizer"], {"kind": "sentencepiece", "file": "tokenizer/spiece.model",
                                           "max_length": TEXT_TOKENS, "vocab_size": 384, "pad_id": 0, "eos_id": 1})
+        self.assertEqual(added[:3], [{"content": "<pad>", "id": 0}, {"content": "</s>", "id": 1},
+                                     {"content": "<unk>", "id": 2}])
+        self.assertEqual(len(added), 103)
         self.assertEqual(m["vae"], {"spatial_compression": 8, "temporal_compression": 4, "latent_channels": 16,
                                     "scaling_factor": 0.7})
         self.assertEqual(m["scheduler"]["snr_shift_scale"], 1.0)  # RoPE model, no scheduler config: 5B settings
