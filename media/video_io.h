@@ -24,11 +24,16 @@ struct Image {
   std::vector<uint8_t> rgb;  // height x width x 3, interleaved RGB24
 };
 
-// Decodes a still image (PNG, JPEG, BMP, WebP, ... detected by content, not by extension) and resizes it to
-// exactly height x width with Lanczos, as CogVideoX's I2V preprocessing does. Alpha is dropped.
+// Decodes a still image (PNG, JPEG, BMP, WebP, ... detected by content, not by extension), turns it upright by its
+// EXIF orientation and resizes it to exactly height x width with Lanczos (no crop), as diffusers' load_image and
+// CogVideoXImageToVideoPipeline's VideoProcessor do. Alpha is dropped. How close to diffusers' pixels:
+// docs/STAGE_PACKAGE.md ("The I2V image").
 // Throws InvalidArgument("--image <path>: ...") for a missing, unreadable, non-image or video file, and for an
 // image over 8192 pixels a side (checked from its header, before decoding).
 Image ReadImage(const std::filesystem::path& path, int height, int width);
+
+// `src` turned upright by EXIF orientation 1-8 (the TIFF tag's values) as PIL's ImageOps.exif_transpose turns it.
+Image Upright(const Image& src, int orientation);
 
 // The same for an image file's bytes (sent with a job); errors name `what` (e.g. "image fox.png").
 Image DecodeImageBytes(const std::string& bytes, const std::string& what, int height, int width);

@@ -3,7 +3,8 @@
 // Reads one JSON request per line on stdin, writes one JSON answer per line on stdout:
 //   {"component": "text_encoder" | "denoiser" | "vae_encoder" | "vae_decoder", "part": "embed" | "block" | "head"
 //    (text encoder and denoiser), "config": {...fields of models/presets.h's config struct...}, "text_tokens": N}
-//   -> {"source": "...", "weights": [["name", [shape...]], ...]}  or  {"error": "one line"}
+//   -> {"source": "...", "weights": [["name", [shape...]], ...], "keep_in_f32": ["name", ...]}  or
+//      {"error": "one line"}   (keep_in_f32: the weights a float16 part holds in float32, ScriptBuilder::KeepInF32)
 #include <iostream>
 #include <stdexcept>
 #include <string>
@@ -62,7 +63,7 @@ json Answer(const json& request) {
   }
   json weights = json::array();
   for (const auto& [name, shape] : b.weight_shapes()) weights.push_back(json::array({name, shape}));
-  return {{"source", b.source()}, {"weights", weights}};
+  return {{"source", b.source()}, {"weights", weights}, {"keep_in_f32", b.keep_in_f32()}};
 }
 
 }  // namespace

@@ -7,7 +7,7 @@ namespace {
 PresetConfig Cogvideox5b() {
   PresetConfig p;
   p.name = "cogvideox-5b";
-  p.tokenizer = TokenizerSpec{"bytes", "", 226, 32128, 0, 1};
+  p.tokenizer = TokenizerSpec{"bytes", "", 226, 32128, 0, 1, {}};
   p.vae_spec.scaling_factor = 0.7;
   p.scheduler.snr_shift_scale = 1.0;
   p.limits = ShapeLimits{16, 768, 16, 1360, 16, 49, 8};
@@ -42,7 +42,7 @@ PresetConfig Tiny() {
   PresetConfig p = Cogvideox5b();
   p.name = "tiny";
   p.t5 = T5Config{384, 64, 16, 4, 160, 2, 32, 128, 1e-6};
-  p.tokenizer = TokenizerSpec{"bytes", "", 32, 384, 0, 1};
+  p.tokenizer = TokenizerSpec{"bytes", "", 32, 384, 0, 1, {}};
   auto& t = p.transformer;
   t.num_heads = 2;
   t.head_dim = 32;

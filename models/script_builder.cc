@@ -1,5 +1,6 @@
 #include "models/script_builder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -10,9 +11,27 @@ ScriptBuilder::ScriptBuilder(const std::string& class_name, uint64_t seed, torch
     : module_(class_name), gen_(at::make_generator<at::CPUGeneratorImpl>(seed)), dtype_(dtype) {}
 
 void ScriptBuilder::Register(const std::string& name, const torch::Tensor& t) {
-  module_.register_parameter(name, t.to(dtype_).contiguous(), /*is_buffer=*/false);
+  const bool keep = dtype_ == torch::kFloat16 &&
+                    std::find(keep_in_f32_.begin(), keep_in_f32_.end(), name) != keep_in_f32_.end();
+  const torch::Dtype dtype = keep ? torch::kFloat32 : dtype_;
+  module_.register_parameter(name, t.to(dtype).contiguous(), /*is_buffer=*/false);
   shapes_.emplace_back(name, t.sizes().vec());
   params_ += t.numel();
+  bytes_ += t.numel() * static_cast<int64_t>(torch::elementSize(dtype));
+}
+
+void ScriptBuilder::KeepInF32(std::vector<std::string> names) {
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "\"" : ", \"") + n + "\"";
+  source_ += "\ndef keep_in_f32(self) -> List[str]:\n    return [" + list + "]\n";
+  keep_in_f32_.insert(keep_in_f32_.end(), names.begin(), names.end());
+}
+
+std::vector<std::string> KeptInF32(const torch::jit::Module& part) {
+  std::vector<std::string> out;
+  if (auto method = part.find_method("keep_in_f32"))
+    for (const auto& v : (*method)(std::vector<c10::IValue>{}).toListRef()) out.push_back(v.toStringRef());
+  return out;
 }
 
 namespace {

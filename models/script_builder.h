@@ -27,6 +27,10 @@ class ScriptBuilder {
   // Convolution weight [out, in, k...] with std 1/sqrt(in·prod(k)), plus bias.
   void Conv(const std::string& name, int64_t in, int64_t out, std::vector<int64_t> kernel, bool bias = true);
   void Define(const std::string& source) { source_ += source; }
+  // Weights registered after this stay float32 when the module is float16, as transformers keeps a model's
+  // `_keep_in_fp32_modules` (T5's `wo`) under float16. The module says which through a `keep_in_f32()` method, so
+  // the loader accepts them and a runtime conversion to float16 keeps them (runtime/stage_executor.cc).
+  void KeepInF32(std::vector<std::string> names);
 
   torch::jit::Module Finish();
 
@@ -45,7 +49,8 @@ class ScriptBuilder {
   const std::string& source() const { return source_; }
   const std::vector<std::pair<std::string, std::vector<int64_t>>>& weight_shapes() const { return shapes_; }
   int64_t params() const { return params_; }
-  int64_t bytes() const { return params_ * torch::elementSize(dtype_); }
+  int64_t bytes() const { return bytes_; }
+  const std::vector<std::string>& keep_in_f32() const { return keep_in_f32_; }
 
  private:
   void Register(const std::string& name, const torch::Tensor& t);
@@ -56,6 +61,11 @@ class ScriptBuilder {
   std::string source_;
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes_;
   int64_t params_ = 0;
+  int64_t bytes_ = 0;
+  std::vector<std::string> keep_in_f32_;
 };
+
+// The names a part's `keep_in_f32()` method lists (none when it has no such method).
+std::vector<std::string> KeptInF32(const torch::jit::Module& part);
 
 }  // namespace reel

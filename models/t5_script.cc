@@ -50,10 +50,21 @@ void BuildT5Block(const T5Config& c, ScriptBuilder& b) {
   b.Norm("ln2", c.d_model, false);
   b.Linear("wi0", c.d_model, c.d_ff, false);
   b.Linear("wi1", c.d_model, c.d_ff, false);
+  // float16 as transformers runs T5 (modeling_t5.py): `wo` is one of its `_keep_in_fp32_modules`, so the gated
+  // activations are cast to float32 for it and the residual stream is float32 from the first feed-forward on (type
+  // promotion); while the stream is float16, each block clamps it below the float16 maximum after attention and
+  // after the feed-forward (by 1000 more where it holds an inf). bfloat16 and float32 run unchanged.
+  b.KeepInF32({"wo_w"});
   b.Linear("wo", c.d_ff, c.d_model, false);
   // T5 attention has no 1/sqrt(d) scaling (scale 1) and adds the relative position bias to the scores: the fused
   // kernel takes the bias as an additive mask in the activations' dtype, and computes its softmax in float32.
-  b.Define(RmsNormSource(c.eps) + fmt::format(R"(
+  b.Define(RmsNormSource(c.eps) + R"(
+def clamp_f16(self, x: Tensor) -> Tensor:
+    if x.dtype != 5:  # float16 (ScalarType Half; C++ define resolves no torch.float16)
+        return x
+    big = torch.where(torch.isinf(x).any(), torch.tensor(64504.0, device=x.device), torch.tensor(65504.0, device=x.device))
+    return torch.clamp(x, -big, big)
+)" + fmt::format(R"(
 def forward(self, x: Tensor, bias: Tensor) -> Tensor:
     B = x.size(0)
     L = x.size(1)
@@ -63,10 +74,10 @@ def forward(self, x: Tensor, bias: Tensor) -> Tensor:
     v = torch.linear(h, self.v_w).view(B, L, {heads}, {dkv}).transpose(1, 2)
     a = torch.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
     a = a.transpose(1, 2).reshape(B, L, {inner})
-    x = x + torch.linear(a, self.o_w)
+    x = self.clamp_f16(x + torch.linear(a, self.o_w))
     h = self.rms(x, self.ln2_w)
     g = torch.gelu(torch.linear(h, self.wi0_w), approximate='tanh') * torch.linear(h, self.wi1_w)
-    return x + torch.linear(g, self.wo_w)
+    return self.clamp_f16(x + torch.linear(g.to(self.wo_w.dtype), self.wo_w))
 )",
                                               fmt::arg("heads", c.num_heads), fmt::arg("dkv", c.d_kv),
                                               fmt::arg("inner", inner)));

@@ -144,6 +144,23 @@ std::vector<TensorSpec> TensorsFromJson(const Reader& r, const std::string& key)
   return out;
 }
 
+std::vector<AddedToken> AddedTokensFromJson(const Reader& r, const TokenizerSpec& spec) {
+  if (spec.kind != "sentencepiece") r.Fail("added_tokens", "is set for kind '" + spec.kind + "'; accepted only with 'sentencepiece'");
+  const auto& arr = r.Array("added_tokens");
+  if (arr.size() > 65536) r.Fail("added_tokens", "lists " + std::to_string(arr.size()) + " tokens, accepted at most 65536");
+  std::vector<AddedToken> out;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < arr.size(); ++i) {
+    Reader t(arr[i], r.source(), r.Field("added_tokens") + "[" + std::to_string(i) + "]");
+    AddedToken a{t.String("content"), static_cast<int>(t.Int("id", 0, spec.vocab_size - 1))};
+    if (a.content.empty() || a.content.size() > 256 || a.content.find('\0') != std::string::npos)
+      t.Fail("content", "is '" + Printable(a.content, 64) + "', accepted 1 to 256 bytes without NUL");
+    if (!seen.insert(a.content).second) t.Fail("content", "'" + Printable(a.content, 64) + "' is listed twice");
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
 }  // namespace
 
 const char* StageKindName(StageKind k) { return kStageNames[static_cast<int>(k)]; }
@@ -227,6 +244,11 @@ std::string ManifestToJson(const Manifest& m) {
   tok["vocab_size"] = m.tokenizer.vocab_size;
   tok["pad_id"] = m.tokenizer.pad_id;
   tok["eos_id"] = m.tokenizer.eos_id;
+  if (!m.tokenizer.added_tokens.empty()) {
+    ordered_json added = ordered_json::array();
+    for (const auto& a : m.tokenizer.added_tokens) added.push_back({{"content", a.content}, {"id", a.id}});
+    tok["added_tokens"] = added;
+  }
   j["tokenizer"] = tok;
   j["vae"] = {{"spatial_compression", m.vae.spatial_compression},
               {"temporal_compression", m.vae.temporal_compression},
@@ -308,6 +330,7 @@ Manifest ManifestFromJson(const std::string& text, const std::string& source) {
   m.tokenizer.vocab_size = static_cast<int>(tok.Int("vocab_size", 260, 1 << 22));
   m.tokenizer.pad_id = static_cast<int>(tok.Int("pad_id", 0, m.tokenizer.vocab_size - 1));
   m.tokenizer.eos_id = static_cast<int>(tok.Int("eos_id", 0, m.tokenizer.vocab_size - 1));
+  if (tok.Has("added_tokens")) m.tokenizer.added_tokens = AddedTokensFromJson(tok, m.tokenizer);
 
   Reader vae = r.Object("vae");
   m.vae.spatial_compression = static_cast<int>(vae.Int("spatial_compression", 1, 64));

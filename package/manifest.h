@@ -55,6 +55,14 @@ struct StageManifest {
   int num_blocks() const;
 };
 
+// Text a prompt may contain that becomes one id, matched before SentencePiece sees the rest: transformers' added
+// tokens (`</s>`, `<pad>`, `<unk>`, `<extra_id_0>`, ...), which its T5 tokenizer matches literally.
+struct AddedToken {
+  std::string content;
+  int id = 0;
+  bool operator==(const AddedToken&) const = default;
+};
+
 struct TokenizerSpec {
   std::string kind = "bytes";  // "bytes" (synthetic) or "sentencepiece"
   std::string file;            // sentencepiece model, relative to the package
@@ -62,6 +70,7 @@ struct TokenizerSpec {
   int vocab_size = 32128;
   int pad_id = 0;
   int eos_id = 1;
+  std::vector<AddedToken> added_tokens;  // sentencepiece only
 };
 
 struct VaeSpec {

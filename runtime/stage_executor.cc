@@ -1,5 +1,8 @@
 #include "runtime/stage_executor.h"
 
+#include <algorithm>
+
+#include "models/script_builder.h"
 
 #include "runtime/device_memory.h"
 
@@ -62,10 +65,13 @@ void PlacedPart::ToHost() {
 void PlacedPart::ConvertHost(torch::Dtype dtype) {
   HostScope host;
   bytes_ = 0;
+  // To float16, the weights the part keeps in float32 stay float32 (transformers' _keep_in_fp32_modules).
+  const auto keep = dtype == torch::kFloat16 ? KeptInF32(module_) : std::vector<std::string>{};
   for (auto& w : host_) {
     if (w.value.is_floating_point()) {
-      w.value = w.value.to(dtype);
-      w.compute = dtype;
+      const bool kept = std::find(keep.begin(), keep.end(), w.name) != keep.end();
+      w.value = w.value.to(kept ? torch::kFloat32 : dtype);
+      w.compute = w.value.scalar_type();
     }
     if (!on_device_) module_.setattr(w.name, w.value);
     bytes_ += w.value.numel() * static_cast<int64_t>(w.value.element_size());

@@ -1,8 +1,11 @@
 #include "runtime/stage_package.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "models/script_builder.h"
 #include "runtime/device_memory.h"
 
 namespace reel {
@@ -41,10 +44,14 @@ StagePackage StagePackage::Load(const fs::path& dir, const std::optional<std::se
       }
       m.eval();
       int64_t params = 0, bytes = 0;
-      for (const auto& t : m.parameters()) {
+      const auto keep = KeptInF32(m);  // float32 in a float16 part, as transformers keeps them
+      for (const auto& p : m.named_parameters()) {
+        const auto& t = p.value;
         params += t.numel();
         bytes += t.numel() * static_cast<int64_t>(t.element_size());
-        if (t.scalar_type() != ToTorch(sm.dtype))
+        const bool kept = sm.dtype == DType::kF16 && t.scalar_type() == torch::kFloat32 &&
+                          std::find(keep.begin(), keep.end(), p.name) != keep.end();
+        if (t.scalar_type() != ToTorch(sm.dtype) && !kept)
           throw BadPackage(fmt::format("package {}: {} holds {} weights but {}.dtype is '{}'", dir.string(),
                                        part.file, c10::toString(t.scalar_type()),
                                        fmt::format("stages.{}", StageKindName(kind)), DTypeName(sm.dtype)));

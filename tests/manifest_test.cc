@@ -22,7 +22,7 @@ Manifest Sample() {
   m.name = "sample";
   m.preset = "tiny";
   m.seed = 7;
-  m.tokenizer = TokenizerSpec{"bytes", "", 32, 384, 0, 1};
+  m.tokenizer = TokenizerSpec{"bytes", "", 32, 384, 0, 1, {}};
   m.limits = ShapeLimits{16, 256, 16, 256, 16, 49, 8};
   m.defaults = JobDefaults{9, 64, 64, 4, 6.0, 8};
   for (StageKind k : {StageKind::kTextEncoder, StageKind::kDenoiser, StageKind::kVaeDecoder}) {
@@ -290,8 +290,38 @@ TEST(JobRequest, EachBadValueIsRefusedWithTheAcceptedRange) {
   EXPECT_THROW(ValidateRequest(i2v, r), Error);
 }
 
+TEST(Manifest, AddedTokensRoundTripAndBadOnesAreNamed) {
+  Manifest m = Sample();
+  m.tokenizer = TokenizerSpec{"sentencepiece", "tokenizer/spiece.model", 32, 384, 0, 1, {{"</s>", 1}, {"<extra_id_0>", 383}}};
+  const std::string text = ManifestToJson(m);
+  EXPECT_EQ(ManifestFromJson(text, "x").tokenizer.added_tokens, m.tokenizer.added_tokens);
+  auto error = [&](const std::function<void(ordered_json&)>& edit) {
+    ordered_json j = ordered_json::parse(text);
+    edit(j);
+    try {
+      ManifestFromJson(j.dump(), "pkg/manifest.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error([](auto& j) { j["tokenizer"]["added_tokens"][1]["id"] = 384; })
+                .find("field 'tokenizer.added_tokens[1].id' is 384, accepted 0..383"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& j) { j["tokenizer"]["added_tokens"][0]["content"] = ""; }).find("accepted 1 to 256 bytes"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& j) { j["tokenizer"]["added_tokens"][1]["content"] = "</s>"; }).find("listed twice"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& j) { j["tokenizer"]["added_tokens"] = 5; }).find("must be an array"), std::string::npos);
+  EXPECT_NE(error([](auto& j) {
+              j["tokenizer"]["kind"] = "bytes";
+              j["tokenizer"].erase("file");
+            }).find("accepted only with 'sentencepiece'"),
+            std::string::npos);
+}
+
 TEST(Tokenizer, BytesAreOffsetTerminatedAndPadded) {
-  TokenizerSpec spec{"bytes", "", 8, 384, 0, 1};
+  TokenizerSpec spec{"bytes", "", 8, 384, 0, 1, {}};
   auto tok = MakeTokenizer(spec, ".");
   EXPECT_EQ(tok->Encode("ab"), (std::vector<int64_t>{'a' + 3, 'b' + 3, 1, 0, 0, 0, 0, 0}));
   EXPECT_EQ(tok->Encode(""), (std::vector<int64_t>{1, 0, 0, 0, 0, 0, 0, 0}));
@@ -311,7 +341,7 @@ TEST(Tokenizer, SentencePieceModelFromThePackage) {
                           " && spm_train --input=corpus.txt --model_prefix=spiece --vocab_size=40 "
                           "--pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1 > train.log 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << "spm_train failed, see " << dir / "train.log";
-  TokenizerSpec spec{"sentencepiece", "spiece.model", 16, 40, 0, 1};
+  TokenizerSpec spec{"sentencepiece", "spiece.model", 16, 40, 0, 1, {}};
   auto tok = MakeTokenizer(spec, dir);
   const auto ids = tok->Encode("a red fox");
   ASSERT_EQ(ids.size(), 16u);

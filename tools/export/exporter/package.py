@@ -1,4 +1,4 @@
-"""Writes a whole stage package: every part, the SentencePiece tokenizer and manifest.json exactly as Reel's loader
+"""Writes a whole stage package: every part, the tokenizer (tokenizer.py) and manifest.json exactly as Reel's loader
 validates it (package/manifest.cc), laid out as models/synth.cc lays out the synthetic packages. The package is
 written into OUT.tmp and renamed to OUT when complete, so it appears whole or not at all."""
 
@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from . import t5, transformer, vae
+from .tokenizer import TokenizerExport, read_tokenizer
 from .errors import ExportError
 from .scheduler import scheduler_settings
 from .script import DTYPES, PartBuilder, class_name_for, count_weights
@@ -112,10 +113,19 @@ def _stage(dtype: str, parts, inputs, outputs, config) -> Dict[str, Any]:
             "config": {k: float(config[k]) for k in sorted(config)}}
 
 
+def tokenizer_manifest(tokenizer: TokenizerExport, max_length: int, vocab_size: int) -> Dict[str, Any]:
+    section = {"kind": "sentencepiece", "file": TOKENIZER_FILE, "max_length": max_length, "vocab_size": vocab_size,
+               "pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id}
+    if tokenizer.added_tokens:
+        section["added_tokens"] = [{"content": c, "id": i} for c, i in tokenizer.added_tokens]
+    return section
+
+
 def export_package(text_encoder, transformer_module, vae_module, tokenizer_file: Path,
                    options: ExportOptions) -> Dict[str, Any]:
     """Exports the three components (nn.Modules with diffusers' attribute names, or LazyComponents) and the
-    SentencePiece model into options.out. Returns the manifest written."""
+    tokenizer (tokenizer_file: the SentencePiece model in the checkpoint's tokenizer folder, which transformers
+    loads) into options.out. Returns the manifest written."""
     if options.dtype not in DTYPES:
         raise ExportError(f"--dtype {options.dtype}: accepted f32, bf16, f16")
     if not options.name:
@@ -131,6 +141,7 @@ def export_package(text_encoder, transformer_module, vae_module, tokenizer_file:
     tr_spec = transformer.read_spec(transformer_module)
     vae_spec = vae.read_spec(vae_module)
     i2v = _check_together(te_spec, tr_spec, vae_spec)
+    tokenizer = read_tokenizer(tokenizer_file, te_spec.vocab_size)
     scheduler = scheduler_settings(options.scheduler_config, tr_spec.rotary, options.scheduler_source)
     limits, defaults = _limits_and_defaults(tr_spec, vae_spec)
 
@@ -194,14 +205,13 @@ def export_package(text_encoder, transformer_module, vae_module, tokenizer_file:
                                            vae.stage_config(vae_spec))
 
         (tmp / TOKENIZER_FILE).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+        (tmp / TOKENIZER_FILE).write_bytes(tokenizer.model)
         manifest = {
             "format": "reel-stage-package",
             "format_version": 1,
             "name": options.name,
             "image_conditioned": i2v,
-            "tokenizer": {"kind": "sentencepiece", "file": TOKENIZER_FILE, "max_length": T,
-                          "vocab_size": te_spec.vocab_size, "pad_id": te_spec.pad_id, "eos_id": te_spec.eos_id},
+            "tokenizer": tokenizer_manifest(tokenizer, T, te_spec.vocab_size),
             "vae": {"spatial_compression": vae_spec.spatial_compression,
                     "temporal_compression": vae_spec.temporal_compression, "latent_channels": lc,
                     "scaling_factor": vae_spec.scaling_factor},

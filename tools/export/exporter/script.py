@@ -92,10 +92,12 @@ class PartBuilder:
         self.params: Dict[str, torch.Tensor] = {}
         self.source: List[str] = []
 
-    def take(self, name: str, path: str, shape: Sequence[int]) -> None:
+    def take(self, name: str, path: str, shape: Sequence[int], keep_f32: bool = False) -> None:
         t = self.w.tensor(path, shape).detach()
+        # float16 keeps what the source lists in keep_in_f32() in float32 (transformers' _keep_in_fp32_modules).
+        dtype = torch.float32 if keep_f32 and self.dtype == torch.float16 else self.dtype
         # A copy, so that the saved file holds exactly this tensor's storage and never a larger shared one.
-        self.params[name] = t.to(dtype=self.dtype, copy=True).contiguous()
+        self.params[name] = t.to(dtype=dtype, copy=True).contiguous()
 
     def define(self, source: str, weights: Sequence[Tuple[str, Sequence[int]]],
                path_of: Callable[[str], str]) -> None:
@@ -103,8 +105,9 @@ class PartBuilder:
         declared shape. A weight the architecture has no place for (a bias where Reel's source has none) is refused,
         so that no checkpoint weight is silently dropped."""
         names = {name for name, _ in weights}
+        keep = MODEL_SOURCE.keep_in_f32(source)
         for name, shape in weights:
-            self.take(name, path_of(name), shape)
+            self.take(name, path_of(name), shape, name in keep)
             if name.endswith("_w") and name[:-2] + "_b" not in names:
                 module_path = path_of(name).rsplit(".", 1)[0]
                 if self.w.has(module_path + ".bias"):
@@ -157,6 +160,11 @@ class ModelSource:
 
     def __init__(self):
         self._cache: Dict[str, Tuple[str, List[Tuple[str, List[int]]]]] = {}
+        self._keep: Dict[str, List[str]] = {}  # by source
+
+    def keep_in_f32(self, source: str) -> List[str]:
+        """The weights a float16 part of this source holds in float32 (ScriptBuilder::KeepInF32)."""
+        return self._keep.get(source, [])
 
     def part(self, component: str, part: str, config: dict, text_tokens: int = 0):
         request = json.dumps({"component": component, "part": part, "config": config, "text_tokens": text_tokens},
@@ -175,6 +183,7 @@ class ModelSource:
             if "error" in answer:
                 raise ExportError(f"{component} {part}: {answer['error']}")
             self._cache[request] = (answer["source"], [(n, list(shape)) for n, shape in answer["weights"]])
+            self._keep[answer["source"]] = list(answer.get("keep_in_f32", []))
         return self._cache[request]
 
 

@@ -57,7 +57,12 @@ class PackageTest(TempDirTest):
                 weights = list(module.parameters())
                 self.assertEqual(part["params"], sum(w.numel() for w in weights), part["file"])
                 self.assertEqual(part["bytes"], sum(w.numel() * w.element_size() for w in weights), part["file"])
-                self.assertTrue(all(w.dtype == torch_dtype for w in weights), part["file"])
+                # float16 keeps what the part lists in keep_in_f32() in float32 (T5's wo, as transformers does)
+                kept = module.keep_in_f32() if dtype == "f16" and hasattr(module, "keep_in_f32") else []
+                self.assertTrue(all(w.dtype == (torch.float32 if n in kept else torch_dtype)
+                                    for n, w in module.named_parameters()), part["file"])
+                if kind == "text_encoder" and part["role"] == "block" and dtype == "f16":
+                    self.assertEqual(kept, ["wo_w"])
                 self.assertEqual(len(list(module.children())), 0, f"{part['file']}: weights must be top-level")
                 self.assertEqual(len(list(module.buffers())), 0, f"{part['file']}: no buffers")
             self.assertEqual(stage["params"], sum(p["params"] for p in stage["parts"]), kind)
@@ -76,8 +81,12 @@ class PackageTest(TempDirTest):
         self.assertEqual(m["format_version"], 1)
         self.assertEqual(m["name"], "tiny-5b")
         self.assertFalse(m["image_conditioned"])
+        added = m["tokenizer"].pop("added_tokens")  # transformers' T5Tokenizer: its specials and <extra_id_N>
         self.assertEqual(m["tokenizer"], {"kind": "sentencepiece", "file": "tokenizer/spiece.model",
                                           "max_length": TEXT_TOKENS, "vocab_size": 384, "pad_id": 0, "eos_id": 1})
+        self.assertEqual(added[:3], [{"content": "<pad>", "id": 0}, {"content": "</s>", "id": 1},
+                                     {"content": "<unk>", "id": 2}])
+        self.assertEqual(len(added), 103)
         self.assertEqual(m["vae"], {"spatial_compression": 8, "temporal_compression": 4, "latent_channels": 16,
                                     "scaling_factor": 0.7})
         self.assertEqual(m["scheduler"]["snr_shift_scale"], 1.0)  # RoPE model, no scheduler config: 5B settings
