@@ -120,16 +120,17 @@ const Job* CoordinatorCore::FindRequest(const std::string& request_id) const {
   return it == requests_.end() ? nullptr : FindJob(it->second);
 }
 
-int CoordinatorCore::QueuedJobs() const {
-  int n = 0;
-  for (const auto& id : live_) n += jobs_.at(id).state == JobState::kQueued;
-  return n;
-}
+int CoordinatorCore::QueuedJobs() const { return queued_; }
 
-int CoordinatorCore::RunningJobs() const {
-  int n = 0;
-  for (const auto& id : live_) n += jobs_.at(id).state == JobState::kRunning;
-  return n;
+int CoordinatorCore::RunningJobs() const { return running_; }
+
+// Every change of a live job's state goes through here, so the counts admission and gauges read stay O(1).
+void CoordinatorCore::SetState(Job& j, JobState s) {
+  queued_ -= j.state == JobState::kQueued;
+  running_ -= j.state == JobState::kRunning;
+  j.state = s;
+  queued_ += s == JobState::kQueued;
+  running_ += s == JobState::kRunning;
 }
 
 Micros CoordinatorCore::NextWake() const { return replan_due_; }
@@ -190,6 +191,10 @@ StepResult CoordinatorCore::Restore(std::vector<Job> stored, int64_t boot, int64
     if (Terminal(j.state)) ended_.push_back(id);
     if (!j.request_id.empty()) requests_[j.request_id] = id;
     jobs_[id] = std::move(j);
+  }
+  for (const auto& id : live_) {
+    queued_ += jobs_.at(id).state == JobState::kQueued;
+    running_ += jobs_.at(id).state == JobState::kRunning;
   }
   // As many ended jobs as memory keeps: the store may hold older ones, which listings read when asked for more.
   if (ended_.size() >= static_cast<size_t>(std::max(1, o_.ended_jobs_kept))) evicted_ = 1;
@@ -292,6 +297,7 @@ void CoordinatorCore::OnSubmit(Micros now, const ev::Submit& e) {
   if (!j.request_id.empty()) requests_[j.request_id] = id;
   live_.insert(id);
   Job& r = jobs_[id] = std::move(j);
+  ++queued_;
   out_.reply.id = id;
   Count("submitted");
   Touch(r);
@@ -571,7 +577,7 @@ void CoordinatorCore::OnShutdown() {
   for (const auto& id : live_) {
     Job& j = jobs_.at(id);
     if (j.state != JobState::kRunning) continue;
-    j.state = JobState::kQueued;
+    SetState(j, JobState::kQueued);
     for (auto& s : j.stages) ResetStage(s);
     requeued.jobs.push_back(j);
     requeued.jobs.back().outputs.clear();
@@ -769,7 +775,7 @@ void CoordinatorCore::ReleaseLate(const Job& j, const Run& run) {
 void CoordinatorCore::Requeue(Job& j, const std::string& why) {
   CancelRuns(j.id);
   ReleaseTensors(j);
-  j.state = JobState::kQueued;
+  SetState(j, JobState::kQueued);
   j.error = why;
   for (auto& s : j.stages) ResetStage(s);
   Count("requeued");
@@ -780,7 +786,7 @@ void CoordinatorCore::Requeue(Job& j, const std::string& why) {
 void CoordinatorCore::End(Micros now, Job& j, JobState state, const std::string& error) {
   CancelRuns(j.id);
   live_.erase(j.id);  // a later stage may be waiting for an input that will not come
-  j.state = state;
+  SetState(j, state);
   j.error = error;
   j.finished = now;
   for (auto& s : j.stages) {

@@ -102,6 +102,7 @@ class CoordinatorCore {
 
   // ---- helpers (coordinator_core.cc) ----
   void Touch(Job& j);
+  void SetState(Job& j, JobState s);
   void Persist(const Job& j);
   void Emit(Command c) { out_.commands.push_back(std::move(c)); }
   void Log(cmd::Level level, std::string text);
@@ -144,6 +145,7 @@ class CoordinatorCore {
   std::set<std::string> storing_;          // jobs whose video is being fetched
   std::deque<std::string> ended_;          // ended jobs in memory, oldest first
   int64_t evicted_ = 0;
+  int queued_ = 0, running_ = 0;  // live jobs by state
   int64_t boot_ = 1;
   int64_t next_seq_ = 1;
   uint32_t runs_started_ = 0;

@@ -25,6 +25,7 @@ const std::vector<std::string>& InputsOf(StageKind k, bool i2v) {
 struct Ready {
   Job* job;
   int index;
+  bool early = false;
 };
 
 bool Holds(const Worker& w, const std::string& model, StageKind k) { return w.holds.count({model, k}) > 0; }
@@ -54,7 +55,7 @@ void CoordinatorCore::Dispatch(Micros now) {
               all_done = all_done && other.state == StageState::kDone;
               all_started = all_started && (other.state == StageState::kDone || other.state == StageState::kRunning);
             }
-        if (early ? (!all_done && all_started) : all_done) out.push_back({&j, static_cast<int>(i)});
+        if (early ? (!all_done && all_started) : all_done) out.push_back({&j, static_cast<int>(i), early});
       }
     }
     // Highest priority first, then submission order: an older job's next stage goes before a newer job's first.
@@ -65,27 +66,33 @@ void CoordinatorCore::Dispatch(Micros now) {
     return out;
   };
   const std::vector<Ready> ready = collect(false);
+  // Pending ready stages by (model, stage), kept as they are placed: what a worker could take is the sum over what
+  // it holds, so asking costs its holdings rather than the whole queue.
+  std::map<std::pair<std::string, StageKind>, int> pending;
+  for (const auto& rd : ready) ++pending[{rd.job->shape.model, rd.job->stages[rd.index].kind}];
   // How many ready stages a worker could take: a guided denoise borrows a second worker (and an early dispatch
   // takes one) only when nothing else is waiting for it, so neither costs throughput.
   auto waiting_for = [&](const Worker* w, const Ready& except) {
     int n = 0;
-    for (const auto& rd : ready) {
-      if (rd.job == except.job && rd.index == except.index) continue;
-      const StageRun& s = rd.job->stages[rd.index];
-      if (s.state != StageState::kPending) continue;
-      n += Holds(*w, rd.job->shape.model, s.kind);
-    }
+    for (const auto& h : w->holds)
+      if (auto it = pending.find(h); it != pending.end()) n += it->second;
+    const StageRun& own = except.job->stages[except.index];
+    if (own.state == StageState::kPending && Holds(*w, except.job->shape.model, own.kind))
+      n -= pending.count({except.job->shape.model, own.kind}) > 0 && !except.early;
     return n;
   };
+  // The idle workers, found once: with many workers, most are busy.
+  std::vector<Worker*> free;
+  for (auto& [wid, w] : workers_)
+    if (w.state == WorkerState::kIdle && !w.suspect) free.push_back(&w);
   auto place = [&](const Ready& rd, bool early) {
     Job& j = *rd.job;
     if (j.stages[rd.index].state != StageState::kPending) return;
     const StageKind kind = j.stages[rd.index].kind;
     std::vector<Worker*> idle;
-    for (auto& [wid, w] : workers_)
-      if (w.state == WorkerState::kIdle && !w.suspect && Holds(w, j.shape.model, kind) &&
-          (!early || waiting_for(&w, rd) == 0))
-        idle.push_back(&w);
+    for (Worker* w : free)
+      if (w->state == WorkerState::kIdle && Holds(*w, j.shape.model, kind) && (!early || waiting_for(w, rd) == 0))
+        idle.push_back(w);
     if (idle.empty()) return;
     // Prefer the worker already holding the inputs, then the one that has run least.
     auto local_bytes = [&](const Worker* w) {
@@ -104,12 +111,22 @@ void CoordinatorCore::Dispatch(Micros now) {
     const bool split = kind == StageKind::kDenoiser && o_.guidance_parallel && j.shape.guided();
     if (split && idle.size() > 1 && waiting_for(idle[1], rd) == 0) peer = idle[1];
     if (early && split && !peer && WaitForSplit(now, j, rd.index, idle)) return;
+    if (!early) --pending[{j.shape.model, kind}];
     Launch(now, j, rd.index, w, peer, early);
   };
-  for (const auto& rd : ready) place(rd, false);
+  auto any_free = [&] {
+    return std::any_of(free.begin(), free.end(), [](const Worker* w) { return w->state == WorkerState::kIdle; });
+  };
+  for (const auto& rd : ready) {
+    if (!any_free()) return;
+    place(rd, false);
+  }
   // Then stages whose inputs are still being produced, on workers nothing else is waiting for: they start
   // fetching at once and compute the moment the producer stores its output, with no round trip through here.
-  for (const auto& rd : collect(true)) place(rd, true);
+  for (const auto& rd : collect(true)) {
+    if (!any_free()) return;
+    place(rd, true);
+  }
 }
 
 std::pair<double, double> CoordinatorCore::SplitTimes(Micros now, const Job& j, int index) const {
@@ -164,7 +181,7 @@ TensorRef CoordinatorCore::RefFor(const Job& j, const std::string& name) const {
 
 void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early) {
   if (j.state == JobState::kQueued) {
-    j.state = JobState::kRunning;
+    SetState(j, JobState::kRunning);
     j.started = now;
     ++j.attempts;
     Emit(cmd::Metric{cmd::MetricKind::kQueueWait, (now - j.submitted) / 1e6, {}, {}});
