@@ -71,6 +71,16 @@ struct StageRun {
   std::string error;
 };
 
+// Back to pending, as a stage that runs again (a requeue, a restart) starts.
+inline void ResetStage(StageRun& s) {
+  s.state = StageState::kPending;
+  s.worker.clear();
+  s.guidance_peer.clear();
+  s.step = 0;
+  s.started = s.finished = s.accepted = 0;
+  s.attempt = 0;
+}
+
 struct Job {
   std::string id;
   std::string request_id;  // the client's, for idempotent submission (AIP-155); may be empty
