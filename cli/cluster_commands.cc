@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -303,7 +304,16 @@ struct SubmitFlags {
   int reconnect_seconds = 60;
   std::string out;
   std::string coordinator = DefaultCoordinatorAddress();
+  std::string request_id;  // empty: a random one
 };
+
+// 128 random bits in hex: the request id a submission is retried under (AIP-155).
+std::string NewRequestId() {
+  std::random_device rd;
+  std::string out;
+  for (int i = 0; i < 4; ++i) out += fmt::format("{:08x}", rd());
+  return out;
+}
 
 std::string ReadFile(const std::string& path, const std::string& flag) {
   std::ifstream in(path, std::ios::binary);
@@ -398,6 +408,9 @@ void RunSubmit(SubmitFlags& f) {
     s->set_image_name(Printable(r.image, 1024));  // for messages only; a file name need not be UTF-8, the field must
   }
   req.set_priority(f.priority);
+  if (f.request_id.size() > 128)
+    throw InvalidArgument(fmt::format("--request-id: {} bytes; accepted at most 128", f.request_id.size()));
+  req.set_request_id(f.request_id.empty() ? NewRequestId() : f.request_id);
   if (f.reconnect_seconds < 0 || f.reconnect_seconds > 86400)
     throw InvalidArgument(fmt::format("--reconnect-seconds {}: accepted 0 to 86400", f.reconnect_seconds));
   auto stub = Connect(f.coordinator);
@@ -408,8 +421,12 @@ void RunSubmit(SubmitFlags& f) {
     Deadline(ctx, 30);
     const grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
     if (st.ok()) break;
-    // Sent again only after a refusal that queued nothing: a job is never submitted twice.
-    if (!Draining(st) || !reconnect.Again(st, "draining")) Raise(st, f.coordinator);
+    // Sent again after a refusal that queued nothing, or a call whose reply may have been lost (the coordinator
+    // restarting, the connection breaking): the request id makes a retry return the job the first try queued, so a
+    // job is never submitted twice.
+    const bool lost = st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                      st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!(Draining(st) || lost) || !reconnect.Again(st, lost ? "submitting" : "draining")) Raise(st, f.coordinator);
   }
   reconnect.Reached();
   std::printf("%s\n", TerminalText(resp.job_id()).c_str());
@@ -449,14 +466,22 @@ void PrintJobs(const v1::ListJobsResponse& resp) {
 void RunJobs(ListFlags& f) {
   if (f.limit < 1) throw InvalidArgument(fmt::format("--limit {}: accepted 1 or more", f.limit));
   auto stub = Connect(f.coordinator);
-  grpc::ClientContext ctx;
-  Deadline(ctx);
-  v1::ListJobsRequest req;
-  req.set_limit(f.limit);
-  req.set_active_only(f.active);
+  // Page by page (AIP-158), so a listing stays bounded on the coordinator however many jobs its store holds.
   v1::ListJobsResponse resp;
-  const grpc::Status st = stub->ListJobs(&ctx, req, &resp);
-  if (!st.ok()) Raise(st, f.coordinator);
+  std::string token;
+  do {
+    grpc::ClientContext page_ctx;
+    Deadline(page_ctx);
+    v1::ListJobsRequest req;
+    req.set_page_size(std::min(f.limit - resp.jobs_size(), 1000));
+    req.set_page_token(token);
+    req.set_active_only(f.active);
+    v1::ListJobsResponse page;
+    const grpc::Status st = stub->ListJobs(&page_ctx, req, &page);
+    if (!st.ok()) Raise(st, f.coordinator);
+    for (auto& j : *page.mutable_jobs()) *resp.add_jobs() = std::move(j);
+    token = page.next_page_token();
+  } while (!token.empty() && resp.jobs_size() < f.limit);
   if (f.json) {
     std::printf("%s\n", ToJson(resp).c_str());
     return;
@@ -648,8 +673,11 @@ void AddClusterCommands(CLI::App& app) {
     c->add_option("--priority", f->priority, "Higher runs first; FIFO within a priority (-1000..1000)")
         ->default_val(0);
     c->add_flag("--wait", f->wait, "Follow the job and download its MP4 when it succeeds");
+    c->add_option("--request-id", f->request_id,
+                  "Retries under the same id return the same job (default: a random one per call)");
     c->add_option("--reconnect-seconds", f->reconnect_seconds,
-                  "With --wait: how long to keep reconnecting to a coordinator that went away (a restart)")
+                  "How long to keep reconnecting to a coordinator that went away (a restart): the submission, retried under "
+                  "its request id, and with --wait the job")
         ->default_val(f->reconnect_seconds);
     c->add_option("--out", f->out, "With --wait: where to write the MP4 (default JOB.mp4)");
     AddClientFlags(*c, f->coordinator);

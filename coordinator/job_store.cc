@@ -110,6 +110,17 @@ JobStore::JobStore(const std::string& path) : path_(path) {
   Exec("PRAGMA synchronous=NORMAL");
   Exec("PRAGMA foreign_keys=ON");
   Exec(kSchema);
+  // Version 2 added the client's request id (idempotent submission) and the denoiser's dispatch choice.
+  bool has_request_id = false;
+  {
+    Stmt cols(db_, "SELECT name FROM pragma_table_info('jobs')");
+    while (cols.ok() && cols.Step() == SQLITE_ROW) has_request_id = has_request_id || cols.Text(0) == "request_id";
+  }
+  if (!has_request_id) {
+    Exec("ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT ''");
+    Exec("ALTER TABLE jobs ADD COLUMN denoiser_dispatch TEXT NOT NULL DEFAULT ''");
+  }
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id) WHERE request_id != ''");
   Stmt v(db_, "SELECT version FROM schema_version LIMIT 1");
   if (!v.ok()) Fail("reading the schema version");
   if (v.Step() == SQLITE_ROW) {
@@ -120,6 +131,7 @@ JobStore::JobStore(const std::string& path) : path_(path) {
   } else {
     Exec(fmt::format("INSERT INTO schema_version (version) VALUES ({})", kSchemaVersion).c_str());
   }
+  Exec(fmt::format("UPDATE schema_version SET version = {}", kSchemaVersion).c_str());
 }
 
 JobStore::~JobStore() { sqlite3_close(db_); }
@@ -170,13 +182,14 @@ int64_t JobStore::Boot() {
 void JobStore::Write(const JobRecord& r) {
   const auto& j = r.job;
   Stmt ins(db_, R"sql(INSERT OR REPLACE INTO jobs (id, seq, state, priority, model, spec, submitted_us,
-    started_us, finished_us, error, output_path, output_bytes, attempts)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))sql");
+    started_us, finished_us, error, output_path, output_bytes, attempts, request_id, denoiser_dispatch)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15))sql");
   if (!ins.ok()) Fail("preparing a job write");
   ins.Bind(1, j.id()).Bind(2, r.seq).Bind(3, std::string(StateName(j.state()))).Bind(4, int64_t{j.priority()});
   ins.Bind(5, j.spec().model()).Blob(6, j.spec().SerializeAsString()).Bind(7, j.submitted_unix_us());
   ins.Bind(8, j.started_unix_us()).Bind(9, j.finished_unix_us()).Bind(10, j.error()).Bind(11, r.output_path);
-  ins.Bind(12, j.output_bytes()).Bind(13, int64_t{j.attempts()});
+  ins.Bind(12, j.output_bytes()).Bind(13, int64_t{j.attempts()}).Bind(14, j.request_id());
+  ins.Bind(15, j.denoiser_dispatch());
   if (ins.Step() != SQLITE_DONE) Fail("writing job " + j.id());
   Stmt del(db_, "DELETE FROM stages WHERE job_id = ?1");
   del.Bind(1, j.id());
@@ -211,12 +224,22 @@ std::vector<JobRecord> JobStore::LoadNewest(int limit) {
   return Query("ORDER BY seq DESC LIMIT ?1", {int64_t{limit}});
 }
 
+std::vector<JobRecord> JobStore::LoadPage(int64_t before_seq, int limit) {
+  return Query("WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2", {before_seq, int64_t{limit}});
+}
+
+std::optional<JobRecord> JobStore::LoadByRequest(const std::string& request_id) {
+  auto rows = Query("WHERE request_id = ?1 AND request_id != '' LIMIT 1", {request_id});
+  if (rows.empty()) return std::nullopt;
+  return std::move(rows.front());
+}
+
 std::vector<JobRecord> JobStore::Query(const std::string& tail,
                                        const std::vector<std::variant<int64_t, std::string>>& args) {
   std::lock_guard lock(mu_);
   std::vector<JobRecord> out;
   Stmt s(db_, (R"sql(SELECT id, seq, state, priority, spec, submitted_us, started_us, finished_us, error,
-    output_path, output_bytes, attempts FROM jobs )sql" + tail).c_str());
+    output_path, output_bytes, attempts, request_id, denoiser_dispatch FROM jobs )sql" + tail).c_str());
   if (!s.ok()) Fail("reading jobs");
   for (size_t i = 0; i < args.size(); ++i)
     std::visit([&](const auto& v) { s.Bind(static_cast<int>(i + 1), v); }, args[i]);
@@ -236,6 +259,8 @@ std::vector<JobRecord> JobStore::Query(const std::string& tail,
     r.output_path = s.Text(9);
     j.set_output_bytes(s.Int(10));
     j.set_attempts(static_cast<int32_t>(s.Int(11)));
+    j.set_request_id(s.Text(12));
+    j.set_denoiser_dispatch(s.Text(13));
     out.push_back(std::move(r));
   }
   for (auto& r : out) {

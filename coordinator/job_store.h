@@ -24,7 +24,7 @@ struct JobRecord {
 
 class JobStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;  // 2: request_id, denoiser_dispatch
 
   // Opens or creates PATH (WAL). Throws IoError naming the path when it cannot, or when the schema is newer.
   explicit JobStore(const std::string& path);
@@ -49,6 +49,10 @@ class JobStore {
   std::optional<JobRecord> Load(const std::string& id);
   // The newest `limit` jobs, newest first.
   std::vector<JobRecord> LoadNewest(int limit);
+  // The newest `limit` jobs older than `before_seq` (a ListJobs page), newest first.
+  std::vector<JobRecord> LoadPage(int64_t before_seq, int limit);
+  // The job a SubmitJob with this request id queued (AIP-155), if any.
+  std::optional<JobRecord> LoadByRequest(const std::string& request_id);
 
   const std::string& path() const { return path_; }
 

@@ -45,17 +45,22 @@ std::set<int> StagesToRerun(const std::vector<StageView>& stages, bool image_con
     if (s.state == "running" && s.runs_on_gone) rerun.insert(i);
     if (s.state == "done" && s.output_on_gone && OutputNeeded(stages, i, image_conditioned)) rerun.insert(i);
   }
-  // A running consumer of a stage that runs again waits for (or fetches from) the run that was given up.
+  // A running consumer of a stage that runs again waits for (or fetches from) the run that was given up; and a
+  // stage that runs again reads its inputs again, so a done producer whose output was on the gone worker runs again
+  // too, even if nothing needed that output before (the simulator found a job waiting forever for such a tensor).
   for (bool grew = true; grew;) {
     grew = false;
     for (int c = 0; c < n; ++c) {
-      if (rerun.count(c) || stages[c].state != "running") continue;
-      for (int p : std::set<int>(rerun))
-        if (reads(c, p)) {
-          rerun.insert(c);
-          grew = true;
-          break;
-        }
+      if (rerun.count(c)) continue;
+      bool again = false;
+      for (int x : rerun) {
+        again = again || (stages[c].state == "running" && reads(c, x)) ||
+                (stages[c].state == "done" && stages[c].output_on_gone && reads(x, c));
+      }
+      if (again) {
+        rerun.insert(c);
+        grew = true;
+      }
     }
   }
   return rerun;

@@ -31,8 +31,8 @@ bool OutputNeeded(const std::vector<StageView>& stages, int i, bool image_condit
 
 // Indices of the stages to run again: those running on the gone worker; those done whose outputs it held while a
 // stage not done yet still needs them (the decoder's video is needed until the job ends, so always); and then,
-// transitively, running stages that read any of those (they wait for, or fetch from, a run that will not deliver).
-// Everything else keeps its result.
+// transitively, running stages that read any of those (they wait for, or fetch from, a run that will not deliver)
+// and done stages whose outputs the gone worker held and any of those reads again. Everything else keeps its result.
 std::set<int> StagesToRerun(const std::vector<StageView>& stages, bool image_conditioned);
 
 }  // namespace reel

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -299,6 +300,65 @@ TEST_F(ClusterTest, AQueuedJobSurvivesACoordinatorRestart) {
   const CommandResult r = Reel("job " + id + " --coordinator " + cluster_->address() + " --out " + Quote(out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ExpectSameAsGenerate(out);
+}
+
+// AIP-155: a retry under the same request id is the job the first try queued, across a coordinator restart too;
+// AIP-158: listings come in pages with a token for the next.
+TEST_F(ClusterTest, ARetriedSubmissionIsOneJobAcrossARestartAndListingsComeInPages) {
+  ASSERT_TRUE(cluster_->StartCoordinator());  // no workers: every job stays queued
+  auto submit = [&](const std::string& request_id) {
+    v1::SubmitJobRequest req;
+    auto* spec = req.mutable_spec();
+    spec->set_model("tiny");
+    spec->set_prompt("a red fox");
+    spec->set_steps(2);
+    req.set_request_id(request_id);
+    v1::SubmitJobResponse resp;
+    grpc::Status st;
+    // The first call after the restart may meet the old connection broken: retried, as a client with a request
+    // id may, until the coordinator answers.
+    for (int tries = 0; tries < 50; ++tries) {
+      grpc::ClientContext ctx;
+      st = cluster_->stub().SubmitJob(&ctx, req, &resp);
+      if (st.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.job_id();
+  };
+  const std::string a = submit("req-a");
+  EXPECT_EQ(submit("req-a"), a);
+  const std::string b = submit("req-b");
+  EXPECT_NE(b, a);
+  const std::string c = submit("");
+  ASSERT_TRUE(cluster_->RestartCoordinator());
+  EXPECT_EQ(submit("req-a"), a);  // the request id was stored with the job
+  const std::string cli = Submit(std::string(kJob) + " --request-id req-b");
+  EXPECT_EQ(cli, b);
+
+  v1::ListJobsRequest req;
+  req.set_page_size(2);
+  std::vector<std::string> seen;
+  for (int pages = 0;; ++pages) {
+    ASSERT_LT(pages, 3);
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse resp;
+    ASSERT_TRUE(cluster_->stub().ListJobs(&ctx, req, &resp).ok());
+    EXPECT_LE(resp.jobs_size(), 2);
+    for (const auto& j : resp.jobs()) seen.push_back(j.id());
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{c, b, a}));
+  req.set_page_token("nonsense");
+  grpc::ClientContext ctx;
+  v1::ListJobsResponse resp;
+  const grpc::Status st = cluster_->stub().ListJobs(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("page_token 'nonsense'"), std::string::npos) << st.error_message();
+  const CommandResult listed = Reel("jobs --json --limit 2 --coordinator " + cluster_->address());
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_EQ(nlohmann::json::parse(listed.output)["jobs"].size(), 2u);
 }
 
 TEST_F(ClusterTest, BadInputIsRefusedBeforeAnythingIsQueued) {

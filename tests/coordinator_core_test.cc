@@ -1,0 +1,314 @@
+// The coordinator core driven directly with events: no network, threads or clock. Each test is a short history
+// of a cluster and checks the commands the core answers with.
+#include "coordinator/coordinator_core.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+namespace reel::core {
+namespace {
+
+constexpr Micros kSecond = 1'000'000;
+const std::vector<StageKind> kT2V = {StageKind::kTextEncoder, StageKind::kDenoiser, StageKind::kVaeDecoder};
+
+Assignments Everything() {
+  Assignments a;
+  for (StageKind k : kT2V) a["m"].push_back({k, {}});
+  return a;
+}
+
+CoreOptions Options() {
+  CoreOptions o;
+  o.models["m"] = {kT2V, false};
+  o.planned = false;
+  return o;
+}
+
+template <typename T>
+std::vector<T> All(const StepResult& r) {
+  std::vector<T> out;
+  for (const auto& c : r.commands)
+    if (auto* x = std::get_if<T>(&c)) out.push_back(*x);
+  return out;
+}
+
+// A core with a clock the test moves, and helpers that answer its commands as a well-behaved worker would.
+struct Harness {
+  CoordinatorCore core;
+  Micros now = kSecond;
+  explicit Harness(CoreOptions o = Options()) : core(std::move(o)) { core.Restore({}, 1, 1, now); }
+
+  StepResult Do(Event e) {
+    now += 1000;
+    return core.Step(now, e);
+  }
+  // Registers a worker holding every stage and finishes its load; returns its id and the load's step.
+  std::string AddWorker(const std::string& name, StepResult* loaded = nullptr) {
+    ev::Register r;
+    r.name = name;
+    r.address = name + ":1";
+    r.device = "cpu";
+    r.static_target = Everything();
+    StepResult reg = Do(r);
+    EXPECT_EQ(reg.reply.code, Code::kOk) << reg.reply.message;
+    auto loads = All<cmd::LoadWorker>(reg);
+    EXPECT_EQ(loads.size(), 1u);
+    StepResult done = Do(LoadedAll(loads.at(0)));
+    if (loaded) *loaded = done;
+    return reg.reply.id;
+  }
+  ev::Loaded LoadedAll(const cmd::LoadWorker& l) {
+    ev::Loaded e;
+    e.worker_id = l.worker_id;
+    e.reported = true;
+    e.applied = l.want;
+    e.held = l.held;
+    for (const auto& [model, a] : l.want)
+      for (const auto& c : a) e.holds.insert({model, c.kind});
+    return e;
+  }
+  std::string Submit(int priority = 0, double guidance = 1.0, const std::string& request = "") {
+    ev::Submit s;
+    s.shape = {"m", 9, 64, 64, 4, guidance};
+    s.priority = priority;
+    s.request_id = request;
+    last = Do(s);
+    EXPECT_EQ(last.reply.code, Code::kOk) << last.reply.message;
+    return last.reply.id;
+  }
+  ev::StageResult ResultOf(const cmd::RunStage& r) {
+    ev::StageResult e;
+    e.attempt = r.attempt;
+    const char* out = r.kind == StageKind::kTextEncoder ? "text" : r.kind == StageKind::kDenoiser ? "latents"
+                                                                                                 : "video.mp4";
+    e.outputs.push_back({out, 100});
+    return e;
+  }
+  StepResult last;
+};
+
+TEST(CoordinatorCore, AJobRunsItsStagesInOrderAndEndsOnceItsOutputIsStored) {
+  Harness h;
+  const std::string job = h.Submit();
+  EXPECT_EQ(h.core.FindJob(job)->state, JobState::kQueued);
+  EXPECT_EQ(All<cmd::Persist>(h.last).size(), 1u);  // durable before acknowledged
+  StepResult loaded;
+  h.AddWorker("w0", &loaded);
+  auto runs = All<cmd::RunStage>(loaded);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].kind, StageKind::kTextEncoder);
+  EXPECT_EQ(h.core.FindJob(job)->state, JobState::kRunning);
+  StepResult s = h.Do(h.ResultOf(runs[0]));
+  runs = All<cmd::RunStage>(s);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].kind, StageKind::kDenoiser);
+  ASSERT_EQ(runs[0].inputs.size(), 1u);
+  EXPECT_EQ(runs[0].inputs[0].worker, "w0");  // where the text is
+  s = h.Do(h.ResultOf(runs[0]));
+  runs = All<cmd::RunStage>(s);
+  ASSERT_EQ(runs.size(), 1u);
+  s = h.Do(h.ResultOf(runs[0]));
+  const auto stores = All<cmd::StoreOutput>(s);
+  ASSERT_EQ(stores.size(), 1u);
+  EXPECT_EQ(h.core.FindJob(job)->state, JobState::kRunning);  // not until the MP4 is kept
+  s = h.Do(ev::OutputStored{job, stores[0].attempt, "/out/job.mp4", "", 1234, 9});
+  EXPECT_EQ(h.core.FindJob(job)->state, JobState::kSucceeded);
+  EXPECT_EQ(h.core.FindJob(job)->output_path, "/out/job.mp4");
+  EXPECT_EQ(All<cmd::ReleaseTensors>(s).size(), 1u);
+  // A second copy of the same answer changes nothing.
+  s = h.Do(ev::OutputStored{job, stores[0].attempt, "/elsewhere.mp4", "", 1, 9});
+  EXPECT_EQ(h.core.FindJob(job)->output_path, "/out/job.mp4");
+  EXPECT_TRUE(All<cmd::Persist>(s).empty());
+}
+
+TEST(CoordinatorCore, HigherPriorityFirstThenSubmissionOrder) {
+  Harness h;
+  const std::string a = h.Submit(0), b = h.Submit(5), c = h.Submit(0);
+  StepResult loaded;
+  h.AddWorker("w0", &loaded);
+  auto runs = All<cmd::RunStage>(loaded);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].job_id, b);
+  h.Do(ev::Cancel{b});
+  StepResult s = h.Do(ev::StageFailed{runs[0].attempt, ev::Failure::kOther, "cancelled"});
+  runs = All<cmd::RunStage>(s);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].job_id, a);
+  EXPECT_NE(a, c);
+}
+
+TEST(CoordinatorCore, ASilentWorkerIsLostAtItsLeaseAndItsJobRunsAgainElsewhere) {
+  Harness h;
+  const std::string w0 = h.AddWorker("w0");
+  const std::string job = h.Submit();
+  const auto first = All<cmd::RunStage>(h.last);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].worker_id, w0);
+  StepResult s = h.Do(ev::Tick{});
+  EXPECT_EQ(h.core.workers().at(w0).state, WorkerState::kBusy);
+  StepResult loaded;
+  const std::string w1 = h.AddWorker("w1", &loaded);
+  // Nothing else waits for w1: it takes the denoiser early, to fetch the text the moment it exists.
+  const auto early = All<cmd::RunStage>(loaded);
+  ASSERT_EQ(early.size(), 1u);
+  EXPECT_EQ(early[0].kind, StageKind::kDenoiser);
+  EXPECT_EQ(early[0].inputs.at(0).worker, "w0");
+  h.now += h.core.options().worker_timeout_us + kSecond;
+  EXPECT_EQ(h.Do(ev::Heartbeat{w1, 0, 0, 0}).reply.code, Code::kOk);  // w1 is alive; w0 stays silent
+  s = h.Do(ev::Tick{});
+  EXPECT_EQ(h.core.workers().at(w0).state, WorkerState::kLost);
+  EXPECT_EQ(All<cmd::CancelRun>(s).size(), 2u);  // the lost run, and the one waiting for its output
+  EXPECT_EQ(h.core.FindJob(job)->state, JobState::kQueued);
+  // The cancelled calls end. The lost one ended as calls to a dead worker do, so every worker of the job is
+  // suspect (w1 too) until it heartbeats; then the job starts again there.
+  h.Do(ev::StageFailed{first[0].attempt, ev::Failure::kUnavailable, "gone"});
+  s = h.Do(ev::StageFailed{early[0].attempt, ev::Failure::kOther, "cancelled"});
+  EXPECT_TRUE(All<cmd::RunStage>(s).empty());
+  EXPECT_TRUE(h.core.workers().at(w1).suspect);
+  s = h.Do(ev::Heartbeat{w1, 0, 0, 0});
+  const auto again = All<cmd::RunStage>(s);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].worker_id, w1);
+  EXPECT_EQ(again[0].kind, StageKind::kTextEncoder);
+  EXPECT_EQ(h.core.FindJob(job)->attempts, 2) << h.core.FindJob(job)->error;
+  // Its heartbeat now is refused: it registers again from scratch.
+  s = h.Do(ev::Heartbeat{w0, 0, 0, 0});
+  EXPECT_EQ(s.reply.code, Code::kNotFound);
+}
+
+TEST(CoordinatorCore, ARestartQueuesRunningJobsAgainAndFailsJobsOfModelsNoLongerServed) {
+  Job running;
+  running.id = "job-1";
+  running.seq = 1;
+  running.shape.model = "m";
+  running.state = JobState::kRunning;
+  running.stages.resize(2);
+  running.stages[0].kind = StageKind::kTextEncoder;
+  running.stages[0].state = StageState::kDone;
+  running.stages[1].kind = StageKind::kDenoiser;
+  running.stages[1].state = StageState::kRunning;
+  Job gone = running;
+  gone.id = "job-2";
+  gone.seq = 2;
+  gone.shape.model = "retired";
+  gone.state = JobState::kQueued;
+  CoordinatorCore core(Options());
+  const StepResult r = core.Restore({running, gone}, 7, 3, kSecond);
+  EXPECT_EQ(core.FindJob("job-1")->state, JobState::kQueued);
+  EXPECT_EQ(core.FindJob("job-1")->stages[0].state, StageState::kPending);
+  EXPECT_EQ(core.FindJob("job-2")->state, JobState::kFailed);
+  const auto persisted = All<cmd::Persist>(r);
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].jobs.size(), 2u);  // one transaction
+  EXPECT_EQ(core.next_seq(), 3);
+}
+
+TEST(CoordinatorCore, ARetriedSubmissionWithTheSameRequestIdReturnsTheSameJob) {
+  Harness h;
+  const std::string a = h.Submit(0, 1.0, "req-1");
+  const std::string b = h.Submit(0, 1.0, "req-1");
+  EXPECT_EQ(a, b);
+  EXPECT_TRUE(h.last.reply.existing);
+  EXPECT_TRUE(All<cmd::Persist>(h.last).empty());
+  EXPECT_EQ(h.core.jobs().size(), 1u);
+  EXPECT_NE(h.Submit(0, 1.0, "req-2"), a);
+}
+
+TEST(CoordinatorCore, ADuplicatedOrLateResultChangesNothing) {
+  Harness h;
+  h.AddWorker("w0");
+  const std::string job = h.Submit();
+  const auto run = All<cmd::RunStage>(h.last).at(0);
+  StepResult s = h.Do(h.ResultOf(run));
+  const auto next = All<cmd::RunStage>(s);
+  ASSERT_EQ(next.size(), 1u);
+  s = h.Do(h.ResultOf(run));  // the same result again
+  EXPECT_TRUE(s.commands.empty());
+  EXPECT_EQ(h.core.FindJob(job)->stages[1].state, StageState::kRunning);
+}
+
+// Bug (a): a worker that outlived a coordinator restart loads on top of what it held; the stages it kept and is
+// no longer to hold are unloaded before anything is dispatched to it.
+TEST(CoordinatorCore, AWorkerStillHoldingStagesOfAnEarlierPlanHasThemUnloaded) {
+  for (const bool revert : {false, true}) {
+    CoreOptions o = Options();
+    o.revert_register_holds = revert;
+    Harness h(o);
+    ev::Register r;
+    r.name = "w0";
+    r.address = "w0:1";
+    r.device = "cpu";
+    r.static_target["m"] = {{StageKind::kTextEncoder, {}}};  // the new placement: the text encoder only
+    const auto load = All<cmd::LoadWorker>(h.Do(r)).at(0);
+    EXPECT_TRUE(load.held.empty());  // the core's record of a worker that just registered
+    ev::Loaded done = h.LoadedAll(load);
+    done.holds.insert({"m", StageKind::kDenoiser});  // what it still held from the old placement
+    StepResult s = h.Do(done);
+    const auto reload = All<cmd::LoadWorker>(s);
+    if (revert) {
+      EXPECT_TRUE(reload.empty());
+      EXPECT_TRUE(h.core.workers().begin()->second.holds.count({"m", StageKind::kDenoiser}));
+      continue;
+    }
+    ASSERT_EQ(reload.size(), 1u);
+    EXPECT_TRUE(reload[0].held.count({"m", StageKind::kDenoiser}));  // so the denoiser is unloaded
+    s = h.Do(h.LoadedAll(reload[0]));
+    EXPECT_EQ(h.core.workers().begin()->second.state, WorkerState::kIdle);
+    EXPECT_FALSE(h.core.workers().begin()->second.holds.count({"m", StageKind::kDenoiser}));
+  }
+}
+
+// Bug (b): two workers holding every stage and one guided job. Early dispatch would hand the second worker the
+// denoiser while the first encodes text, leaving no pair; where the cost model says the split is faster the
+// denoiser waits for the text and runs on both.
+TEST(CoordinatorCore, AGuidedJobOnTwoWorkersRunsSplitWhenTheCostModelSaysItIsFaster) {
+  for (const bool revert : {false, true}) {
+    CoreOptions o = Options();
+    o.revert_split_choice = revert;
+    o.estimate = [](const JobShape&, StageKind k) {
+      return k == StageKind::kDenoiser ? StageEstimate{10.0, 5.5} : StageEstimate{1.0, 0};
+    };
+    Harness h(o);
+    h.AddWorker("w0");
+    h.AddWorker("w1");
+    const std::string job = h.Submit(0, 6.0);
+    const auto first = All<cmd::RunStage>(h.last);
+    if (revert) {
+      ASSERT_EQ(first.size(), 2u);  // text encoder, and the denoiser early on the other worker
+      EXPECT_TRUE(first[1].peer_id.empty());
+      EXPECT_EQ(h.core.FindJob(job)->denoiser_dispatch.rfind("early", 0), 0u);
+      continue;
+    }
+    ASSERT_EQ(first.size(), 1u) << "the denoiser was dispatched early";
+    EXPECT_EQ(h.core.FindJob(job)->denoiser_dispatch.rfind("guidance_split", 0), 0u);
+    const auto den = All<cmd::RunStage>(h.Do(h.ResultOf(first[0])));
+    ASSERT_EQ(den.size(), 1u);
+    EXPECT_EQ(den[0].kind, StageKind::kDenoiser);
+    EXPECT_FALSE(den[0].peer_id.empty());
+    EXPECT_EQ(h.core.FindJob(job)->denoiser_dispatch.rfind("guidance_split: on", 0), 0u)
+        << h.core.FindJob(job)->denoiser_dispatch;
+  }
+  // Where the split gains nothing (a short denoise), early dispatch stays.
+  CoreOptions o = Options();
+  o.estimate = [](const JobShape&, StageKind k) {
+    return k == StageKind::kDenoiser ? StageEstimate{0.2, 0.19} : StageEstimate{1.0, 0};
+  };
+  Harness h(o);
+  h.AddWorker("w0");
+  h.AddWorker("w1");
+  h.Submit(0, 6.0);
+  EXPECT_EQ(All<cmd::RunStage>(h.last).size(), 2u);
+}
+
+TEST(CoordinatorCore, ADrainingCoordinatorRefusesAndStartsNothingNew) {
+  Harness h;
+  h.Do(ev::Drain{});
+  ev::Submit s;
+  s.shape = {"m", 9, 64, 64, 4, 1.0};
+  EXPECT_EQ(h.Do(s).reply.code, Code::kUnavailable);
+  ASSERT_TRUE(h.core.Admission().has_value());
+}
+
+}  // namespace
+}  // namespace reel::core
