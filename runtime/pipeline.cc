@@ -375,7 +375,11 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
 
   torch::Tensor latents =
       DiffusersNoise({1, f, lc, h, w}, noise_dtype(latent_dtype), gen, device_.device()).to(latent_dtype);
-  const auto sampler = Sampler::Make(m.scheduler, r.steps);
+  // The schedule tables are host memory, not the device's (a GPU step reads their 0-d entries as scalars).
+  const auto sampler = [&] {
+    HostScope host;
+    return Sampler::Make(m.scheduler, r.steps);
+  }();
   const std::vector<int>& timesteps = sampler->timesteps();
   JobShape denoise_shape = shape;
   denoise_shape.batch = batch;
