@@ -1,7 +1,6 @@
 // `reel generate`: one job end to end in this process, with memory strategies and the profiler.
 #include <unistd.h>
 
-#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,6 +21,7 @@
 #include "media/video_io.h"
 #include "models/synth.h"
 #include "package/job_request.h"
+#include "planner/planning.h"
 #include "profiler/host_memory.h"
 #include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
@@ -78,29 +78,19 @@ RunOptions ParseRunOptions(const GenerateFlags& f, const Manifest& m) {
     const std::string& t = *f.vae_tiling;
     // T, HxW, or "diffusers": enable_tiling()'s default, half of CogVideoX's VAE sample size (480 × 720).
     int tile = 256, tile_w = 0;
+    bool ok = true;
     if (t == "diffusers") {
       tile = 240;
       tile_w = 360;
     } else if (!t.empty()) {
-      const auto number = [](const std::string& s) {
-        try {
-          size_t used = 0;
-          const int v = std::stoi(s, &used);
-          return used == s.size() && !s.empty() && std::isdigit(static_cast<unsigned char>(s[0])) ? v : -1;
-        } catch (const std::exception&) {
-          return -1;
-        }
-      };
-      const size_t x = t.find('x');
-      tile = number(t.substr(0, x));
-      if (x != std::string::npos) tile_w = number(t.substr(x + 1));
+      ok = planner::ParseTile(t, tile, tile_w);  // the spelling strategies use: T or HxW
     }
-    if (tile < 0 || tile_w < 0)
+    if (!ok)
       throw InvalidArgument(fmt::format("--vae-tiling {}: accepted a tile size in pixels (a multiple of 8, at least "
                                         "16), HxW, or diffusers (240x360, as enable_tiling())",
                                         t));
     o.vae.tile = tile;
-    o.vae.tile_w = tile_w == tile ? 0 : tile_w;
+    o.vae.tile_w = tile_w;
     ValidateVaeDecodeOptions(o.vae);  // the decoder's own rule for tile sizes
   }
   return o;

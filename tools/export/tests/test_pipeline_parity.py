@@ -28,9 +28,8 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, b
                  clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="v_prediction",
                  timestep_spacing="trailing", rescale_betas_zero_snr=True)
 # Issue 17's tolerances: f32 frames within one 8-bit level (rounding of values equal to 1e-4); bf16 frames at least
-# 40 dB PSNR from diffusers' bf16 frames.
+# 40 dB PSNR from diffusers' bf16 frames (not reached on these configs: see check_bf16).
 F32_LEVELS = 1
-BF16_PSNR_DB = 40.0  # the target (see check_bf16)
 BF16_FLOOR_DB = 30.0
 
 
