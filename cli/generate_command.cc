@@ -42,6 +42,7 @@ struct GenerateFlags {
   bool no_oom_retry = false;
   std::string noise = "diffusers";
   std::optional<std::string> vae_tiling;
+  std::string sequence_parallel;
   ProfilingFlags profiling;
 };
 
@@ -128,6 +129,16 @@ void RunGenerate(GenerateFlags& f) {
   RunProfiling profiling(f.profiling, manifest, r, device);  // opens the store and the metrics endpoint up front
   profiling.set_host_budget(options.host_budget);
 
+  // Sequence parallelism: every rank runs this same command with its own RANK; rank 0 writes the video.
+  std::optional<SequenceGroup> group;
+  if (!f.sequence_parallel.empty()) {
+    const SequenceGroupSpec spec = ParseSequenceGroup(f.sequence_parallel, "--sequence-parallel");
+    spdlog::info("joining sequence-parallel group {} as rank {} of {}", spec.store, spec.rank, spec.size);
+    group.emplace(spec);
+    options.sequence_group = &*group;
+  }
+  const bool writes = !group || group->rank() == 0;
+
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   device.SetCapacity(capacity);
   StagePackage package = StagePackage::Load(dir);
@@ -145,7 +156,15 @@ void RunGenerate(GenerateFlags& f) {
       try {
         runtime.reset();  // a failed attempt's placement leaves the device first
         runtime = std::make_unique<Runtime>(package, options, profiling.observer());
-        video = runtime->Generate(r, image.rgb, hooks);
+        if (writes) {
+          video = runtime->Generate(r, image.rgb, hooks);
+        } else {  // the other ranks share the denoise; the decoder runs on rank 0 alone
+          torch::NoGradGuard no_grad;
+          const torch::Tensor text = runtime->EncodePrompt(r);
+          torch::Tensor moments;
+          if (manifest.image_conditioned) moments = runtime->EncodeImageMoments(r, image.rgb);
+          runtime->DenoiseLatents(r, text, moments, hooks);
+        }
         break;
       } catch (const StageOutOfMemory& e) {
         // Retry with the next cheaper choice for the stage that ran out; the store remembers the failure.
@@ -170,6 +189,12 @@ void RunGenerate(GenerateFlags& f) {
       }
     }
     progress.Finish();
+    if (!writes) {
+      profiling.Finish(runtime.get(), package, capacity, nullptr,
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), "");
+      std::printf("denoised as rank %d of %d; rank 0 writes the video\n", group->rank(), group->size());
+      return;
+    }
     WriteMp4(out, video.rgb.data(), video.frames, video.height, video.width, r.fps);
     if (!f.frames_dir.empty()) {
       fs::create_directories(f.frames_dir);
@@ -207,6 +232,9 @@ void AddGenerateCommand(CLI::App& app) {
                 "Initial noise: diffusers (drawn in the denoiser's dtype, as diffusers draws it) or f32 (drawn in "
                 "float32, the same for every dtype)")
       ->default_val("diffusers");
+  g->add_option("--sequence-parallel", f->sequence_parallel,
+                "RANK/SIZE@HOST:PORT: denoise with SIZE processes running this same command, each with its RANK; "
+                "rank 0 serves the rendezvous at HOST:PORT and writes the video (docs/SEQUENCE_PARALLEL.md)");
   g->add_flag("--vae-slicing", f->vae_slicing, "Decode latent frames in slices carrying the causal cache");
   g->add_flag("--no-oom-retry", f->no_oom_retry,
               "Fail when a stage runs out of device memory instead of retrying it with the next cheaper choice");

@@ -209,7 +209,7 @@ def apply_rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     rot = torch.stack([-pairs[:, :, :, :, 1], pairs[:, :, :, :, 0]], -1).reshape(x.size())
     return (xf * cos + rot * sin).to(x.dtype)
 
-def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor]:
+def attend_in(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     B = video.size(0)
     T = text.size(1)
     L = T + video.size(1)
@@ -223,10 +223,13 @@ def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Te
     q = self.ln(q, self.norm_q_w, self.norm_q_b, 1e-6)
     k = self.ln(k, self.norm_k_w, self.norm_k_b, 1e-6)
 {rope}
-    a = self.attention(q, k, v).transpose(1, 2).reshape(B, L, {D})
+    return q, k, v, m[2], m[5]
+
+def attend_out(self, video: Tensor, text: Tensor, emb: Tensor, a: Tensor, gate_v: Tensor, gate_t: Tensor) -> Tuple[Tensor, Tensor]:
+    T = text.size(1)
     a = torch.linear(a, self.out_w, self.out_b)
-    video = video + m[2] * a[:, T:]
-    text = text + m[5] * a[:, :T]
+    video = video + gate_v * a[:, T:]
+    text = text + gate_t * a[:, :T]
     m = self.row_linear(torch.silu(emb), self.norm2_lin_w, self.norm2_lin_b).unsqueeze(1).chunk(6, 2)
     v_n = self.ln(video, self.norm2_w, self.norm2_b, {eps}) * (1 + m[1]) + m[0]
     t_n = self.ln(text, self.norm2_w, self.norm2_b, {eps}) * (1 + m[4]) + m[3]
@@ -234,6 +237,12 @@ def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Te
     ff = torch.linear(torch.gelu(torch.linear(x, self.ff1_w, self.ff1_b), approximate='tanh'), self.ff2_w, self.ff2_b)
     video = video + m[2] * ff[:, T:]
     text = text + m[5] * ff[:, :T]
+    return video, text
+
+def forward(self, video: Tensor, text: Tensor, emb: Tensor, cos: Tensor, sin: Tensor) -> Tuple[Tensor, Tensor]:
+    q, k, v, gate_v, gate_t = self.attend_in(video, text, emb, cos, sin)
+    a = self.attention(q, k, v).transpose(1, 2).reshape(video.size(0), q.size(2), {D})
+    video, text = self.attend_out(video, text, emb, a, gate_v, gate_t)
     return video, text
 )",
                                                  fmt::arg("eps", F(c.eps)),
@@ -249,14 +258,19 @@ void BuildTransformerHead(const TransformerConfig& c, ScriptBuilder& b) {
   b.Norm("norm_out", D);
   b.Linear("proj", D, p * p * c.out_channels);
   b.Define(std::string(kLayerNorm) + kRowLinear + fmt::format(R"(
-def forward(self, video: Tensor, emb: Tensor, f: int, h: int, w: int) -> Tensor:
+def project(self, video: Tensor, emb: Tensor) -> Tensor:
     x = self.ln(video, self.norm_final_w, self.norm_final_b, {eps})
     m = self.row_linear(torch.silu(emb), self.norm_out_lin_w, self.norm_out_lin_b).unsqueeze(1)
     x = self.ln(x, self.norm_out_w, self.norm_out_b, {eps}) * (1 + m[:, :, {D}:]) + m[:, :, :{D}]
-    x = torch.linear(x, self.proj_w, self.proj_b)
+    return torch.linear(x, self.proj_w, self.proj_b)
+
+def unpatchify(self, x: Tensor, f: int, h: int, w: int) -> Tensor:
     B = x.size(0)
     x = x.view(B, f, h // {p}, w // {p}, {C}, {p}, {p}).permute(0, 1, 4, 2, 5, 3, 6)
     return x.reshape(B, f, {C}, h, w).float()
+
+def forward(self, video: Tensor, emb: Tensor, f: int, h: int, w: int) -> Tensor:
+    return self.unpatchify(self.project(video, emb), f, h, w)
 )",
                                                  fmt::arg("eps", F(c.eps)), fmt::arg("D", D), fmt::arg("p", p),
                                                  fmt::arg("C", c.out_channels)));

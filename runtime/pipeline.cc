@@ -224,16 +224,75 @@ torch::Tensor Runtime::DenoiseStep(const torch::Tensor& latents, const torch::Te
   torch::Tensor video = el[0].toTensor(), txt = el[1].toTensor();
   const torch::Tensor emb = el[2].toTensor(), cos = el[3].toTensor(), sin = el[4].toTensor();
   e.stats().compute_seconds += Since(t0);
+  const int64_t f = latents.size(1), h = latents.size(3), w = latents.size(4);
+  if (options_.sequence_group && options_.sequence_group->size() > 1) {
+    torch::Tensor v = DenoiseShare(e, video, txt, emb, cos, sin, f, h, w);
+    package_.CheckTensor(k, true, 0, v, sym);
+    return v;
+  }
   e.RunBlocks([&](torch::jit::Module& m) {
     auto r = m.forward({video, txt, emb, cos, sin}).toTuple();
     video = r->elements()[0].toTensor();
     txt = r->elements()[1].toTensor();
   });
   t0 = Clock::now();
-  const int64_t f = latents.size(1), h = latents.size(3), w = latents.size(4);
   torch::Tensor v = e.Part(e.num_parts() - 1).forward({video, emb, f, h, w}).toTensor();
   e.stats().compute_seconds += Since(t0);
   package_.CheckTensor(k, true, 0, v, sym);
+  return v;
+}
+
+torch::Tensor Runtime::DenoiseShare(StageExecutor& e, torch::Tensor video, torch::Tensor txt, const torch::Tensor& emb,
+                                    torch::Tensor cos, torch::Tensor sin, int64_t f, int64_t h, int64_t w) {
+  SequenceGroup& g = *options_.sequence_group;
+  const int rank = g.rank();
+  const int64_t B = video.size(0), T = txt.size(1), D = video.size(2);
+  const Shares tokens = ShareEvenly(video.size(1), g.size());
+  const int64_t mine = tokens.count(rank), from = tokens.offset(rank);
+  video = video.narrow(1, from, mine);
+  if (cos.numel() > 0) {  // RoPE's tables are per video token
+    cos = cos.narrow(0, from, mine);
+    sin = sin.narrow(0, from, mine);
+  }
+  const auto method = [&](torch::jit::Module& m, const char* name) {
+    auto found = m.find_method(name);
+    if (!found)
+      throw BadPackage(fmt::format("{}: the denoiser has no '{}' method, which sequence parallelism needs; packages "
+                                   "made before it (Reel's presets before the -r4 cache, older exports) must be "
+                                   "exported again",
+                                   package_.manifest().name, name));
+    return *found;
+  };
+  e.RunBlocks([&](torch::jit::Module& m) {
+    // (a vector: GCC's bounds check misreads a tuple's inline storage of three)
+    const std::vector<c10::IValue> el = method(m, "attend_in")({video, txt, emb, cos, sin}).toTupleRef().elements().vec();
+    const int64_t H = el[0].toTensor().size(1);
+    if (H < g.size())
+      throw InvalidArgument(fmt::format("sequence-parallel degree {}: accepted at most the denoiser's {} heads",
+                                        g.size(), H));
+    const Shares heads = ShareEvenly(H, g.size());
+    // This rank's heads for every token: text tokens (every rank holds them all) by slicing, video tokens by the
+    // all-to-all.
+    const auto to_heads = [&](const torch::Tensor& x) {
+      return torch::cat({x.narrow(2, 0, T).narrow(1, heads.offset(rank), heads.count(rank)),
+                         g.TokensToHeads(x.narrow(2, T, mine), tokens, heads)},
+                        2);
+    };
+    const torch::Tensor a = method(m, "attention")({to_heads(el[0].toTensor()), to_heads(el[1].toTensor()),
+                                                    to_heads(el[2].toTensor())})
+                                .toTensor();
+    const torch::Tensor a_text = g.Gather(a.narrow(2, 0, T), 1, heads);
+    const torch::Tensor a_video = g.HeadsToTokens(a.narrow(2, T, a.size(2) - T), tokens, heads);
+    const torch::Tensor joined = torch::cat({a_text, a_video}, 2).transpose(1, 2).reshape({B, T + mine, D});
+    auto out = method(m, "attend_out")({video, txt, emb, joined, el[3], el[4]}).toTuple();
+    video = out->elements()[0].toTensor();
+    txt = out->elements()[1].toTensor();
+  });
+  const auto t0 = Clock::now();
+  torch::jit::Module& head = e.Part(e.num_parts() - 1);
+  const torch::Tensor projected = g.Gather(method(head, "project")({video, emb}).toTensor(), 1, tokens);
+  torch::Tensor v = method(head, "unpatchify")({projected, f, h, w}).toTensor();
+  e.stats().compute_seconds += Since(t0);
   return v;
 }
 

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "package/job_request.h"
 #include "runtime/offload.h"
+#include "runtime/sequence_parallel.h"
 #include "runtime/stage_executor.h"
 #include "runtime/stage_package.h"
 #include "runtime/vae_decode.h"
@@ -62,6 +63,9 @@ struct RunOptions {
   // same starting noise in every dtype, for comparing dtypes. Default: diffusers' draw in the latents' dtype (bf16
   // noise is another random stream), so one seed gives diffusers' video (docs/STAGE_PACKAGE.md, Sampling).
   bool f32_noise = false;
+  // Sequence-parallel denoising (Ulysses): this process computes its share of the video tokens of every denoiser
+  // block with the group's other ranks, which run the same request (null or size 1: the whole sequence here).
+  SequenceGroup* sequence_group = nullptr;
   // Host bytes the weights may hold (0 = no limit). Over it, the text encoder's host weights are released after
   // it runs when that brings the rest under; otherwise the run is refused before it starts.
   int64_t host_budget = 0;
@@ -119,6 +123,9 @@ class Runtime {
  private:
   torch::Tensor DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
                             const JobShape& shape);
+  // The blocks and head of one step on this rank's share of the tokens (options_.sequence_group).
+  torch::Tensor DenoiseShare(StageExecutor& e, torch::Tensor video, torch::Tensor txt, const torch::Tensor& emb,
+                             torch::Tensor cos, torch::Tensor sin, int64_t f, int64_t h, int64_t w);
   template <typename Fn>
   auto OnDevice(StageKind k, Fn&& fn);
 

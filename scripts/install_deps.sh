@@ -13,7 +13,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev sqlite3
   libavcodec-dev libavformat-dev libswscale-dev libavutil-dev ffmpeg
   libxxhash-dev sentencepiece util-linux prometheus
-  libssl-dev openssl libmicrohttpd-dev
+  libssl-dev openssl libmicrohttpd-dev libgloo-dev
   clang libclang-rt-14-dev
   docker-compose python3-kubernetes python3-yaml
 )

@@ -1,0 +1,80 @@
+#include "planner/sequence_parallel_cost.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+
+namespace reel::planner {
+
+namespace {
+
+int64_t Config(const StageManifest& s, const char* key, int64_t fallback) {
+  auto it = s.config.find(key);
+  return it == s.config.end() ? fallback : static_cast<int64_t>(std::llround(it->second));
+}
+
+int64_t Ceil(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+Link DefaultLink(const std::string& kind) {
+  // NVLink 4 on an H100 SXM: 450 GB/s each way, of which an all-to-all reaches about 70%; PCIe 4.0 x16 through
+  // the host (the L40 machines of xDiT's figures): ~25 GB/s each way, about half of it in an all-to-all of 8;
+  // loopback: Gloo over TCP between two processes on this 2-core machine (bench/sequence_parallel.sh).
+  if (kind == "nvlink") return {"nvlink", 315e9, 20e-6};
+  if (kind == "pcie") return {"pcie", 12e9, 30e-6};
+  if (kind == "loopback") return {"loopback", 1.5e9, 100e-6};
+  throw InvalidArgument(fmt::format("link '{}': accepted nvlink, pcie or loopback", kind));
+}
+
+SequenceParallelPrice PriceSequenceParallel(const CostModel& model, const Device& device, const Job& job,
+                                            const std::string& dtype, int degree, bool guidance_split,
+                                            const Link& link) {
+  const Manifest& m = model.manifest();
+  const StageManifest& s = m.stage(StageKind::kDenoiser);
+  const int64_t heads = Config(s, "num_heads", 48), D = Config(s, "inner_dim", 3072), p = Config(s, "patch_size", 2);
+  const int64_t layers = std::max<int64_t>(1, static_cast<int64_t>(s.parts.size()) - 2);
+  if (degree < 1 || degree > heads)
+    throw InvalidArgument(fmt::format("sequence-parallel degree {}: accepted 1 to the denoiser's {} heads", degree,
+                                      heads));
+  const bool split = guidance_split && job.batch() == 2;
+  const int64_t f = (job.frames - 1) / m.vae.temporal_compression + 1;
+  const int64_t L = f * (job.height / m.vae.spatial_compression / p) * (job.width / m.vae.spatial_compression / p);
+  const int64_t T = m.tokenizer.max_length;
+  const int64_t B = split ? 1 : job.batch();
+  const int64_t bytes = dtype == "f32" ? 4 : 2;
+
+  const Estimate one = model.Estimated(StageKind::kDenoiser, device, job, "none", dtype);
+  SequenceParallelPrice price;
+  price.degree = degree;
+  price.guidance_split = split;
+  price.single_seconds = one.compute_seconds;
+  // The busiest device: the largest token share for the linears (text tokens on every device), the largest head
+  // share for attention (every token), half the batch when guidance is split.
+  const double total = one.dense_flops + one.attention_flops;
+  const double dense_share = static_cast<double>(T + Ceil(L, degree)) / static_cast<double>(T + L);
+  const double attention_share = static_cast<double>(Ceil(heads, degree)) / static_cast<double>(heads);
+  const double share = total > 0 ? (one.dense_flops * dense_share + one.attention_flops * attention_share) / total
+                                 : dense_share;
+  price.compute_seconds = one.compute_seconds * share / (split ? 2.0 : 1.0);
+  // What rank 0 (the largest shares: h0 heads, l0 tokens) sends. Per block: its tokens' q, k and v of the other
+  // ranks' heads, its heads' attention output for the other ranks' tokens, and its heads' output for the text tokens
+  // to every other rank; per step its tokens' projection (the head's output) to every other rank.
+  const int64_t hd = D / heads, h0 = Ceil(heads, degree), l0 = Ceil(L, degree), away = degree - 1;
+  const int64_t per_block = (3 * B * (heads - h0) * l0 * hd + B * h0 * (L - l0) * hd + B * h0 * T * hd * away) * bytes;
+  const int64_t per_step = layers * per_block + B * l0 * p * p * Config(s, "out_channels", 16) * bytes * away;
+  const int collectives = degree > 1 ? static_cast<int>(layers) * 5 + 1 : 0;
+  price.bytes_sent = degree > 1 ? per_step * job.steps : 0;
+  double comm = degree > 1 ? static_cast<double>(per_step) / link.bytes_per_second + collectives * link.latency_seconds
+                           : 0.0;
+  // Split guidance: the unconditional prediction [1, f, C, h, w] in f32 crosses once per step.
+  if (split) comm += static_cast<double>(f * Config(s, "out_channels", 16) * (job.height / m.vae.spatial_compression) *
+                                         (job.width / m.vae.spatial_compression) * 4) / link.bytes_per_second +
+                     link.latency_seconds;
+  price.comm_seconds = comm * job.steps;
+  return price;
+}
+
+}  // namespace reel::planner

@@ -1,0 +1,41 @@
+// The price of one job's denoise on k devices with Ulysses sequence parallelism (runtime/sequence_parallel.h):
+// each device computes its share of the video tokens and every text token, and per block sends q, k, v and the
+// attention output through all-to-alls. An estimate from the package's shapes and the link's figures; torch-free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "planner/cost_model.h"
+
+namespace reel::planner {
+
+// The devices' interconnect as one device sees it during an all-to-all.
+struct Link {
+  std::string name;               // "nvlink", "pcie", "loopback"
+  double bytes_per_second = 0;    // what one device sends per second while all send at once
+  double latency_seconds = 0;     // per collective
+};
+// Figures per link kind ("nvlink": H100 SXM NVLink 4, "pcie": PCIe 4.0 x16 through the host, "loopback": Gloo over
+// TCP between processes on one host, as measured by bench/sequence_parallel.sh); sources in docs/SEQUENCE_PARALLEL.md.
+Link DefaultLink(const std::string& kind);
+
+struct SequenceParallelPrice {
+  int degree = 1;                  // devices sharing the sequence
+  bool guidance_split = false;     // and the guided batch split in two besides (2 × degree devices)
+  double compute_seconds = 0;      // one job's denoise compute on the busiest device
+  double comm_seconds = 0;         // one job's all-to-alls and the guidance exchange
+  int64_t bytes_sent = 0;          // per device, one job
+  double single_seconds = 0;       // the same job on one device
+  double seconds() const { return compute_seconds + comm_seconds; }
+  double speedup() const { return seconds() > 0 ? single_seconds / seconds() : 1.0; }
+  int devices() const { return degree * (guidance_split ? 2 : 1); }
+};
+
+// `dtype` the denoiser's compute dtype ("f32", "bf16", "f16"). Throws InvalidArgument for a degree below 1 or above
+// the denoiser's head count.
+SequenceParallelPrice PriceSequenceParallel(const CostModel& model, const Device& device, const Job& job,
+                                            const std::string& dtype, int degree, bool guidance_split,
+                                            const Link& link);
+
+}  // namespace reel::planner

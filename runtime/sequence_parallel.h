@@ -1,0 +1,68 @@
+// Ulysses-style sequence parallelism for the denoiser (docs/SEQUENCE_PARALLEL.md): k processes denoise one job
+// together, each holding a contiguous share of the video tokens; around attention an all-to-all turns the token split
+// into a head split and back. The collectives go through c10d (Gloo on the CPU).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace reel {
+
+// How n items (tokens, heads) are shared among k ranks: contiguous, the first n % k ranks one more.
+struct Shares {
+  std::vector<int64_t> counts, offsets;
+  int64_t count(int rank) const { return counts.at(static_cast<size_t>(rank)); }
+  int64_t offset(int rank) const { return offsets.at(static_cast<size_t>(rank)); }
+};
+Shares ShareEvenly(int64_t n, int ranks);
+
+// Where a rank finds its group: rank 0 listens on `store` (HOST:PORT) for the others' rendezvous.
+struct SequenceGroupSpec {
+  std::string store;  // HOST:PORT of rank 0's rendezvous store
+  int rank = 0;
+  int size = 1;
+  // How long joining, and then any one collective, may wait for a peer before failing (kUnavailable).
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+};
+// Parses "RANK/SIZE@HOST:PORT" (reel generate --sequence-parallel); throws InvalidArgument naming `flag`.
+SequenceGroupSpec ParseSequenceGroup(const std::string& text, const std::string& flag);
+
+// One rank's membership of a group, joined at construction (every rank must construct it within the timeout).
+class SequenceGroup {
+ public:
+  explicit SequenceGroup(const SequenceGroupSpec& spec);
+  ~SequenceGroup();
+  SequenceGroup(const SequenceGroup&) = delete;
+  SequenceGroup& operator=(const SequenceGroup&) = delete;
+
+  int rank() const { return spec_.rank; }
+  int size() const { return spec_.size; }
+
+  // [B, H, tokens(rank), d] on each rank -> [B, heads(rank), Σ tokens, d]: this rank's heads for every token.
+  torch::Tensor TokensToHeads(const torch::Tensor& x, const Shares& tokens, const Shares& heads);
+  // The inverse: [B, heads(rank), Σ tokens, d] -> [B, H, tokens(rank), d].
+  torch::Tensor HeadsToTokens(const torch::Tensor& x, const Shares& tokens, const Shares& heads);
+  // Concatenates every rank's x along `dim` in rank order (x's size along dim may differ between ranks as `shares`
+  // says; every other dimension is equal).
+  torch::Tensor Gather(const torch::Tensor& x, int64_t dim, const Shares& shares);
+
+  // Bytes this rank sent in collectives so far.
+  int64_t bytes_sent() const { return bytes_sent_; }
+
+ private:
+  // Sends piece j of `pieces` to rank j; returns what rank i sent this rank, for each i, shaped as `shapes[i]`.
+  std::vector<torch::Tensor> Exchange(const std::vector<torch::Tensor>& pieces,
+                                      const std::vector<std::vector<int64_t>>& shapes);
+
+  struct Impl;
+  SequenceGroupSpec spec_;
+  std::unique_ptr<Impl> impl_;
+  int64_t bytes_sent_ = 0;
+};
+
+}  // namespace reel

@@ -1,0 +1,187 @@
+// Sequence-parallel denoising (runtime/sequence_parallel.*): k real processes on loopback, joined through a TCP
+// store and Gloo, produce the latents of one process within a stated tolerance, for 2B- and 5B-shaped packages.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "models/synth.h"
+#include "planner/sequence_parallel_cost.h"
+#include "runtime/sequence_parallel.h"
+#include "tests/child_process.h"
+#include "tests/test_util.h"
+
+namespace reel {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(SequenceShares, SplitContiguouslyWithTheRemainderOnTheFirstRanks) {
+  const Shares s = ShareEvenly(30, 4);  // 2B's heads on four ranks
+  EXPECT_EQ(s.counts, (std::vector<int64_t>{8, 8, 7, 7}));
+  EXPECT_EQ(s.offsets, (std::vector<int64_t>{0, 8, 16, 23}));
+  const Shares even = ShareEvenly(48, 4);
+  EXPECT_EQ(even.counts, (std::vector<int64_t>{12, 12, 12, 12}));
+  EXPECT_EQ(ShareEvenly(3, 4).counts, (std::vector<int64_t>{1, 1, 1, 0}));
+}
+
+TEST(SequenceGroupSpec, ParsesRankSizeAndStoreAndRefusesTheRest) {
+  const SequenceGroupSpec s = ParseSequenceGroup("1/4@127.0.0.1:29500", "--group");
+  EXPECT_EQ(s.rank, 1);
+  EXPECT_EQ(s.size, 4);
+  EXPECT_EQ(s.store, "127.0.0.1:29500");
+  for (const char* bad : {"4/4@h:1", "-1/2@h:1", "1/2", "1/2@h", "1/2@h:0", "1/2@h:70000", "a/2@h:1", "1/65@h:1",
+                          "1/2@:1", "1x/2@h:1"}) {
+    try {
+      ParseSequenceGroup(bad, "--group");
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(std::string("--group '") + bad + "'"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("RANK/SIZE@HOST:PORT"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// A port free now on loopback (the kernel's pick; the rank 0 process binds it a moment later).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+torch::Tensor LoadLatents(const fs::path& p) {
+  const std::string bytes = ReadAll(p);
+  return torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end())).toTensor();
+}
+
+class SequenceParallel : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new testing::ScratchDir("sequence-parallel");
+    // Two blocks at the real widths: 2B (30 heads, 3D sin-cos positions) and 5B (48 heads, RoPE); one T5 block.
+    for (const char* preset : {"cogvideox-2b", "cogvideox-5b"}) {
+      SynthOptions o;
+      o.preset = preset;
+      o.layers = 2;
+      o.text_layers = 1;
+      o.seed = 7;
+      o.out = *scratch_ / preset;
+      SynthesizePackage(o);
+    }
+  }
+  static void TearDownTestSuite() {
+    delete scratch_;
+    scratch_ = nullptr;
+  }
+
+  // Runs `size` ranks (or one process without a group when size is 0) and returns rank 0's latents; `report`
+  // gets rank 0's JSON line.
+  static torch::Tensor Run(const std::string& preset, int size, const std::string& dtype, const std::string& tag,
+                           nlohmann::json* report = nullptr) {
+    const int port = FreePort();
+    std::vector<std::unique_ptr<testing::Process>> ranks;
+    std::vector<fs::path> outs;
+    for (int rank = 0; rank < std::max(size, 1); ++rank) {
+      outs.push_back(*scratch_ / fmt::format("{}-{}-{}-{}.pt", preset, tag, size, rank));
+      const fs::path log = *scratch_ / fmt::format("{}-{}-{}-{}.log", preset, tag, size, rank);
+      fs::remove(log);
+      std::vector<std::string> args = {REEL_SP_DENOISE, "--package", (*scratch_ / preset).string(),
+                                       // 9 frames at 80x80: 3 x 5 x 5 = 75 video tokens, shared unevenly
+                                       "--frames", "9", "--height", "80", "--width", "80", "--steps", "2",
+                                       "--threads", "1", "--dtype", dtype, "--out", outs.back().string()};
+      if (size > 0) {
+        args.push_back("--group");
+        args.push_back(fmt::format("{}/{}@127.0.0.1:{}", rank, size, port));
+      }
+      ranks.push_back(std::make_unique<testing::Process>(args, log));
+    }
+    for (auto& r : ranks) {
+      const int status = r->Wait(240);
+      EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << r->Log();
+    }
+    if (report) {
+      const std::string log = ranks[0]->Log();
+      const auto at = log.rfind("\n{");
+      *report = nlohmann::json::parse(log.substr(at == std::string::npos ? 0 : at + 1));
+    }
+    return LoadLatents(outs[0]);
+  }
+
+  // The largest difference from the reference relative to the reference's largest magnitude.
+  static double RelativeError(const torch::Tensor& a, const torch::Tensor& ref) {
+    return ((a - ref).abs().max() / ref.abs().max()).item<double>();
+  }
+
+  static testing::ScratchDir* scratch_;
+};
+
+testing::ScratchDir* SequenceParallel::scratch_ = nullptr;
+
+// f32: the ranks compute the same operations on fewer rows (the linears' GEMMs round by their row count, SDPA by its
+// head count), so they agree with one process to float32 rounding, not bit for bit.
+constexpr double kF32Tolerance = 1e-5;
+
+TEST_F(SequenceParallel, TwoAndFourRanksEqualOneProcessFor2BShapes) {
+  const torch::Tensor one = Run("cogvideox-2b", 0, "f32", "ref");
+  for (int k : {2, 4}) {  // 30 heads: 15 each on two ranks, 8/8/7/7 on four
+    const torch::Tensor sp = Run("cogvideox-2b", k, "f32", "sp");
+    ASSERT_EQ(sp.sizes(), one.sizes());
+    EXPECT_LT(RelativeError(sp, one), kF32Tolerance) << k << " ranks";
+    std::printf("2B shapes, %d ranks: relative difference %.3g\n", k, RelativeError(sp, one));
+    EXPECT_GT(sp.abs().max().item<double>(), 0.1);  // not a degenerate output
+  }
+}
+
+TEST_F(SequenceParallel, TwoAndFourRanksEqualOneProcessFor5BShapes) {
+  const torch::Tensor one = Run("cogvideox-5b", 0, "f32", "ref");
+  const Manifest manifest = LoadManifest(*scratch_ / "cogvideox-5b");
+  const planner::CostModel model(manifest, {});
+  planner::Device cpu;
+  cpu.kind = "cpu";
+  planner::Job job;
+  job.frames = 9;
+  job.height = job.width = 80;
+  job.steps = 2;
+  for (int k : {2, 4}) {
+    nlohmann::json report;
+    const torch::Tensor sp = Run("cogvideox-5b", k, "f32", "sp", &report);
+    ASSERT_EQ(sp.sizes(), one.sizes());
+    EXPECT_LT(RelativeError(sp, one), kF32Tolerance) << k << " ranks";
+    std::printf("5B shapes, %d ranks: relative difference %.3g\n", k, RelativeError(sp, one));
+    // What the planner prices as rank 0's traffic is what rank 0 sent.
+    const auto price = planner::PriceSequenceParallel(model, cpu, job, "f32", k, false, planner::DefaultLink("loopback"));
+    EXPECT_EQ(report.at("bytes_sent").get<int64_t>(), price.bytes_sent) << k << " ranks: " << report.dump();
+  }
+}
+
+}  // namespace
+}  // namespace reel
