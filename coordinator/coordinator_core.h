@@ -18,6 +18,7 @@
 #include "coordinator/cluster_state.h"
 #include "coordinator/core_commands.h"
 #include "coordinator/core_events.h"
+#include "coordinator/dispatch_index.h"
 
 namespace reel::core {
 
@@ -81,6 +82,8 @@ class CoordinatorCore {
   const Worker* LiveElsewhere(const std::string& name, const std::string& address) const;
   // Tensors on worker `name` that an unfinished stage (or the coordinator, for the video) still has to fetch.
   int TensorsNeededOn(const std::string& name) const;
+  // What differs between the core's indexes (dispatch_index.h) and a scan of its state; empty: they agree.
+  std::string IndexMismatch() const;
 
  private:
   // Each handler appends to out_.
@@ -101,7 +104,9 @@ class CoordinatorCore {
   void OnShutdown();
 
   // ---- helpers (coordinator_core.cc) ----
-  void Touch(Job& j);
+  void Touch(Job& j);  // the job changed: its version, and its place in the dispatch index
+  void Reindex(Job& j);
+  void Reindex(const Worker& w);
   void SetState(Job& j, JobState s);
   void Persist(const Job& j);
   void Emit(Command c) { out_.commands.push_back(std::move(c)); }
@@ -127,6 +132,13 @@ class CoordinatorCore {
 
   // ---- dispatch (core_dispatch.cc) ----
   void Dispatch(Micros now);
+  // Places stages of one pass (ready, or early) in dispatch order, looking only at (model, stage)s an idle worker
+  // holds.
+  void DispatchPass(Micros now, bool early);
+  void Place(Micros now, Job& j, int index, bool early);
+  // How many ready stages worker `w` could take besides stage `index` of `j`: a guided denoise borrows a second
+  // worker (and an early dispatch takes one) only when nothing else is waiting for it, so neither costs throughput.
+  size_t WaitingFor(const Worker& w, const Job& j, int index, bool early) const;
   void Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early);
   // A guided denoiser's estimated finish from now: early on one worker, and split across two after its inputs
   // (0, 0 without a cost model).
@@ -155,6 +167,7 @@ class CoordinatorCore {
   Micros replan_due_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
+  DispatchIndex index_;
   StepResult out_;
 };
 

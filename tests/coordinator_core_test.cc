@@ -41,7 +41,9 @@ struct Harness {
 
   StepResult Do(Event e) {
     now += 1000;
-    return core.Step(now, e);
+    StepResult r = core.Step(now, e);
+    EXPECT_EQ(core.IndexMismatch(), "");  // what dispatch reads agrees with the state after every event
+    return r;
   }
   // Registers a worker holding every stage and finishes its load; returns its id and the load's step.
   std::string AddWorker(const std::string& name, StepResult* loaded = nullptr) {
