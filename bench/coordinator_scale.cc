@@ -106,7 +106,14 @@ struct Bench {
     core_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ++events;
     for (auto& c : r.commands) Execute(c);
+    // As the adapter's monitor does: a tick when the core asks for one (an early dispatch falls due, a re-plan
+    // settles), besides the cadence.
+    if (const Micros wake = core.NextWake(); wake > 0 && wake != woken) {
+      woken = wake;
+      At(static_cast<double>(wake - 1) / 1e6, [this] { Step(core::ev::Tick{}); });
+    }
   }
+  Micros woken = 0;
 
   void Execute(core::Command& c) {
     if (auto* run = std::get_if<core::cmd::RunStage>(&c)) {

@@ -128,7 +128,11 @@ void CoordinatorCore::SetState(Job& j, JobState s) {
   running_ += s == JobState::kRunning;
 }
 
-Micros CoordinatorCore::NextWake() const { return replan_due_; }
+Micros CoordinatorCore::NextWake() const {
+  const Micros early = index_.NextDue();
+  if (replan_due_ == 0 || early == 0) return std::max(replan_due_, early);
+  return std::min(replan_due_, early);
+}
 
 const Worker* CoordinatorCore::LiveElsewhere(const std::string& name, const std::string& address) const {
   const Worker* old = FindWorkerByName(name);
@@ -575,6 +579,8 @@ void CoordinatorCore::OnTick(Micros now) {
   if (changed) {
     ScheduleReplan(now);  // what the lost worker held goes elsewhere
     Dispatch(now);
+  } else if (index_.Promote(now)) {
+    Dispatch(now);  // an early dispatch fell due
   }
 }
 

@@ -35,10 +35,13 @@ struct CoreOptions {
   // The cost model, for the choice between early dispatch and guidance-parallel; none: always early.
   std::function<StageEstimate(const JobShape&, StageKind)> estimate;
   // What a dispatch of the next stage costs beyond the stage itself (a result's round trip, the input's fetch).
+  // It also bounds early dispatch: with a cost model, a stage is sent before its inputs exist only in the
+  // producer's last handoff_us by the estimate (what early dispatch saves), so its worker is not parked for the
+  // whole of a producer's run while new work could have used it.
   Micros handoff_us = 20'000;
   // Test and simulator hooks for the bugs the simulator found: true brings the old behaviour back.
   bool revert_register_holds = false;  // (a): a registering worker's reported stages ignored
-  bool revert_split_choice = false;    // (b): early dispatch always taken, never the guidance split
+  bool revert_split_choice = false;    // (b): early dispatch always taken (unbounded), never the guidance split
 };
 
 struct StepResult {
@@ -76,7 +79,8 @@ class CoordinatorCore {
   bool stopping() const { return stopping_; }
   bool evicted_any() const { return evicted_ > 0; }
   int64_t next_seq() const { return next_seq_; }
-  // When the core next wants a Tick (a lease runs out, the re-plan settles); 0: only the heartbeat cadence.
+  // When the core next wants a Tick (the re-plan settles, an early dispatch falls due); 0: only the heartbeat
+  // cadence.
   Micros NextWake() const;
   // A live worker of this name at another address (what the adapter checks is still answering).
   const Worker* LiveElsewhere(const std::string& name, const std::string& address) const;
@@ -147,6 +151,9 @@ class CoordinatorCore {
   // Whether to leave a guided denoiser undispatched now (its producer still running) so it can run split across
   // two workers when the producer is done; records the choice on the job.
   bool WaitForSplit(Micros now, Job& j, int index, const std::vector<Worker*>& idle);
+  // When stage `index`, its inputs being produced, may be sent early: the producers' estimated end less a
+  // handoff; 0 (at once) without a cost model or an estimate.
+  Micros EarlyFrom(const Job& j, int index) const;
 
   CoreOptions o_;
   std::map<std::string, Job> jobs_;      // every job in memory, ended ones too (for listings)

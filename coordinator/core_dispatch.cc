@@ -38,6 +38,7 @@ void CoordinatorCore::Dispatch(Micros now) {
   // fetching at once and compute the moment the producer stores its output, with no round trip through here.
   // Stages that become early during this pass (a consumer of one placed in it) wait for the next dispatch.
   if (!index_.AnyIdle()) return;
+  index_.Promote(now);
   DispatchPass(now, true);
 }
 
@@ -109,6 +110,23 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
   const bool split = kind == StageKind::kDenoiser && o_.guidance_parallel && j.shape.guided();
   if (split && best.size() > 1 && WaitingFor(*best[1], j, index, early) == 0) peer = best[1];
   if (early && split && !peer && WaitForSplit(now, j, index, best)) return;
+  if (early) {
+    // Early dispatch parks this worker until the inputs exist; it saves one handoff. Worth it only in the
+    // producers' last handoff by the cost model; until then the stage is set aside (a Tick wakes it).
+    const Micros from = EarlyFrom(j, index);
+    const double left = static_cast<double>(from + o_.handoff_us - now) / 1e6;
+    if (from > now) {
+      j.stages[index].early_dispatch =
+          fmt::format("waits for its inputs: {:.3f} s left by the cost model, against a {:.3f} s handoff", left,
+                      o_.handoff_us / 1e6);
+      index_.Defer({j.shape.model, kind}, {-j.priority, j.seq, index}, from);
+      return;
+    }
+    j.stages[index].early_dispatch =
+        from > 0 ? fmt::format("early: on {}, its inputs due in {:.3f} s by the cost model, within a {:.3f} s handoff",
+                               w->name, std::max(0.0, left), o_.handoff_us / 1e6)
+                 : "early: on " + w->name + " while its inputs are produced (no cost model to bound it)";
+  }
   Launch(now, j, index, w, peer, early);
 }
 
@@ -145,6 +163,20 @@ bool CoordinatorCore::WaitForSplit(Micros now, Job& j, int index, const std::vec
                                     "cost model, against {:.3f} s early on one)",
                                     split, alone);
   return true;
+}
+
+Micros CoordinatorCore::EarlyFrom(const Job& j, int index) const {
+  if (!o_.estimate || o_.revert_split_choice) return 0;  // (b) reverted: early dispatch as it was, unbounded
+  Micros from = 0;
+  const bool i2v = Model(j).image_conditioned;
+  for (StageKind dep : StageDependencies(j.stages[index].kind, i2v))
+    for (const auto& s : j.stages)
+      if (s.kind == dep && s.state == StageState::kRunning) {
+        const double seconds = o_.estimate(j.shape, dep).seconds;
+        if (seconds <= 0) return 0;  // no estimate: early at once, as without a cost model
+        from = std::max(from, s.started + static_cast<Micros>(seconds * 1e6) - o_.handoff_us);
+      }
+  return from;
 }
 
 TensorRef CoordinatorCore::RefFor(const Job& j, const std::string& name) const {

@@ -48,7 +48,13 @@ void DispatchIndex::UpdateJob(Job& j, bool dispatchable, bool image_conditioned)
   if (found == of_job_.end() && now.empty()) return;
   std::vector<JobEntry>& was = found != of_job_.end() ? found->second : of_job_[j.id];
   for (const JobEntry& e : was)
-    if (std::find(now.begin(), now.end(), e) == now.end()) EraseIn(e.early ? early_ : ready_, e.key, e.place);
+    if (std::find(now.begin(), now.end(), e) == now.end()) {
+      EraseIn(e.early ? early_ : ready_, e.key, e.place);
+      if (auto d = e.early ? deferred_.find({e.key, e.place}) : deferred_.end(); d != deferred_.end()) {
+        due_.erase({d->second.first, e.key, e.place});
+        deferred_.erase(d);
+      }
+    }
   for (const JobEntry& e : now)
     if (std::find(was.begin(), was.end(), e) == was.end()) (e.early ? early_ : ready_)[e.key][e.place] = {&j, pass_};
   if (now.empty()) {
@@ -56,6 +62,30 @@ void DispatchIndex::UpdateJob(Job& j, bool dispatchable, bool image_conditioned)
   } else {
     was = std::move(now);
   }
+}
+
+void DispatchIndex::Defer(const Key& k, const Place& p, Micros from) {
+  auto stages = early_.find(k);
+  if (stages == early_.end()) return;
+  auto it = stages->second.find(p);
+  if (it == stages->second.end()) return;
+  deferred_[{k, p}] = {from, it->second.job};
+  due_.insert({from, k, p});
+  stages->second.erase(it);
+  if (stages->second.empty()) early_.erase(stages);
+}
+
+bool DispatchIndex::Promote(Micros now) {
+  bool any = false;
+  while (!due_.empty() && std::get<0>(*due_.begin()) <= now) {
+    const auto [from, key, place] = *due_.begin();
+    due_.erase(due_.begin());
+    auto d = deferred_.find({key, place});
+    early_[key][place] = {d->second.second, pass_};
+    deferred_.erase(d);
+    any = true;
+  }
+  return any;
 }
 
 size_t DispatchIndex::ReadyCount(const Key& k) const {
@@ -165,7 +195,13 @@ std::string DispatchIndex::Mismatch(const std::map<std::string, Job>& jobs,
     return true;
   };
   if (!same_stages(ready_, scan.ready_)) return "the index of ready stages differs from the jobs' stages";
-  if (!same_stages(early_, scan.early_)) return "the index of early stages differs from the jobs' stages";
+  // Early stages dispatch set aside are counted with the early index: together they are the scan's.
+  std::map<Key, Stages> early = early_;
+  for (const auto& [at, d] : deferred_) early[at.first][at.second] = {d.second, 0};
+  if (!same_stages(early, scan.early_)) return "the index of early stages differs from the jobs' stages";
+  for (const auto& [at, d] : deferred_)
+    if (!due_.count({d.first, at.first, at.second})) return "a deferred early stage is missing from the due times";
+  if (due_.size() != deferred_.size()) return "the due times of deferred early stages differ from them";
   if (available_ != scan.available_ || idle_ != scan.idle_) return "the index of idle workers differs from theirs";
   if (by_name_ != scan.by_name_) return "the index of workers by name differs from the workers";
   if (leases_ != scan.leases_) return "the index of leases differs from the workers' heartbeats";

@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -42,6 +43,13 @@ class DispatchIndex {
   size_t ReadyCount(const Key& k) const;
   // An early pass begins: stages that become early during it wait for the next dispatch.
   uint64_t BeginEarlyPass() { return ++pass_; }
+  // An early stage leaves the early index until `from` (dispatch chose not to send it yet), so that later passes
+  // do not look at it again before then.
+  void Defer(const Key& k, const Place& p, Micros from);
+  // Deferred stages whose time has come join the early index again; true if any did.
+  bool Promote(Micros now);
+  // When the next deferred stage falls due; 0: none is deferred.
+  Micros NextDue() const { return due_.empty() ? 0 : std::get<0>(*due_.begin()); }
 
   // ---- workers ----
   // `holds_changed`: what it holds may differ from the last update (compared only then: most updates are a run
@@ -84,6 +92,8 @@ class DispatchIndex {
   static std::vector<JobEntry> EntriesOf(const Job& j, bool dispatchable, bool image_conditioned);
 
   std::map<Key, Stages> ready_, early_;
+  std::map<std::pair<Key, Place>, std::pair<Micros, Job*>> deferred_;  // early stages set aside, until when
+  std::set<std::tuple<Micros, Key, Place>> due_;                       // the same, by when
   // Looked up by id, never walked in order: hashed.
   std::unordered_map<std::string, std::vector<JobEntry>> of_job_;
   uint64_t pass_ = 0;
