@@ -35,10 +35,11 @@ struct CoreOptions {
   // The cost model, for the choice between early dispatch and guidance-parallel; none: always early.
   std::function<StageEstimate(const JobShape&, StageKind)> estimate;
   // What a dispatch of the next stage costs beyond the stage itself (a result's round trip, the input's fetch).
-  // It also bounds early dispatch: with a cost model, a stage is sent before its inputs exist only in the
-  // producer's last handoff_us by the estimate (what early dispatch saves), so its worker is not parked for the
-  // whole of a producer's run while new work could have used it.
   Micros handoff_us = 20'000;
+  // Early dispatch bounded by the cost model: a stage is sent before its inputs exist only in its producers'
+  // last handoff_us by the estimate (what early dispatch saves), so its worker is not parked for the whole of a
+  // producer's run while new work could have used it. False: sent as soon as its producers start.
+  bool bound_early_dispatch = true;
   // Test and simulator hooks for the bugs the simulator found: true brings the old behaviour back.
   bool revert_register_holds = false;  // (a): a registering worker's reported stages ignored
   bool revert_split_choice = false;    // (b): early dispatch always taken (unbounded), never the guidance split

@@ -166,7 +166,8 @@ bool CoordinatorCore::WaitForSplit(Micros now, Job& j, int index, const std::vec
 }
 
 Micros CoordinatorCore::EarlyFrom(const Job& j, int index) const {
-  if (!o_.estimate || o_.revert_split_choice) return 0;  // (b) reverted: early dispatch as it was, unbounded
+  // Unbounded without a cost model, when asked, and with (b)'s fix reverted (early dispatch as it was then).
+  if (!o_.estimate || !o_.bound_early_dispatch || o_.revert_split_choice) return 0;
   Micros from = 0;
   const bool i2v = Model(j).image_conditioned;
   for (StageKind dep : StageDependencies(j.stages[index].kind, i2v))

@@ -2,6 +2,7 @@
 #include "coordinator/dispatch_index.h"
 
 #include <algorithm>
+#include <array>
 
 #include <fmt/format.h>
 
@@ -19,6 +20,17 @@ void EraseIn(Maps& maps, const K& key, const typename Maps::mapped_type::key_typ
   if (it->second.empty()) maps.erase(it);  // empty sets go, so a scan and the index compare equal
 }
 
+// StageDependencies, computed once per (stage, image-conditioned): every job update asks.
+const std::vector<StageKind>& Dependencies(StageKind k, bool image_conditioned) {
+  static const auto table = [] {
+    std::array<std::array<std::vector<StageKind>, 2>, 4> t;
+    for (int kind = 0; kind < 4; ++kind)
+      for (int i2v = 0; i2v < 2; ++i2v) t[kind][i2v] = StageDependencies(static_cast<StageKind>(kind), i2v == 1);
+    return t;
+  }();
+  return table.at(static_cast<size_t>(k))[image_conditioned ? 1 : 0];
+}
+
 }  // namespace
 
 // ---- jobs ----
@@ -30,7 +42,7 @@ std::vector<DispatchIndex::JobEntry> DispatchIndex::EntriesOf(const Job& j, bool
   for (size_t i = 0; i < j.stages.size(); ++i) {
     if (j.stages[i].state != StageState::kPending) continue;
     bool all_done = true, all_started = true;
-    for (StageKind d : StageDependencies(j.stages[i].kind, image_conditioned))
+    for (StageKind d : Dependencies(j.stages[i].kind, image_conditioned))
       for (const auto& other : j.stages)
         if (other.kind == d) {
           all_done = all_done && other.state == StageState::kDone;
