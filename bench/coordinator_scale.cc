@@ -31,6 +31,7 @@ struct Options {
   int workers = 1000, hosts = 125, jobs = 100000;
   double load = 0.9;  // arrivals as a fraction of the bound
   bool baseline = false;
+  bool unbounded_early = false;  // early dispatch as soon as a producer starts, not in its last handoff
   uint64_t seed = 1;
 };
 
@@ -65,31 +66,34 @@ struct Bench {
     c.ended_jobs_kept = 1000;
     c.worker_timeout_us = int64_t{1} << 60;  // no faults: leases never run out (no heartbeats are simulated)
     c.estimate = [](const core::JobShape& s, StageKind k) { return sim::EstimateOf(k, s); };
+    c.bound_early_dispatch = !o.unbounded_early;
     return c;
   }
-  // Each stage on a share of the workers in proportion to its share of the work (as the planner's throughput
-  // objective places replicas), every stage on at least one.
+  // The denoiser on a share of the cluster's speed in proportion to its share of the work, as the planner's
+  // throughput objective places replicas, and the encoders with the decoder on the rest (they are small beside a
+  // GPU's memory, and the text encoder's share alone would round down to one slow worker). Workers go in name
+  // order to whichever side is furthest below its share, so both get a mix of GPU classes.
   std::map<StageKind, double> share;
   std::map<std::string, core::Assignments> Split(const std::vector<core::cmd::PlanWorker>& workers) const {
     std::map<std::string, core::Assignments> out;
-    const size_t n = workers.size();
     double total = 0;
     for (const auto& [k, w] : share) total += w;
-    std::vector<std::pair<StageKind, double>> edges;
-    double cum = 0;
-    for (const auto& [k, w] : share) edges.push_back({k, cum += w / total});
-    for (size_t i = 0; i < n; ++i) {
-      const double x = (static_cast<double>(i) + 0.5) / static_cast<double>(n);
-      StageKind k = edges.back().first;
-      for (const auto& [kind, edge] : edges)
-        if (x < edge) {
-          k = kind;
-          break;
-        }
-      if (i < edges.size()) k = edges[i].first;  // every stage somewhere
+    const double denoise =
+        total > 0 && share.count(StageKind::kDenoiser) ? share.at(StageKind::kDenoiser) / total : 0.5;
+    double speeds = 0;
+    for (const auto& w : workers) speeds += speed.at(w.name + ":1");
+    double to_denoiser = 0, to_rest = 0;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      const double s = speed.at(workers[i].name + ":1");
+      // Every side gets one worker (a lone worker holds everything); then the one furthest below its share.
+      const bool both = workers.size() == 1;
+      const bool denoiser = i == 0   ? true
+                            : i == 1 ? false
+                                     : to_denoiser / (denoise * speeds) <= to_rest / ((1 - denoise) * speeds);
+      (denoiser ? to_denoiser : to_rest) += s;
       for (const auto& [model, info] : core.options().models)
-        if (std::find(info.stages.begin(), info.stages.end(), k) != info.stages.end())
-          out[workers[i].name][model].push_back({k, {}});
+        for (StageKind k : info.stages)
+          if (both || (k == StageKind::kDenoiser) == denoiser) out[workers[i].name][model].push_back({k, {}});
     }
     return out;
   }
@@ -184,8 +188,9 @@ int main(int argc, char** argv) {
     else if (a == "--jobs") o.jobs = static_cast<int>(next());
     else if (a == "--load") o.load = next();
     else if (a == "--baseline") o.baseline = true;
+    else if (a == "--unbounded-early") o.unbounded_early = true;
     else {
-      std::fprintf(stderr, "coordinator_scale: '%s': accepted --workers N --hosts N --jobs N --load F --baseline\n",
+      std::fprintf(stderr, "coordinator_scale: '%s': accepted --workers N --hosts N --jobs N --load F --baseline --unbounded-early\n",
                    a.c_str());
       return 2;
     }
@@ -263,7 +268,7 @@ int main(int argc, char** argv) {
   }
   const double span = last - 5;
   std::printf("%s: %d workers on %d hosts, %d jobs offered at %.0f%% of the bound\n",
-              o.baseline ? "baseline (every stage everywhere, FIFO)" : "reel (split plan, priorities, split choice)",
+              o.baseline ? "baseline (every stage everywhere, FIFO)" : "reel (denoiser apart, priorities, split choice)",
               o.workers, o.hosts, o.jobs, o.load * 100);
   std::printf("  jobs/hour %.0f of a bound of %.0f (%.3f); queue wait p50 %.2f s, p99 %.2f s\n",
               b.ended / span * 3600, bound_per_hour, b.ended / span * 3600 / bound_per_hour,
