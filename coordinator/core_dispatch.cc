@@ -125,7 +125,7 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
     j.stages[index].early_dispatch =
         from > 0 ? fmt::format("early: on {}, its inputs due in {:.3f} s by the cost model, within a {:.3f} s handoff",
                                w->name, std::max(0.0, left), o_.handoff_us / 1e6)
-                 : "early: on " + w->name + " while its inputs are produced (no cost model to bound it)";
+                 : "early: on " + w->name + " while its inputs are produced (not bounded by a cost model)";
   }
   Launch(now, j, index, w, peer, early);
 }
