@@ -69,6 +69,9 @@ struct StageRun {
   Micros started = 0, finished = 0, accepted = 0;
   int step = 0, steps = 0;
   std::string error;
+  // Whether it was sent before its inputs existed, and why, by the cost model (empty: no such choice was made).
+  // Not persisted.
+  std::string early_dispatch;
 };
 
 // Back to pending, as a stage that runs again (a requeue, a restart) starts.
@@ -79,6 +82,7 @@ inline void ResetStage(StageRun& s) {
   s.step = 0;
   s.started = s.finished = s.accepted = 0;
   s.attempt = 0;
+  s.early_dispatch.clear();
 }
 
 struct Job {

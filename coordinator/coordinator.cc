@@ -573,6 +573,10 @@ Coordinator::Coordinator(const CoordinatorOptions& options) : impl_(std::make_un
   co.max_queued_jobs = m.o.limits.max_queued_jobs;
   co.ended_jobs_kept = m.o.ended_jobs_kept;
   co.estimate = [&m](const core::JobShape& shape, StageKind kind) { return m.Estimate(shape, kind); };
+  // Its estimates price every stage on one CPU device (Estimate): right in proportion, which the guidance-split
+  // choice needs, but not in seconds on a given worker, which bounding early dispatch by a producer's time left
+  // would. Early dispatch stays unbounded here until estimates are per worker (docs/COORDINATOR.md).
+  co.bound_early_dispatch = false;
   m.core = std::make_unique<core::CoordinatorCore>(std::move(co));
   m.clock_base_us = NowUnixUs();
   m.steady_base_us = std::chrono::duration_cast<std::chrono::microseconds>(

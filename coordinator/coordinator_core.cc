@@ -67,7 +67,22 @@ CoordinatorCore::CoordinatorCore(CoreOptions options) : o_(std::move(options)) {
 
 // ---- helpers ----
 
-void CoordinatorCore::Touch(Job& j) { j.version = ++version_; }
+void CoordinatorCore::Touch(Job& j) {
+  j.version = ++version_;
+  Reindex(j);
+}
+
+void CoordinatorCore::Reindex(Job& j) {
+  auto m = o_.models.find(j.shape.model);
+  const bool dispatchable = !Terminal(j.state) && !(draining_ && j.state == JobState::kQueued) && m != o_.models.end();
+  index_.UpdateJob(j, dispatchable, m != o_.models.end() && m->second.image_conditioned);
+}
+
+void CoordinatorCore::Reindex(const Worker& w) { index_.UpdateWorker(w); }
+
+std::string CoordinatorCore::IndexMismatch() const {
+  return index_.Mismatch(jobs_, workers_, runs_, o_.models, draining_);
+}
 
 void CoordinatorCore::Persist(const Job& j) {
   cmd::Persist p;
@@ -81,15 +96,13 @@ void CoordinatorCore::Log(cmd::Level level, std::string text) { Emit(cmd::Log{le
 void CoordinatorCore::Count(const char* event) { Emit(cmd::Metric{cmd::MetricKind::kCount, 1, event, {}}); }
 
 Worker* CoordinatorCore::WorkerByName(const std::string& name) {
-  for (auto& [id, w] : workers_)
-    if (w.name == name) return &w;
-  return nullptr;
+  const std::string* id = index_.IdOf(name);
+  return id ? &workers_.at(*id) : nullptr;
 }
 
 const Worker* CoordinatorCore::FindWorkerByName(const std::string& name) const {
-  for (const auto& [id, w] : workers_)
-    if (w.name == name) return &w;
-  return nullptr;
+  const std::string* id = index_.IdOf(name);
+  return id ? &workers_.at(*id) : nullptr;
 }
 
 const Job* CoordinatorCore::FindJob(const std::string& id) const {
@@ -115,7 +128,11 @@ void CoordinatorCore::SetState(Job& j, JobState s) {
   running_ += s == JobState::kRunning;
 }
 
-Micros CoordinatorCore::NextWake() const { return replan_due_; }
+Micros CoordinatorCore::NextWake() const {
+  const Micros early = index_.NextDue();
+  if (replan_due_ == 0 || early == 0) return std::max(replan_due_, early);
+  return std::min(replan_due_, early);
+}
 
 const Worker* CoordinatorCore::LiveElsewhere(const std::string& name, const std::string& address) const {
   const Worker* old = FindWorkerByName(name);
@@ -140,6 +157,7 @@ void CoordinatorCore::StartLoad(Worker& w) {
   w.state = WorkerState::kLoading;
   w.load_in_flight = true;
   w.reload_pending = false;
+  Reindex(w);
   Emit(cmd::LoadWorker{w.id, w.address, w.name, Want(w), w.holds});
 }
 
@@ -177,6 +195,7 @@ StepResult CoordinatorCore::Restore(std::vector<Job> stored, int64_t boot, int64
   for (const auto& id : live_) {
     queued_ += jobs_.at(id).state == JobState::kQueued;
     running_ += jobs_.at(id).state == JobState::kRunning;
+    Reindex(jobs_.at(id));
   }
   // As many ended jobs as memory keeps: the store may hold older ones, which listings read when asked for more.
   if (ended_.size() >= static_cast<size_t>(std::max(1, o_.ended_jobs_kept))) evicted_ = 1;
@@ -211,6 +230,7 @@ StepResult CoordinatorCore::Step(Micros now, const Event& event) {
         else if constexpr (std::is_same_v<T, ev::Drain>) {
           if (!draining_ && !stopping_) {
             draining_ = true;
+            for (const auto& id : live_) Reindex(jobs_.at(id));  // queued jobs leave the dispatch index
             const int queued = QueuedJobs();
             Log(cmd::Level::kInfo,
                 fmt::format("coordinator draining: accepting no jobs and starting none; {} running job(s) may "
@@ -329,6 +349,7 @@ void CoordinatorCore::OnRegister(Micros now, const ev::Register& e) {
     if (old->state != WorkerState::kLost)
       WorkerGone(now, replaced, old->id == e.silent_id ? "was started again (its old process does not answer)"
                                                   : "registered again");
+    index_.RemoveWorker(replaced);
     workers_.erase(replaced);
   }
   Worker w;
@@ -345,6 +366,7 @@ void CoordinatorCore::OnRegister(Micros now, const ev::Register& e) {
   if (!o_.planned) w.target = e.static_target;
   const std::string id = w.id;
   Worker& added = workers_[id] = std::move(w);
+  Reindex(added);
   out_.reply.id = id;
   Log(cmd::Level::kInfo,
       fmt::format("worker {} registered from {} ({}, {}){}", Printable(e.name), Printable(e.address),
@@ -376,7 +398,9 @@ void CoordinatorCore::OnHeartbeat(Micros now, const ev::Heartbeat& e) {
   w.device_used_bytes = e.device_used_bytes;
   w.device_peak_bytes = e.device_peak_bytes;
   w.host_rss_bytes = e.host_rss_bytes;
-  if (std::exchange(w.suspect, false)) Dispatch(now);  // it is alive after all
+  const bool was_suspect = std::exchange(w.suspect, false);
+  Reindex(w);
+  if (was_suspect) Dispatch(now);  // it is alive after all
 }
 
 void CoordinatorCore::OnLeave(Micros now, const ev::Leave& e) {
@@ -391,6 +415,7 @@ void CoordinatorCore::OnLeave(Micros now, const ev::Leave& e) {
   const std::string id = w.id, name = w.name;
   w.last_heartbeat = now;  // a draining worker asks often: that is its heartbeat
   w.suspect = false;
+  Reindex(w);
   int running = 0;
   for (const auto& [attempt, r] : runs_) running += r.worker_id == id || r.peer_id == id;
   const int needed = TensorsNeededOn(name);
@@ -401,6 +426,7 @@ void CoordinatorCore::OnLeave(Micros now, const ev::Leave& e) {
                                                        running, needed)
                                          : ""));
     if (running + needed > 0) WorkerGone(now, id, "left before its work was done");
+    index_.RemoveWorker(id);
     workers_.erase(id);
     ScheduleReplan(now);
     Dispatch(now);
@@ -412,6 +438,7 @@ void CoordinatorCore::OnLeave(Micros now, const ev::Leave& e) {
                                        name, running, needed));
     w.state = WorkerState::kDraining;
     w.reload_pending = false;
+    Reindex(w);
     ScheduleReplan(now);  // its stages go to the others
   }
   out_.reply.stages_running = running;
@@ -465,6 +492,7 @@ void CoordinatorCore::OnLoaded(Micros now, const ev::Loaded& e) {
       w.state = WorkerState::kIdle;
     }
   }
+  index_.UpdateWorker(w, true);
   if (e.error.empty())
     Log(cmd::Level::kInfo, fmt::format("worker {} holds {}", w.name,
                                        w.described.empty() ? "nothing" : fmt::format("{}", fmt::join(w.described, ", "))));
@@ -507,6 +535,7 @@ void CoordinatorCore::OnTuneBegin(const ev::TuneBegin& e) {
   for (auto& [id, w] : workers_)
     if (w.state == WorkerState::kIdle && (named.empty() || named.count(w.name))) {
       w.state = WorkerState::kTuning;  // nothing is dispatched to it until its turn is over
+      Reindex(w);
       out_.reply.chosen.emplace_back(id, w.address);
     }
   if (out_.reply.chosen.empty())
@@ -515,8 +544,10 @@ void CoordinatorCore::OnTuneBegin(const ev::TuneBegin& e) {
 
 void CoordinatorCore::OnTuneEnd(Micros now, const ev::TuneEnd& e) {
   for (const auto& id : e.worker_ids)
-    if (auto it = workers_.find(id); it != workers_.end() && it->second.state == WorkerState::kTuning)
+    if (auto it = workers_.find(id); it != workers_.end() && it->second.state == WorkerState::kTuning) {
       it->second.state = WorkerState::kIdle;
+      Reindex(it->second);
+    }
   if (e.last) ScheduleReplan(now);  // new measurements: the placement may change
   Dispatch(now);
 }
@@ -533,19 +564,23 @@ void CoordinatorCore::OnTick(Micros now) {
     Emit(std::move(r));
   }
   bool changed = false;
-  for (auto& [id, w] : workers_) {
-    if (w.state == WorkerState::kLost || now - w.last_heartbeat <= o_.worker_timeout_us) continue;
+  // The leases run out in heartbeat order; they are acted on in id order, as a scan of the workers would.
+  for (const std::string& id : index_.Expired(now - o_.worker_timeout_us)) {
+    Worker& w = workers_.at(id);
     const int64_t silent_ms = (now - w.last_heartbeat) / 1000;
     Log(cmd::Level::kWarn, fmt::format("worker {} ({}) sent no heartbeat for {} ms: lost", w.name, w.address,
                                        silent_ms));
     w.state = WorkerState::kLost;
     w.job_id.clear();
+    Reindex(w);
     changed = true;
     WorkerGone(now, id, fmt::format("stopped answering (no heartbeat for {} ms)", silent_ms));
   }
   if (changed) {
     ScheduleReplan(now);  // what the lost worker held goes elsewhere
     Dispatch(now);
+  } else if (index_.Promote(now)) {
+    Dispatch(now);  // an early dispatch fell due
   }
 }
 
@@ -561,6 +596,7 @@ void CoordinatorCore::OnShutdown() {
     if (j.state != JobState::kRunning) continue;
     SetState(j, JobState::kQueued);
     for (auto& s : j.stages) ResetStage(s);
+    Reindex(j);
     requeued.jobs.push_back(j);
     requeued.jobs.back().outputs.clear();
   }

@@ -18,6 +18,7 @@
 #include "coordinator/cluster_state.h"
 #include "coordinator/core_commands.h"
 #include "coordinator/core_events.h"
+#include "coordinator/dispatch_index.h"
 
 namespace reel::core {
 
@@ -35,9 +36,13 @@ struct CoreOptions {
   std::function<StageEstimate(const JobShape&, StageKind)> estimate;
   // What a dispatch of the next stage costs beyond the stage itself (a result's round trip, the input's fetch).
   Micros handoff_us = 20'000;
+  // Early dispatch bounded by the cost model: a stage is sent before its inputs exist only in its producers'
+  // last handoff_us by the estimate (what early dispatch saves), so its worker is not parked for the whole of a
+  // producer's run while new work could have used it. False: sent as soon as its producers start.
+  bool bound_early_dispatch = true;
   // Test and simulator hooks for the bugs the simulator found: true brings the old behaviour back.
   bool revert_register_holds = false;  // (a): a registering worker's reported stages ignored
-  bool revert_split_choice = false;    // (b): early dispatch always taken, never the guidance split
+  bool revert_split_choice = false;    // (b): early dispatch always taken (unbounded), never the guidance split
 };
 
 struct StepResult {
@@ -75,12 +80,15 @@ class CoordinatorCore {
   bool stopping() const { return stopping_; }
   bool evicted_any() const { return evicted_ > 0; }
   int64_t next_seq() const { return next_seq_; }
-  // When the core next wants a Tick (a lease runs out, the re-plan settles); 0: only the heartbeat cadence.
+  // When the core next wants a Tick (the re-plan settles, an early dispatch falls due); 0: only the heartbeat
+  // cadence.
   Micros NextWake() const;
   // A live worker of this name at another address (what the adapter checks is still answering).
   const Worker* LiveElsewhere(const std::string& name, const std::string& address) const;
   // Tensors on worker `name` that an unfinished stage (or the coordinator, for the video) still has to fetch.
   int TensorsNeededOn(const std::string& name) const;
+  // What differs between the core's indexes (dispatch_index.h) and a scan of its state; empty: they agree.
+  std::string IndexMismatch() const;
 
  private:
   // Each handler appends to out_.
@@ -101,7 +109,9 @@ class CoordinatorCore {
   void OnShutdown();
 
   // ---- helpers (coordinator_core.cc) ----
-  void Touch(Job& j);
+  void Touch(Job& j);  // the job changed: its version, and its place in the dispatch index
+  void Reindex(Job& j);
+  void Reindex(const Worker& w);
   void SetState(Job& j, JobState s);
   void Persist(const Job& j);
   void Emit(Command c) { out_.commands.push_back(std::move(c)); }
@@ -127,6 +137,13 @@ class CoordinatorCore {
 
   // ---- dispatch (core_dispatch.cc) ----
   void Dispatch(Micros now);
+  // Places stages of one pass (ready, or early) in dispatch order, looking only at (model, stage)s an idle worker
+  // holds.
+  void DispatchPass(Micros now, bool early);
+  void Place(Micros now, Job& j, int index, bool early);
+  // How many ready stages worker `w` could take besides stage `index` of `j`: a guided denoise borrows a second
+  // worker (and an early dispatch takes one) only when nothing else is waiting for it, so neither costs throughput.
+  size_t WaitingFor(const Worker& w, const Job& j, int index, bool early) const;
   void Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early);
   // A guided denoiser's estimated finish from now: early on one worker, and split across two after its inputs
   // (0, 0 without a cost model).
@@ -135,6 +152,9 @@ class CoordinatorCore {
   // Whether to leave a guided denoiser undispatched now (its producer still running) so it can run split across
   // two workers when the producer is done; records the choice on the job.
   bool WaitForSplit(Micros now, Job& j, int index, const std::vector<Worker*>& idle);
+  // When stage `index`, its inputs being produced, may be sent early: the producers' estimated end less a
+  // handoff; 0 (at once) without a cost model or an estimate.
+  Micros EarlyFrom(const Job& j, int index) const;
 
   CoreOptions o_;
   std::map<std::string, Job> jobs_;      // every job in memory, ended ones too (for listings)
@@ -155,6 +175,7 @@ class CoordinatorCore {
   Micros replan_due_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
+  DispatchIndex index_;
   StepResult out_;
 };
 

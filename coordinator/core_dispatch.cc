@@ -1,6 +1,7 @@
 // Dispatch: which ready stage runs on which idle worker, early dispatch of stages whose inputs are still being
 // produced, and guidance-parallel pairs chosen against early dispatch by the cost model.
 #include <algorithm>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -22,111 +23,111 @@ const std::vector<std::string>& InputsOf(StageKind k, bool i2v) {
   }
 }
 
-struct Ready {
-  Job* job;
-  int index;
-  bool early = false;
-};
-
 bool Holds(const Worker& w, const std::string& model, StageKind k) { return w.holds.count({model, k}) > 0; }
 
 }  // namespace
 
 void CoordinatorCore::Dispatch(Micros now) {
   if (stopping_) return;
-  // Nothing can be placed without an idle worker: the common case under load (busy workers, a growing queue),
-  // where every submission and result would otherwise scan the whole queue.
-  if (std::none_of(workers_.begin(), workers_.end(),
-                   [](const auto& w) { return w.second.state == WorkerState::kIdle && !w.second.suspect; }))
-    return;
-  // Stages whose inputs all exist (ready), or whose inputs are being produced now (early).
-  auto collect = [&](bool early) {
-    std::vector<Ready> out;
-    for (const auto& id : live_) {
-      Job& j = jobs_.at(id);
-      if (draining_ && j.state == JobState::kQueued) continue;  // a draining coordinator starts nothing new
-      const bool i2v = Model(j).image_conditioned;
-      for (size_t i = 0; i < j.stages.size(); ++i) {
-        if (j.stages[i].state != StageState::kPending) continue;
-        bool all_done = true, all_started = true;
-        for (StageKind d : StageDependencies(j.stages[i].kind, i2v))
-          for (const auto& other : j.stages)
-            if (other.kind == d) {
-              all_done = all_done && other.state == StageState::kDone;
-              all_started = all_started && (other.state == StageState::kDone || other.state == StageState::kRunning);
-            }
-        if (early ? (!all_done && all_started) : all_done) out.push_back({&j, static_cast<int>(i), early});
-      }
-    }
-    // Highest priority first, then submission order: an older job's next stage goes before a newer job's first.
-    std::sort(out.begin(), out.end(), [](const Ready& a, const Ready& b) {
-      if (a.job->priority != b.job->priority) return a.job->priority > b.job->priority;
-      return a.job->seq != b.job->seq ? a.job->seq < b.job->seq : a.index < b.index;
-    });
-    return out;
-  };
-  const std::vector<Ready> ready = collect(false);
-  // Pending ready stages by (model, stage), kept as they are placed: what a worker could take is the sum over what
-  // it holds, so asking costs its holdings rather than the whole queue.
-  std::map<std::pair<std::string, StageKind>, int> pending;
-  for (const auto& rd : ready) ++pending[{rd.job->shape.model, rd.job->stages[rd.index].kind}];
-  // How many ready stages a worker could take: a guided denoise borrows a second worker (and an early dispatch
-  // takes one) only when nothing else is waiting for it, so neither costs throughput.
-  auto waiting_for = [&](const Worker* w, const Ready& except) {
-    int n = 0;
-    for (const auto& h : w->holds)
-      if (auto it = pending.find(h); it != pending.end()) n += it->second;
-    const StageRun& own = except.job->stages[except.index];
-    if (own.state == StageState::kPending && Holds(*w, except.job->shape.model, own.kind))
-      n -= pending.count({except.job->shape.model, own.kind}) > 0 && !except.early;
-    return n;
-  };
-  // The idle workers, found once: with many workers, most are busy.
-  std::vector<Worker*> free;
-  for (auto& [wid, w] : workers_)
-    if (w.state == WorkerState::kIdle && !w.suspect) free.push_back(&w);
-  auto place = [&](const Ready& rd, bool early) {
-    Job& j = *rd.job;
-    if (j.stages[rd.index].state != StageState::kPending) return;
-    const StageKind kind = j.stages[rd.index].kind;
-    std::vector<Worker*> idle;
-    for (Worker* w : free)
-      if (w->state == WorkerState::kIdle && Holds(*w, j.shape.model, kind) && (!early || waiting_for(w, rd) == 0))
-        idle.push_back(w);
-    if (idle.empty()) return;
-    // Prefer the worker already holding the inputs, then the one that has run least.
-    auto local_bytes = [&](const Worker* w) {
-      int64_t n = 0;
-      for (const auto& [name, ref] : j.outputs)
-        if (ref.worker == w->name) n += ref.bytes;
-      return n;
-    };
-    std::stable_sort(idle.begin(), idle.end(), [&](const Worker* a, const Worker* b) {
-      const int64_t la = local_bytes(a), lb = local_bytes(b);
-      if (la != lb) return la > lb;
-      return a->stages_run < b->stages_run;
-    });
-    Worker* w = idle[0];
-    Worker* peer = nullptr;
-    const bool split = kind == StageKind::kDenoiser && o_.guidance_parallel && j.shape.guided();
-    if (split && idle.size() > 1 && waiting_for(idle[1], rd) == 0) peer = idle[1];
-    if (early && split && !peer && WaitForSplit(now, j, rd.index, idle)) return;
-    if (!early) --pending[{j.shape.model, kind}];
-    Launch(now, j, rd.index, w, peer, early);
-  };
-  auto any_free = [&] {
-    return std::any_of(free.begin(), free.end(), [](const Worker* w) { return w->state == WorkerState::kIdle; });
-  };
-  for (const auto& rd : ready) {
-    if (!any_free()) return;
-    place(rd, false);
-  }
+  // Nothing can be placed without an idle worker: the common case under load (busy workers, a growing queue).
+  if (!index_.AnyIdle()) return;
+  // Stages whose inputs all exist, highest priority first, then submission order: an older job's next stage goes
+  // before a newer job's first.
+  DispatchPass(now, false);
   // Then stages whose inputs are still being produced, on workers nothing else is waiting for: they start
   // fetching at once and compute the moment the producer stores its output, with no round trip through here.
-  for (const auto& rd : collect(true)) {
-    if (!any_free()) return;
-    place(rd, true);
+  // Stages that become early during this pass (a consumer of one placed in it) wait for the next dispatch.
+  if (!index_.AnyIdle()) return;
+  index_.Promote(now);
+  DispatchPass(now, true);
+}
+
+// The ready (or early) stages in dispatch order, merged across the (model, stage)s some idle worker holds: a stage
+// no idle worker holds cannot be placed, so what a pass costs is what it places, not the length of the queue.
+void CoordinatorCore::DispatchPass(Micros now, bool early) {
+  const uint64_t pass = early ? index_.BeginEarlyPass() : 0;
+  const auto& stages = early ? index_.early() : index_.ready();
+  std::optional<DispatchIndex::Place> after;
+  while (index_.AnyIdle()) {
+    Job* job = nullptr;
+    DispatchIndex::Place next;
+    for (const auto& [key, entries] : stages) {
+      if (!index_.Available(key)) continue;
+      auto it = after ? entries.upper_bound(*after) : entries.begin();
+      while (early && it != entries.end() && it->second.pass == pass) ++it;
+      if (it != entries.end() && (!job || it->first < next)) {
+        next = it->first;
+        job = it->second.job;
+      }
+    }
+    if (!job) return;
+    after = next;
+    Place(now, *job, next.index, early);
   }
+}
+
+size_t CoordinatorCore::WaitingFor(const Worker& w, const Job& j, int index, bool early) const {
+  size_t n = 0;
+  for (const auto& h : w.holds) n += index_.ReadyCount(h);
+  // Its own stage, when ready, is among those counted.
+  if (!early && Holds(w, j.shape.model, j.stages[index].kind)) --n;
+  return n;
+}
+
+void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
+  const StageKind kind = j.stages[index].kind;
+  const DispatchIndex::Idle* available = index_.Available({j.shape.model, kind});
+  if (!available) return;
+  // Prefer the worker already holding the inputs, then the one that has run least, then the lowest id. Only the
+  // first two matter (a guided denoiser's pair); the workers holding inputs are at most one per input.
+  auto local_bytes = [&](const Worker& w) {
+    int64_t n = 0;
+    for (const auto& [name, ref] : j.outputs)
+      if (ref.worker == w.name) n += ref.bytes;
+    return n;
+  };
+  auto eligible = [&](const Worker& w) { return !early || WaitingFor(w, j, index, early) == 0; };
+  std::vector<Worker*> local;
+  for (const auto& [name, ref] : j.outputs)
+    if (Worker* w = WorkerByName(ref.worker);
+        w && std::find(local.begin(), local.end(), w) == local.end() && local_bytes(*w) > 0 &&
+        w->state == WorkerState::kIdle && !w->suspect && Holds(*w, j.shape.model, kind) && eligible(*w))
+      local.push_back(w);
+  std::sort(local.begin(), local.end(), [&](const Worker* a, const Worker* b) {
+    const int64_t la = local_bytes(*a), lb = local_bytes(*b);
+    if (la != lb) return la > lb;
+    return a->stages_run != b->stages_run ? a->stages_run < b->stages_run : a->id < b->id;
+  });
+  std::vector<Worker*> best(local.begin(), local.begin() + std::min<size_t>(local.size(), 2));
+  for (auto it = available->begin(); it != available->end() && best.size() < 2; ++it) {
+    Worker& w = workers_.at(it->second);
+    if (std::find(local.begin(), local.end(), &w) == local.end() && local_bytes(w) == 0 && eligible(w))
+      best.push_back(&w);
+  }
+  if (best.empty()) return;
+  Worker* w = best[0];
+  Worker* peer = nullptr;
+  const bool split = kind == StageKind::kDenoiser && o_.guidance_parallel && j.shape.guided();
+  if (split && best.size() > 1 && WaitingFor(*best[1], j, index, early) == 0) peer = best[1];
+  if (early && split && !peer && WaitForSplit(now, j, index, best)) return;
+  if (early) {
+    // Early dispatch parks this worker until the inputs exist; it saves one handoff. Worth it only in the
+    // producers' last handoff by the cost model; until then the stage is set aside (a Tick wakes it).
+    const Micros from = EarlyFrom(j, index);
+    const double left = static_cast<double>(from + o_.handoff_us - now) / 1e6;
+    if (from > now) {
+      j.stages[index].early_dispatch =
+          fmt::format("waits for its inputs: {:.3f} s left by the cost model, against a {:.3f} s handoff", left,
+                      o_.handoff_us / 1e6);
+      index_.Defer({j.shape.model, kind}, {-j.priority, j.seq, index}, from);
+      return;
+    }
+    j.stages[index].early_dispatch =
+        from > 0 ? fmt::format("early: on {}, its inputs due in {:.3f} s by the cost model, within a {:.3f} s handoff",
+                               w->name, std::max(0.0, left), o_.handoff_us / 1e6)
+                 : "early: on " + w->name + " while its inputs are produced (not bounded by a cost model)";
+  }
+  Launch(now, j, index, w, peer, early);
 }
 
 std::pair<double, double> CoordinatorCore::SplitTimes(Micros now, const Job& j, int index) const {
@@ -162,6 +163,21 @@ bool CoordinatorCore::WaitForSplit(Micros now, Job& j, int index, const std::vec
                                     "cost model, against {:.3f} s early on one)",
                                     split, alone);
   return true;
+}
+
+Micros CoordinatorCore::EarlyFrom(const Job& j, int index) const {
+  // Unbounded without a cost model, when asked, and with (b)'s fix reverted (early dispatch as it was then).
+  if (!o_.estimate || !o_.bound_early_dispatch || o_.revert_split_choice) return 0;
+  Micros from = 0;
+  const bool i2v = Model(j).image_conditioned;
+  for (StageKind dep : StageDependencies(j.stages[index].kind, i2v))
+    for (const auto& s : j.stages)
+      if (s.kind == dep && s.state == StageState::kRunning) {
+        const double seconds = o_.estimate(j.shape, dep).seconds;
+        if (seconds <= 0) return 0;  // no estimate: early at once, as without a cost model
+        from = std::max(from, s.started + static_cast<Micros>(seconds * 1e6) - o_.handoff_us);
+      }
+  return from;
 }
 
 TensorRef CoordinatorCore::RefFor(const Job& j, const std::string& name) const {
@@ -208,11 +224,13 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
   }
   w->state = WorkerState::kBusy;
   w->job_id = j.id;
+  Reindex(*w);
   j.touched.insert(w->address);
   if (peer) {
     j.touched.insert(peer->address);
     peer->state = WorkerState::kBusy;
     peer->job_id = j.id;
+    Reindex(*peer);
   }
   cmd::RunStage run;
   run.job_id = j.id;
@@ -233,6 +251,7 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
     j.result_at = 0;
   }
   runs_[s.attempt] = Run{j.id, w->id, peer ? peer->id : "", index, s.attempt, false};
+  index_.AddRun(j.id, s.attempt);
   Touch(j);
   Emit(std::move(run));
 }

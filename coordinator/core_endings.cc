@@ -33,6 +33,7 @@ void CoordinatorCore::FreeWorkers(const Run& run) {
     if (id == run.worker_id) ++w.stages_run;
     if (w.state == WorkerState::kBusy) w.state = WorkerState::kIdle;
     if (w.reload_pending && !w.load_in_flight && w.state == WorkerState::kIdle) StartLoad(w);
+    Reindex(w);
   }
 }
 
@@ -57,6 +58,7 @@ Job* CoordinatorCore::EndRun(Micros now, uint64_t attempt, bool unavailable, con
   if (found == runs_.end()) return nullptr;  // a duplicate: the run already ended
   const Run run = *ended = found->second;
   runs_.erase(found);
+  index_.RemoveRun(run.job, attempt);
   FreeWorkers(run);
   if (!reloaded.empty())
     if (auto w = workers_.find(run.worker_id); w != workers_.end()) w->second.described = reloaded;
@@ -168,18 +170,23 @@ void CoordinatorCore::OnOutputStored(Micros now, const ev::OutputStored& e) {
 // its results (a stage that failed fetching its input names a dead producer, not a dead self).
 void CoordinatorCore::Suspect(const Run& run) {
   std::set<std::string> ids = {run.worker_id, run.peer_id};
-  for (const auto& [attempt, r] : runs_)
-    if (r.job == run.job) ids.insert({r.worker_id, r.peer_id});
+  for (uint64_t attempt : index_.RunsOf(run.job)) {
+    const Run& r = runs_.at(attempt);
+    ids.insert({r.worker_id, r.peer_id});
+  }
   std::set<std::string> names;
   if (auto j = jobs_.find(run.job); j != jobs_.end())
     for (const auto& [tensor, ref] : j->second.outputs) names.insert(ref.worker);
   for (auto& [id, w] : workers_)
-    if (w.state != WorkerState::kLost && (ids.count(id) || names.count(w.name))) w.suspect = true;
+    if (w.state != WorkerState::kLost && (ids.count(id) || names.count(w.name))) {
+      w.suspect = true;
+      Reindex(w);
+    }
 }
 
 void CoordinatorCore::CancelRuns(const std::string& job_id) {
-  for (auto& [attempt, r] : runs_)
-    if (r.job == job_id && !r.superseded) {
+  for (uint64_t attempt : index_.RunsOf(job_id))
+    if (Run& r = runs_.at(attempt); !r.superseded) {
       r.superseded = true;
       Emit(cmd::CancelRun{attempt});
     }
@@ -281,8 +288,8 @@ void CoordinatorCore::WorkerGone(Micros now, const std::string& worker_id, const
     if (j.state != JobState::kRunning) continue;
     const bool i2v = Model(j).image_conditioned;
     std::vector<StageView> view = ViewOf(j);
-    for (const auto& [attempt, r] : runs_)
-      if (r.job == id && !r.superseded && (r.worker_id == worker_id || r.peer_id == worker_id))
+    for (uint64_t attempt : index_.RunsOf(id))
+      if (const Run& r = runs_.at(attempt); !r.superseded && (r.worker_id == worker_id || r.peer_id == worker_id))
         view[r.stage_index].runs_on_gone = true;
     for (const auto& [tensor, ref] : j.outputs)
       if (ref.worker == name)
@@ -308,8 +315,8 @@ void CoordinatorCore::WorkerGone(Micros now, const std::string& worker_id, const
     }
     Log(cmd::Level::kWarn, fmt::format("job {}: {}; running {} again (the other stages keep their results)", id, what,
                                        fmt::join(names, ", ")));
-    for (auto& [attempt, r] : runs_)
-      if (r.job == id && !r.superseded && rerun.count(r.stage_index)) {
+    for (uint64_t attempt : index_.RunsOf(id))
+      if (Run& r = runs_.at(attempt); !r.superseded && rerun.count(r.stage_index)) {
         r.superseded = true;
         Emit(cmd::CancelRun{attempt});
       }

@@ -22,6 +22,8 @@ bool Contains(const core::Assignments& a, const std::string& model, StageKind k)
 }  // namespace
 
 std::string Checker::AfterStep(const core::CoordinatorCore& c) {
+  // The core's indexes (what dispatch, leases and name look-ups read) agree with its state.
+  if (std::string m = c.IndexMismatch(); !m.empty()) return m;
   for (const auto& [id, j] : c.jobs()) {
     auto seen = ended_.find(id);
     if (core::Terminal(j.state)) {

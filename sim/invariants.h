@@ -2,7 +2,7 @@
 // exactly once (a succeeded one with its output) and a client's retried submission is one job; a stage never
 // runs twice at once; dispatch follows the placement and the queue's order (higher priority first, FIFO within
 // one); no worker goes over its memory (checked where runs start, world.cc); no tensor outlives its job; no job
-// starves.
+// starves; the core's indexes agree with a scan of its state.
 #pragma once
 
 #include <map>

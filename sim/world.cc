@@ -181,7 +181,9 @@ class World {
                                                      : " -> " + r.reply.id));
     Execute(r.commands);
     if (const std::string v = checker_.AfterStep(*core_); !v.empty()) Violate(v);
-    if (const Micros wake = core_->NextWake(); wake > 0) {
+    // One tick per wake the core asks for (it asks again after every step until then).
+    if (const Micros wake = core_->NextWake(); wake > 0 && std::make_pair(boot_, wake) != woken_) {
+      woken_ = {boot_, wake};
       const int boot = boot_;
       At((wake - 1'000'000) / 1e6 + 1e-6, [this, boot] { Tick(boot, false); });
     }
@@ -248,6 +250,7 @@ class World {
   uint64_t seq_ = 0;
   std::priority_queue<Pending, std::vector<Pending>, std::greater<>> q_;
   std::unique_ptr<core::CoordinatorCore> core_;
+  std::pair<int, Micros> woken_{0, 0};  // the last wake a tick was scheduled for, by boot
   int boot_ = 0;
   std::map<std::string, core::Job> store_;  // what the coordinator persisted
   std::vector<SimWorker> workers_;

@@ -41,7 +41,9 @@ struct Harness {
 
   StepResult Do(Event e) {
     now += 1000;
-    return core.Step(now, e);
+    StepResult r = core.Step(now, e);
+    EXPECT_EQ(core.IndexMismatch(), "");  // what dispatch reads agrees with the state after every event
+    return r;
   }
   // Registers a worker holding every stage and finishes its load; returns its id and the load's step.
   std::string AddWorker(const std::string& name, StepResult* loaded = nullptr) {
@@ -289,16 +291,56 @@ TEST(CoordinatorCore, AGuidedJobOnTwoWorkersRunsSplitWhenTheCostModelSaysItIsFas
     EXPECT_EQ(h.core.FindJob(job)->denoiser_dispatch.rfind("guidance_split: on", 0), 0u)
         << h.core.FindJob(job)->denoiser_dispatch;
   }
-  // Where the split gains nothing (a short denoise), early dispatch stays.
+  // Where the split gains nothing (a short denoise), early dispatch stays (the text encoder, 10 ms by the cost
+  // model, is within a handoff of its end: see the next test for one that is not).
   CoreOptions o = Options();
   o.estimate = [](const JobShape&, StageKind k) {
-    return k == StageKind::kDenoiser ? StageEstimate{0.2, 0.19} : StageEstimate{1.0, 0};
+    return k == StageKind::kDenoiser ? StageEstimate{0.2, 0.19} : StageEstimate{0.01, 0};
   };
   Harness h(o);
   h.AddWorker("w0");
   h.AddWorker("w1");
   h.Submit(0, 6.0);
   EXPECT_EQ(All<cmd::RunStage>(h.last).size(), 2u);
+}
+
+// Early dispatch parks the consumer's worker until its inputs exist, so with a cost model a consumer goes early only
+// in its producer's last handoff: not while the producer has most of its run ahead, and then at once.
+TEST(CoordinatorCore, AConsumerIsSentEarlyOnlyInItsProducersLastHandoff) {
+  CoreOptions o = Options();
+  o.handoff_us = 20'000;
+  o.estimate = [](const JobShape&, StageKind k) {
+    return StageEstimate{k == StageKind::kTextEncoder ? 1.0 : 5.0, 0};
+  };
+  Harness h(o);
+  h.AddWorker("w0");
+  h.AddWorker("w1");
+  const std::string job = h.Submit();
+  const Micros submitted = h.now;
+  auto runs = All<cmd::RunStage>(h.last);
+  ASSERT_EQ(runs.size(), 1u) << "the denoiser was sent early with its text encoder's whole second ahead";
+  EXPECT_EQ(runs[0].kind, StageKind::kTextEncoder);
+  EXPECT_EQ(h.core.FindJob(job)->stages[1].early_dispatch.rfind("waits for its inputs: 1.000 s left", 0), 0u)
+      << h.core.FindJob(job)->stages[1].early_dispatch;
+  // The core asks to be woken a handoff before the text encoder's estimated end.
+  const Micros due = submitted + kSecond - o.handoff_us;
+  EXPECT_EQ(h.core.NextWake(), due);
+  h.now = due - 10'000;
+  EXPECT_TRUE(All<cmd::RunStage>(h.Do(ev::Tick{})).empty());  // not yet
+  h.now = due;
+  runs = All<cmd::RunStage>(h.Do(ev::Tick{}));
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].kind, StageKind::kDenoiser);
+  ASSERT_EQ(runs[0].inputs.size(), 1u);
+  EXPECT_EQ(runs[0].inputs[0].worker, "w0");  // it fetches from the text encoder's worker as soon as it can
+  const std::string note = h.core.FindJob(job)->stages[1].early_dispatch;
+  EXPECT_EQ(note.rfind("early: on w1", 0), 0u) << note;
+  // Without a cost model there is nothing to bound it by: early at once, as before.
+  Harness plain;
+  plain.AddWorker("w0");
+  plain.AddWorker("w1");
+  plain.Submit();
+  EXPECT_EQ(All<cmd::RunStage>(plain.last).size(), 2u);
 }
 
 TEST(CoordinatorCore, ADrainingCoordinatorRefusesAndStartsNothingNew) {
