@@ -40,6 +40,26 @@ def rms(self, x: Tensor, w: Tensor) -> Tensor:
 )",
                      fmt::arg("eps", fmt::format("{:e}", eps)));
 }
+
+// The gated GELU's activation as transformers computes it: "gated-gelu" is its `gelu_new`
+// (activations.NewGELUActivation), the tanh formula written out in Python and run op by op in the activations' dtype,
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). ATen's fused gelu(approximate='tanh') rounds once where this rounds after
+// every op: in bf16 that put each block up to 1 ulp from transformers', the embeddings ~1e-2 from them, and a guided
+// tiny 5B bf16 video at 32 dB from diffusers' frames instead of 58.6 dB (docs/STAGE_PACKAGE.md, Parity). The same ops
+// on the same operands give transformers' bits. Products with a constant stay out of place: TorchScript calls `t.mul_(c)` as aten::mul_.Scalar,
+// which rounds c to bf16 first where Python's `c * t` multiplies by c in float32. The rest is in place (commuted, which
+// IEEE addition and multiplication allow bit for bit), so the block holds no more activations than its wi1 product.
+std::string GeluNewSource() {
+  return fmt::format(R"(
+def gelu_new(self, x: Tensor) -> Tensor:
+    y = torch.pow(x, 3.0) * 0.044715
+    y.add_(x)
+    y = y * {sqrt_2_over_pi}
+    y.tanh_().add_(1.0)
+    return y.mul_(x * 0.5)
+)",
+                     fmt::arg("sqrt_2_over_pi", fmt::format("{:.17g}", std::sqrt(2.0 / M_PI))));
+}
 }  // namespace
 
 void BuildT5Block(const T5Config& c, ScriptBuilder& b) {
@@ -58,7 +78,7 @@ void BuildT5Block(const T5Config& c, ScriptBuilder& b) {
   b.Linear("wo", c.d_ff, c.d_model, false);
   // T5 attention has no 1/sqrt(d) scaling (scale 1) and adds the relative position bias to the scores: the fused
   // kernel takes the bias as an additive mask in the activations' dtype, and computes its softmax in float32.
-  b.Define(RmsNormSource(c.eps) + R"(
+  b.Define(RmsNormSource(c.eps) + GeluNewSource() + R"(
 def clamp_f16(self, x: Tensor) -> Tensor:
     if x.dtype != 5:  # float16 (ScalarType Half; C++ define resolves no torch.float16)
         return x
@@ -76,7 +96,7 @@ def forward(self, x: Tensor, bias: Tensor) -> Tensor:
     a = a.transpose(1, 2).reshape(B, L, {inner})
     x = self.clamp_f16(x + torch.linear(a, self.o_w))
     h = self.rms(x, self.ln2_w)
-    g = torch.gelu(torch.linear(h, self.wi0_w), approximate='tanh') * torch.linear(h, self.wi1_w)
+    g = self.gelu_new(torch.linear(h, self.wi0_w)) * torch.linear(h, self.wi1_w)
     return self.clamp_f16(x + torch.linear(g.to(self.wo_w.dtype), self.wo_w))
 )",
                                               fmt::arg("heads", c.num_heads), fmt::arg("dkv", c.d_kv),

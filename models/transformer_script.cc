@@ -15,9 +15,11 @@ std::string F(double x) {
   return s;
 }
 
+// In the activations' dtype, as diffusers' nn.LayerNorm: a float32 copy normalised and rounded differs from ATen's bf16
+// kernel in rare elements (docs/STAGE_PACKAGE.md, Parity).
 const char* kLayerNorm = R"(
 def ln(self, x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
-    return torch.layer_norm(x.float(), [x.size(-1)], w.float(), b.float(), eps).to(x.dtype)
+    return torch.layer_norm(x, [x.size(-1)], w.to(x.dtype), b.to(x.dtype), eps)
 )";
 
 // A linear layer over the timestep embedding, one row per batch element whatever the batch: a GEMM over B rows

@@ -20,8 +20,9 @@ std::string Float(double v) {
   return out;
 }
 
-// Helpers shared by the encoder and the decoder. Shapes are [B, C, T, H, W]; activations keep the weight dtype, and
-// the group norms run in float32 and cast back.
+// Helpers shared by the encoder and the decoder. Shapes are [B, C, T, H, W]; activations keep the weight dtype. The
+// group norms run in it too, as diffusers' nn.GroupNorm does: ATen's bf16 kernel accumulates in another order than its
+// float32 one, so a float32 copy normalised and rounded differs in rare elements (docs/STAGE_PACKAGE.md, Parity).
 std::string CommonSource(const VaeConfig& cfg) {
   const std::string groups = std::to_string(cfg.norm_groups);
   const std::string eps = Float(cfg.eps);
@@ -38,8 +39,8 @@ def _cconv(self, x: Tensor, w: Tensor, b: Tensor, cache: Dict[str, Tensor], key:
     return torch.conv3d(xp, w, b, [1, 1, 1], [0, w.size(3) // 2, w.size(4) // 2])
 
 def _gn(self, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    # GroupNorm over the whole 5D chunk (statistics span T, H and W), computed in float32.
-    return torch.group_norm(x.float(), )" + groups + R"(, w.float(), b.float(), )" + eps + R"().to(x.dtype)
+    # GroupNorm over the whole 5D chunk (statistics span T, H and W).
+    return torch.group_norm(x, )" + groups + R"(, w.to(x.dtype), b.to(x.dtype), )" + eps + R"()
 
 def _pool_t(self, x: Tensor, n: int) -> Tensor:
     # avg_pool1d(kernel 2, stride 2) over the first 2n frames, summed in float32 like ATen's CPU pooling.

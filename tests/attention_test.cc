@@ -161,7 +161,9 @@ TEST(Attention, T5BlockEqualsBiasedSoftmaxMath) {
   const torch::Tensor p = torch::softmax(torch::matmul(q, k.transpose(-1, -2)) + bias, -1);
   const torch::Tensor x = h0 + torch::linear(torch::matmul(p, v).transpose(1, 2).reshape({2, 226, -1}), w("o_w"));
   const torch::Tensor h2 = rms(x, w("ln2_w"));
-  const torch::Tensor g = torch::gelu(torch::linear(h2, w("wi0_w")), "tanh") * torch::linear(h2, w("wi1_w"));
+  const torch::Tensor x0 = torch::linear(h2, w("wi0_w"));  // transformers' gelu_new, written out
+  const torch::Tensor gelu = 0.5 * x0 * (1.0 + torch::tanh(std::sqrt(2.0 / M_PI) * (x0 + 0.044715 * x0.pow(3))));
+  const torch::Tensor g = gelu * torch::linear(h2, w("wi1_w"));
   const torch::Tensor want = x + torch::linear(g, w("wo_w"));
   EXPECT_LE(MaxDiff(got, want), 1e-5 * MaxAbs(want));
 }

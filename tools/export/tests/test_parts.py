@@ -88,6 +88,8 @@ class TextEncoderPartsTest(PartsTest):
             got = self.run_t5(parts, ids)
         self.assertEqual(got.dtype, torch.bfloat16)
         self.assertBf16Close(got, library, want, "bf16 T5", "text_encoder")
+        # transformers' ops in its order (gelu_new op by op): its bits, not merely as close to float32.
+        self.assertTrue(torch.equal(got, library), f"bf16 T5 {errors(got, library)} from transformers' bf16")
 
 
 class DenoiserPartsTest(PartsTest):
@@ -120,6 +122,7 @@ class DenoiserPartsTest(PartsTest):
             self.assertEqual(got.dtype, torch.float32)
             if library is not None:
                 self.assertBf16Close(got, lib, want, what, "denoiser", f"tiny {variant}")
+                self.assertTrue(torch.equal(got, lib.float()), f"{what}: {errors(got, lib)} from diffusers' bf16")
                 continue
             self.assertClose(got, want, what=what, stage="denoiser", model=f"tiny {variant}")
             if spec.rotary:
@@ -141,6 +144,20 @@ class DenoiserPartsTest(PartsTest):
 
     def test_bf16_weights_stay_close(self):
         self.check("5b", [(3, 8, 8)], dtype=torch.bfloat16)
+
+    def test_bf16_layer_norm_as_diffusers(self):
+        # diffusers' nn.LayerNorm runs in the activations' dtype. ATen's bf16 kernel accumulates the statistics in
+        # another order than its float32 one, so normalising a float32 copy and rounding it differs in a few elements
+        # per million: enough for one element of a guided I2V step to move (docs/STAGE_PACKAGE.md, Parity).
+        tr = tiny_transformer("5b")
+        block = self.export(transformer.write_parts, tr, transformer.read_spec(tr), torch.bfloat16)[1][1]
+        g = torch.Generator().manual_seed(11)
+        x = (torch.randn(1 << 16, 64, generator=g) * 3 + 1).to(torch.bfloat16)
+        w, b = block.norm1_w, block.norm1_b
+        want = torch.nn.functional.layer_norm(x, [64], w, b, 1e-5)
+        f32_route = torch.nn.functional.layer_norm(x.float(), [64], w.float(), b.float(), 1e-5).to(torch.bfloat16)
+        self.assertFalse(torch.equal(f32_route, want), "the data does not tell the float32 route apart")
+        self.assertTrue(torch.equal(block.ln(x, w, b, 1e-5), want))
 
 
 class VaePartsTest(PartsTest):
@@ -169,6 +186,39 @@ class VaePartsTest(PartsTest):
                 want = self.vae.decode(z).sample
                 got = self.decoder(z)
             self.assertClose(got, want, what=f"decoded video, {latent_frames} latent frames", stage="vae_decoder")
+
+    def test_bf16_as_diffusers_bf16(self):
+        # As the image-to-video pipeline encodes its image (bytes to [-1, 1], then the VAE's dtype) and as it decodes.
+        lib = tiny_vae().to(torch.bfloat16)
+        encoder = self.export(vae.write_encoder, self.vae, self.spec, torch.bfloat16)[0][1]
+        decoder = self.export(vae.write_decoder, self.vae, self.spec, torch.bfloat16)[0][1]
+        g = torch.Generator().manual_seed(5)
+        image = (torch.rand(64, 64, 3, generator=g) * 255).byte().permute(2, 0, 1).float() / 127.5 - 1
+        image = image[None, :, None].contiguous()
+        z = torch.randn(1, 16, 3, 8, 8, generator=g)
+        with torch.no_grad():
+            moments, want_moments = encoder(image), lib.encode(image.to(torch.bfloat16)).latent_dist.parameters
+            video, want_video = decoder(z), lib.decode(z.to(torch.bfloat16)).sample
+            ref_moments, ref_video = self.vae.encode(image).latent_dist.parameters, self.vae.decode(z).sample
+        self.assertBf16Close(moments, want_moments, ref_moments, "bf16 posterior moments", "vae_encoder")
+        self.assertBf16Close(video, want_video, ref_video, "bf16 decoded video", "vae_decoder")
+        self.assertTrue(torch.equal(moments, want_moments.float()), f"moments {errors(moments, want_moments)}")
+        self.assertTrue(torch.equal(video, want_video.float()), f"video {errors(video, want_video)}")
+
+    def test_bf16_group_norm_as_diffusers(self):
+        # nn.GroupNorm in the activations' dtype, as diffusers runs it (the float32 route differs in rare elements;
+        # see DenoiserPartsTest.test_bf16_layer_norm_as_diffusers). The tiny VAE's 8 groups, eps 1e-6.
+        decoder = self.export(vae.write_decoder, self.vae, self.spec, torch.bfloat16)[0][1]
+        g = torch.Generator().manual_seed(0)
+        # 2 channels of 64x64 per group, as the encoder's first norms see an image: ~10 in a million differ there
+        # (groups of 2^17 elements showed none).
+        x = (torch.randn(64, 16, 1, 64, 64, generator=g) * 3 + 1).to(torch.bfloat16)
+        w = (1 + 0.1 * torch.randn(16, generator=g)).to(torch.bfloat16)
+        b = (0.1 * torch.randn(16, generator=g)).to(torch.bfloat16)
+        want = torch.nn.functional.group_norm(x, 8, w, b, 1e-6)
+        f32_route = torch.nn.functional.group_norm(x.float(), 8, w.float(), b.float(), 1e-6).to(torch.bfloat16)
+        self.assertFalse(torch.equal(f32_route, want), "the data does not tell the float32 route apart")
+        self.assertTrue(torch.equal(decoder._gn(x, w, b), want))
 
     def test_chunk_methods_thread_the_cache(self):
         # What Reel's VAE slicing and tiling call: decode_chunk over diffusers' chunks with one cache dict, which
