@@ -247,9 +247,10 @@ fs::path ModelCacheDir() {
 fs::path ResolveModel(const std::string& model) {
   std::error_code ec;
   if (FindPreset(model)) {
-    // "-r3": packages with fused attention and one `linear` per row in the timestep linears; a cache filled by an
-    // older Reel (chunked attention, or the bmm row_linear) is left alone.
-    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r3");
+    // "-r4": packages with fused attention, one `linear` per row in the timestep linears and the VAE's per-frame
+    // conv2d resamplers; a cache filled by an older Reel (chunked attention, the bmm row_linear, 1x3x3 conv3d
+    // resamplers) is left alone.
+    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r4");
     if (fs::exists(dir / kManifestFileName, ec)) {
       try {
         LoadManifest(dir);
