@@ -247,10 +247,11 @@ fs::path ModelCacheDir() {
 fs::path ResolveModel(const std::string& model) {
   std::error_code ec;
   if (FindPreset(model)) {
-    // "-r4": packages with fused attention, one `linear` per row in the timestep linears, and the denoiser block's
-    // attend_in/attend_out and the head's project/unpatchify methods (sequence parallelism); a cache filled by an
-    // older Reel is left alone.
-    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r4");
+    // "-r5": packages with fused attention, one `linear` per row in the timestep linears, the denoiser block's
+    // attend_in/attend_out and the head's project/unpatchify methods (sequence parallelism), the VAE's per-frame
+    // conv2d resamplers, and the norms and T5 GELU computed as the libraries do in bf16; a cache filled by an older
+    // Reel is left alone.
+    const fs::path dir = ModelCacheDir() / "models" / (model + "-seed0-f32-r5");
     if (fs::exists(dir / kManifestFileName, ec)) {
       try {
         LoadManifest(dir);

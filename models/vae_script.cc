@@ -48,8 +48,11 @@ def _pool_t(self, x: Tensor, n: int) -> Tensor:
 
 def _downsample(self, x: Tensor, w: Tensor, b: Tensor, compress_time: bool) -> Tensor:
     # CogVideoXDownsample3D: optional time pooling (an odd frame count keeps frame 0 and pools the rest), zero padding
-    # of W and H by one on the right/bottom, then the per-frame Conv2d(3, stride 2) as a conv3d with a 1x3x3 kernel.
-    # The pooled frames are written straight into the padded buffer.
+    # of W and H by one on the right/bottom, then the Conv2d(3, stride 2) over every frame as one conv2d batch, as
+    # diffusers runs it. The frames are written straight into a [B, T, C, H+1, W+1] buffer (o is its [B, C, T, ...]
+    # view), so that batch is a view, not a copy. Why conv2d and not an equivalent 1x3x3 conv3d: at batch 1 in f32,
+    # ATen sends a conv3d with N*C*T*H <= 20480 to its slow im2col path (slow_conv3d), 10-20x slower than the oneDNN
+    # conv2d on the frame batch (docs/BENCHMARKS.md).
     B = x.size(0)
     C = x.size(1)
     T = x.size(2)
@@ -58,35 +61,46 @@ def _downsample(self, x: Tensor, w: Tensor, b: Tensor, compress_time: bool) -> T
     if compress_time:
         t0 = T % 2
         n = (T - t0) // 2
-        o = torch.zeros([B, C, t0 + n, H + 1, W + 1], dtype=x.dtype, device=x.device)
-        if t0 == 1:
-            o[:, :, :1, :H, :W].copy_(x[:, :, :1])
-        if n > 0:
-            o[:, :, t0:, :H, :W].copy_(self._pool_t(x[:, :, t0:], n))
     else:
-        o = torch.constant_pad_nd(x, [0, 1, 0, 1], 0.0)
-    return torch.conv3d(o, w.unsqueeze(2), b, [1, 2, 2], [0, 0, 0])
+        t0 = T
+        n = 0
+    buf = torch.zeros([B, t0 + n, C, H + 1, W + 1], dtype=x.dtype, device=x.device)
+    o = buf.permute([0, 2, 1, 3, 4])
+    if t0 > 0:
+        o[:, :, :t0, :H, :W].copy_(x[:, :, :t0])
+    if n > 0:
+        o[:, :, t0:, :H, :W].copy_(self._pool_t(x[:, :, t0:], n))
+    y = torch.conv2d(buf.view([B * (t0 + n), C, H + 1, W + 1]), w, b, [2, 2], [0, 0])
+    return y.view([B, t0 + n, y.size(1), y.size(2), y.size(3)]).permute([0, 2, 1, 3, 4]).contiguous()
 
 def _upsample(self, x: Tensor, w: Tensor, b: Tensor, compress_time: bool) -> Tensor:
     # CogVideoXUpsample3D: nearest x2. With compress_time and T > 1 odd, frame 0 is upsampled in 2D only and the rest
     # in T, H and W; with T even, all in T, H and W; otherwise (T = 1 or no compress_time) in 2D only. Then the
-    # per-frame Conv2d(3, pad 1) as a conv3d with a 1x3x3 kernel. The copies broadcast into one preallocated buffer.
+    # Conv2d(3, pad 1) over every frame as one conv2d batch, as diffusers runs it (why not a 1x3x3 conv3d: see
+    # _downsample). The copies broadcast into one [B, T, C, 2H, 2W] buffer (o is its [B, C, T, ...] view), so the
+    # frame batch is a view of it.
     B = x.size(0)
     C = x.size(1)
     T = x.size(2)
     H = x.size(3)
     W = x.size(4)
     if compress_time and T > 1 and T % 2 == 1:
-        o = torch.empty([B, C, 2 * T - 1, 2 * H, 2 * W], dtype=x.dtype, device=x.device)
+        T2 = 2 * T - 1
+    elif compress_time and T > 1:
+        T2 = 2 * T
+    else:
+        T2 = T
+    buf = torch.empty([B, T2, C, 2 * H, 2 * W], dtype=x.dtype, device=x.device)
+    o = buf.permute([0, 2, 1, 3, 4])
+    if compress_time and T > 1 and T % 2 == 1:
         o[:, :, :1].view([B, C, 1, H, 2, W, 2]).copy_(x[:, :, :1].reshape([B, C, 1, H, 1, W, 1]))
         o[:, :, 1:].view([B, C, T - 1, 2, H, 2, W, 2]).copy_(x[:, :, 1:].reshape([B, C, T - 1, 1, H, 1, W, 1]))
     elif compress_time and T > 1:
-        o = torch.empty([B, C, 2 * T, 2 * H, 2 * W], dtype=x.dtype, device=x.device)
         o.view([B, C, T, 2, H, 2, W, 2]).copy_(x.reshape([B, C, T, 1, H, 1, W, 1]))
     else:
-        o = torch.empty([B, C, T, 2 * H, 2 * W], dtype=x.dtype, device=x.device)
         o.view([B, C, T, H, 2, W, 2]).copy_(x.reshape([B, C, T, H, 1, W, 1]))
-    return torch.conv3d(o, w.unsqueeze(2), b, [1, 1, 1], [0, 1, 1])
+    y = torch.conv2d(buf.view([B * T2, C, 2 * H, 2 * W]), w, b, [1, 1], [1, 1])
+    return y.view([B, T2, y.size(1), 2 * H, 2 * W]).permute([0, 2, 1, 3, 4]).contiguous()
 )";
 }
 
@@ -140,7 +154,9 @@ def _nearest(self, x: Tensor, T: int, H: int, W: int) -> Tensor:
 
 def _scale_shift(self, n: Tensor, y: Tensor, b: Tensor) -> None:
     # n <- n * nearest(y) + nearest(b) in place. For integer ratios (all CogVideoX shapes) the nearest resize is a
-    # broadcast over a split view of n, so the full-size y and b are never materialized.
+    # broadcast over a split view of n, so the full-size y and b are never materialized. y and b are resized along W
+    # only (1/((T/t)·(H/h)) of n's size): a broadcast whose innermost dim is the W/w = 8 repeats of one value runs
+    # ATen's scalar loop, 6x (f32) to 26x (bf16) slower than this one over whole rows (docs/BENCHMARKS.md).
     B = n.size(0)
     C = n.size(1)
     T = n.size(2)
@@ -150,9 +166,9 @@ def _scale_shift(self, n: Tensor, y: Tensor, b: Tensor) -> None:
     h = y.size(3)
     w = y.size(4)
     if T % t == 0 and H % h == 0 and W % w == 0:
-        v = n.view([B, C, t, T // t, h, H // h, w, W // w])
-        v.mul_(y.reshape([B, C, t, 1, h, 1, w, 1]))
-        v.add_(b.reshape([B, C, t, 1, h, 1, w, 1]))
+        v = n.view([B, C, t, T // t, h, H // h, W])
+        v.mul_(y.unsqueeze(5).expand([B, C, t, h, w, W // w]).reshape([B, C, t, 1, h, 1, W]))
+        v.add_(b.unsqueeze(5).expand([B, C, t, h, w, W // w]).reshape([B, C, t, 1, h, 1, W]))
     else:
         n.mul_(self._nearest(y, T, H, W))
         n.add_(self._nearest(b, T, H, W))

@@ -61,7 +61,7 @@ class GenerateCli : public ::testing::Test {
   }
   // A copy of the tiny package to corrupt.
   static fs::path CopyTiny(const std::string& name) {
-    const fs::path src = *scratch_ / "cache/models/tiny-seed0-f32-r4";
+    const fs::path src = *scratch_ / "cache/models/tiny-seed0-f32-r5";
     if (!fs::exists(src)) EXPECT_EQ(Reel("model info --model tiny").exit_code, 0);
     const fs::path dst = Tmp(name);
     fs::copy(src, dst, fs::copy_options::recursive);
