@@ -258,7 +258,7 @@ torch::Tensor Runtime::DenoiseShare(StageExecutor& e, torch::Tensor video, torch
     auto found = m.find_method(name);
     if (!found)
       throw BadPackage(fmt::format("{}: the denoiser has no '{}' method, which sequence parallelism needs; packages "
-                                   "made before it (Reel's presets before the -r4 cache, older exports) must be "
+                                   "made before it (Reel's presets before the -r5 cache, older exports) must be "
                                    "exported again",
                                    package_.manifest().name, name));
     return *found;
