@@ -183,5 +183,43 @@ TEST_F(SequenceParallel, TwoAndFourRanksEqualOneProcessFor5BShapes) {
   }
 }
 
+// The command line: two `reel generate --sequence-parallel` processes write the frames one process writes.
+TEST(SequenceParallelCli, TwoGenerateProcessesWriteTheVideoOneProcessWrites) {
+  testing::ScratchDir dir("sequence-parallel-cli");
+  ::setenv("REEL_CACHE_DIR", (dir / "cache").c_str(), 1);
+  const std::vector<std::string> job = {REEL_BINARY, "generate", "--model", "tiny", "--prompt", "a red fox",
+                                        "--frames", "9", "--height", "64", "--width", "64", "--steps", "2",
+                                        "--threads", "1", "--no-profile-db"};
+  const auto with = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> a = job;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  {
+    testing::Process one(with(std::vector<std::string>{"--out", (dir / "one.mp4").string(), "--frames-dir", (dir / "one").string()}),
+                         dir / "one.log");
+    const int status = one.Wait(120);
+    ASSERT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << one.Log();
+  }
+  const std::string group = fmt::format("@127.0.0.1:{}", FreePort());
+  testing::Process r0(with(std::vector<std::string>{"--out", (dir / "two.mp4").string(), "--frames-dir", (dir / "two").string(),
+                            "--sequence-parallel", "0/2" + group}),
+                      dir / "r0.log");
+  testing::Process r1(with(std::vector<std::string>{"--out", (dir / "unused.mp4").string(), "--sequence-parallel", "1/2" + group}),
+                      dir / "r1.log");
+  for (testing::Process* p : {&r0, &r1}) {
+    const int status = p->Wait(120);
+    EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << p->Log();
+  }
+  EXPECT_NE(r1.Log().find("denoised as rank 1 of 2; rank 0 writes the video"), std::string::npos) << r1.Log();
+  EXPECT_FALSE(fs::exists(dir / "unused.mp4"));
+  int frames = 0;
+  for (const auto& e : fs::directory_iterator(dir / "one")) {
+    ++frames;
+    EXPECT_EQ(ReadAll(e.path()), ReadAll(dir / "two" / e.path().filename())) << e.path().filename();
+  }
+  EXPECT_EQ(frames, 9);
+}
+
 }  // namespace
 }  // namespace reel
