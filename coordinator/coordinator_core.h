@@ -133,6 +133,10 @@ class CoordinatorCore {
   void CancelRuns(const std::string& job_id);
   void CancelStoring(const std::string& job_id);
   void WorkerGone(Micros now, const std::string& worker_id, const std::string& why);
+  // What WorkerGone does to one running job: the stages the worker `name` (id `worker_id`) took with it run again
+  // (recovery.h), or the whole job when no stage keeps a result, or it fails past max_attempts.
+  void RerunWithout(Micros now, Job& j, const std::string& worker_id, const std::string& name,
+                    const std::string& what);
   const ModelInfo& Model(const Job& j) const { return o_.models.at(j.shape.model); }
 
   // ---- dispatch (core_dispatch.cc) ----

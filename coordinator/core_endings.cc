@@ -157,6 +157,18 @@ void CoordinatorCore::OnOutputStored(Micros now, const ev::OutputStored& e) {
     j.output_bytes = e.bytes;
     End(now, j, JobState::kSucceeded, "");
     Emit(cmd::Metric{cmd::MetricKind::kFrames, static_cast<double>(e.frames), {}, {}});
+  } else if (e.failure == ev::Failure::kUnavailable) {
+    // The decoder's worker could not hand its video over (gone, or started again without it): as when it is lost,
+    // the decoder runs again elsewhere, and so does whatever else of the job it alone held. It is suspect, so the
+    // decoder does not go back to it before it heartbeats again; if it is gone its lease says so later.
+    const auto video = j.outputs.find("video.mp4");
+    const std::string holder = video == j.outputs.end() ? decoded->worker : video->second.worker;
+    Worker* w = WorkerByName(holder);
+    if (w && w->state != WorkerState::kLost && (video == j.outputs.end() || w->address == video->second.address)) {
+      w->suspect = true;
+      Reindex(*w);
+    }
+    RerunWithout(now, j, w ? w->id : std::string(), holder, e.error);
   } else {
     End(now, j, JobState::kFailed, e.error);
   }
@@ -285,53 +297,57 @@ void CoordinatorCore::WorkerGone(Micros now, const std::string& worker_id, const
   const std::string name = workers_.at(worker_id).name;
   for (const std::string& id : std::vector<std::string>(live_.begin(), live_.end())) {
     Job& j = jobs_.at(id);
-    if (j.state != JobState::kRunning) continue;
-    const bool i2v = Model(j).image_conditioned;
-    std::vector<StageView> view = ViewOf(j);
-    for (uint64_t attempt : index_.RunsOf(id))
-      if (const Run& r = runs_.at(attempt); !r.superseded && (r.worker_id == worker_id || r.peer_id == worker_id))
-        view[r.stage_index].runs_on_gone = true;
-    for (const auto& [tensor, ref] : j.outputs)
-      if (ref.worker == name)
-        for (auto& v : view) v.output_on_gone = v.output_on_gone || v.kind == ProducerOf(tensor);
-    const std::set<int> rerun = StagesToRerun(view, i2v);
-    if (rerun.empty()) continue;
-    const std::string what = fmt::format("worker {} {}", name, why);
-    std::vector<std::string> names;
-    bool kept = false;  // a stage keeps its result on a live worker
-    for (size_t i = 0; i < j.stages.size(); ++i) {
-      if (rerun.count(static_cast<int>(i))) names.push_back(StageKindName(view[i].kind));
-      kept = kept || (!rerun.count(static_cast<int>(i)) && view[i].state == "done");
-    }
-    if (j.attempts >= o_.max_attempts) {
-      End(now, j, JobState::kFailed,
-          fmt::format("gave up after {} attempts; last: {}", j.attempts, what));
-      continue;
-    }
-    if (!kept) {
-      Log(cmd::Level::kWarn, fmt::format("job {}: {}; running it again from its first stage", id, what));
-      Requeue(j, what);
-      continue;
-    }
-    Log(cmd::Level::kWarn, fmt::format("job {}: {}; running {} again (the other stages keep their results)", id, what,
-                                       fmt::join(names, ", ")));
-    for (uint64_t attempt : index_.RunsOf(id))
-      if (Run& r = runs_.at(attempt); !r.superseded && rerun.count(r.stage_index)) {
-        r.superseded = true;
-        Emit(cmd::CancelRun{attempt});
-      }
-    for (int i : rerun) {
-      if (view[i].kind == StageKind::kVaeDecoder) CancelStoring(id);
-      for (auto out = j.outputs.begin(); out != j.outputs.end();)
-        out = ProducerOf(out->first) == view[i].kind ? j.outputs.erase(out) : std::next(out);
-      ResetStage(j.stages[i]);
-    }
-    ++j.attempts;
-    j.error = what;
-    Count("requeued");
-    Persist(j);
-    Touch(j);
+    if (j.state == JobState::kRunning) RerunWithout(now, j, worker_id, name, fmt::format("worker {} {}", name, why));
   }
+}
+
+void CoordinatorCore::RerunWithout(Micros now, Job& j, const std::string& worker_id, const std::string& name,
+                                   const std::string& what) {
+  const std::string& id = j.id;
+  const bool i2v = Model(j).image_conditioned;
+  std::vector<StageView> view = ViewOf(j);
+  for (uint64_t attempt : index_.RunsOf(id))
+    if (const Run& r = runs_.at(attempt);
+        !r.superseded && !worker_id.empty() && (r.worker_id == worker_id || r.peer_id == worker_id))
+      view[r.stage_index].runs_on_gone = true;
+  for (const auto& [tensor, ref] : j.outputs)
+    if (ref.worker == name)
+      for (auto& v : view) v.output_on_gone = v.output_on_gone || v.kind == ProducerOf(tensor);
+  const std::set<int> rerun = StagesToRerun(view, i2v);
+  if (rerun.empty()) return;
+  std::vector<std::string> names;
+  bool kept = false;  // a stage keeps its result on a live worker
+  for (size_t i = 0; i < j.stages.size(); ++i) {
+    if (rerun.count(static_cast<int>(i))) names.push_back(StageKindName(view[i].kind));
+    kept = kept || (!rerun.count(static_cast<int>(i)) && view[i].state == "done");
+  }
+  if (j.attempts >= o_.max_attempts) {
+    End(now, j, JobState::kFailed, fmt::format("gave up after {} attempts; last: {}", j.attempts, what));
+    return;
+  }
+  if (!kept) {
+    Log(cmd::Level::kWarn, fmt::format("job {}: {}; running it again from its first stage", id, what));
+    Requeue(j, what);
+    return;
+  }
+  Log(cmd::Level::kWarn, fmt::format("job {}: {}; running {} again (the other stages keep their results)", id, what,
+                                     fmt::join(names, ", ")));
+  for (uint64_t attempt : index_.RunsOf(id))
+    if (Run& r = runs_.at(attempt); !r.superseded && rerun.count(r.stage_index)) {
+      r.superseded = true;
+      Emit(cmd::CancelRun{attempt});
+    }
+  for (int i : rerun) {
+    if (view[i].kind == StageKind::kVaeDecoder) CancelStoring(id);
+    for (auto out = j.outputs.begin(); out != j.outputs.end();)
+      out = ProducerOf(out->first) == view[i].kind ? j.outputs.erase(out) : std::next(out);
+    ResetStage(j.stages[i]);
+  }
+  ++j.attempts;
+  j.error = what;
+  Count("requeued");
+  Persist(j);
+  Touch(j);
 }
 
 }  // namespace reel::core

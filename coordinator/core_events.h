@@ -77,13 +77,16 @@ struct StageFailed {
 // A worker ran out of device memory and learned a profile: the plan may change.
 struct ProfilesChanged {};
 
-// The decoder's MP4 fetched and stored by the adapter (StoreOutput command), or not.
+// The decoder's MP4 fetched and stored by the adapter (StoreOutput command), or not: kUnavailable when the
+// decoder's worker could not give it (gone, or restarted without it; the decoder then runs again elsewhere), kOther
+// when the coordinator could not keep it (its disk; the job fails).
 struct OutputStored {
   std::string job_id;
   uint64_t attempt = 0;
   std::string path, error;  // error empty: stored at path
   int64_t bytes = 0;
   int frames = 0;
+  Failure failure = Failure::kOther;  // with error: why
 };
 
 // The planner's answer to a Replan command.

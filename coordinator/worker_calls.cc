@@ -343,6 +343,9 @@ void Coordinator::Impl::StoreOutput(core::cmd::StoreOutput s, std::shared_ptr<gr
     done.bytes = blob->bytes();
   } catch (const std::exception& e) {
     done.error = fmt::format("storing the output: {}", e.what());
+    // The worker could not hand the video over: the core runs the decoder again; any other error is ours.
+    if (auto* r = dynamic_cast<const Error*>(&e); r && r->kind() == ErrorKind::kUnavailable)
+      done.failure = core::ev::Failure::kUnavailable;
   }
   std::lock_guard lock(mu);
   if (auto it = storing.find(s.job_id); it != storing.end() && it->second == ctx) storing.erase(it);

@@ -306,11 +306,14 @@ void World::Execute(std::vector<core::Command>& commands) {
       const uint64_t token = ++store_tokens_;
       stores_[st->job_id] = token;
       const int i = WorkerAt(st->video.address);
+      // A fetch that fails is the worker's (gone, hung, or restarted without the video), as in the adapter
+      // (worker_calls.cc): the core runs the decoder again.
       auto answer = [this, job = st->job_id, attempt = st->attempt, token](const std::string& error, int64_t bytes) {
         auto it = stores_.find(job);
         if (it == stores_.end() || it->second != token || !core_) return;
         stores_.erase(it);
-        Step(core::ev::OutputStored{job, attempt, error.empty() ? "out/" + job + ".mp4" : "", error, bytes, 9},
+        Step(core::ev::OutputStored{job, attempt, error.empty() ? "out/" + job + ".mp4" : "", error, bytes, 9,
+                                    error.empty() ? core::ev::Failure::kOther : core::ev::Failure::kUnavailable},
              "output of " + job + (error.empty() ? " stored" : ": " + error));
       };
       if (i < 0 || workers_[i].hung) {

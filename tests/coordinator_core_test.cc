@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <deque>
 
 namespace reel::core {
 namespace {
@@ -45,13 +46,13 @@ struct Harness {
     EXPECT_EQ(core.IndexMismatch(), "");  // what dispatch reads agrees with the state after every event
     return r;
   }
-  // Registers a worker holding every stage and finishes its load; returns its id and the load's step.
-  std::string AddWorker(const std::string& name, StepResult* loaded = nullptr) {
+  // Registers a worker holding `target` (every stage) and finishes its load; returns its id and the load's step.
+  std::string AddWorker(const std::string& name, StepResult* loaded = nullptr, Assignments target = Everything()) {
     ev::Register r;
     r.name = name;
     r.address = name + ":1";
     r.device = "cpu";
-    r.static_target = Everything();
+    r.static_target = std::move(target);
     StepResult reg = Do(r);
     EXPECT_EQ(reg.reply.code, Code::kOk) << reg.reply.message;
     auto loads = All<cmd::LoadWorker>(reg);
@@ -341,6 +342,101 @@ TEST(CoordinatorCore, AConsumerIsSentEarlyOnlyInItsProducersLastHandoff) {
   plain.AddWorker("w1");
   plain.Submit();
   EXPECT_EQ(All<cmd::RunStage>(plain.last).size(), 2u);
+}
+
+// Answers every run `from` starts, and those its results start, as a well-behaved worker would, until the decoder's
+// video is to be stored; returns that StoreOutput (the test fails without one) and the runs answered.
+cmd::StoreOutput RunUntilStored(Harness& h, const StepResult& from, std::vector<cmd::RunStage>* ran) {
+  std::deque<cmd::RunStage> pending;
+  for (const auto& r : All<cmd::RunStage>(from)) pending.push_back(r);
+  while (!pending.empty()) {
+    const cmd::RunStage run = pending.front();
+    pending.pop_front();
+    ran->push_back(run);
+    const StepResult s = h.Do(h.ResultOf(run));
+    for (const auto& r : All<cmd::RunStage>(s)) pending.push_back(r);
+    if (const auto stores = All<cmd::StoreOutput>(s); !stores.empty()) return stores.at(0);
+  }
+  ADD_FAILURE() << "no output to store";
+  return {};
+}
+
+// The soak's chaos killed the decoder's worker while the coordinator fetched the video from it: the adapter says
+// the worker was unavailable, and the decoder runs again on another worker from the latents kept elsewhere; the job
+// does not fail. A store that fails on the coordinator's side (its disk) still fails the job.
+TEST(CoordinatorCore, AVideoItsWorkerCannotHandOverIsDecodedAgainElsewhereWhileAFailedStoreFailsTheJob) {
+  Assignments encoders, decoder;
+  encoders["m"] = {{StageKind::kTextEncoder, {}}, {StageKind::kDenoiser, {}}};
+  decoder["m"] = {{StageKind::kVaeDecoder, {}}};
+  for (const bool unavailable : {true, false}) {
+    SCOPED_TRACE(unavailable ? "unavailable" : "disk");
+    Harness h;
+    h.AddWorker("enc", nullptr, encoders);
+    const std::string d0 = h.AddWorker("d0", nullptr, decoder), d1 = h.AddWorker("d1", nullptr, decoder);
+    const std::string job = h.Submit();
+    std::vector<cmd::RunStage> ran;
+    const cmd::StoreOutput store = RunUntilStored(h, h.last, &ran);
+    ASSERT_EQ(ran.size(), 3u);
+    const std::string first = ran.back().worker_id;  // the decoder's worker
+    ASSERT_TRUE(first == d0 || first == d1);
+    ev::OutputStored failed{job, store.attempt, "", "", 0, 0};
+    if (!unavailable) {
+      failed.error = "storing the output: output /data/outputs/j.mp4: write failed";
+      const StepResult s = h.Do(failed);
+      EXPECT_EQ(h.core.FindJob(job)->state, JobState::kFailed);
+      EXPECT_EQ(h.core.FindJob(job)->error, failed.error);
+      EXPECT_TRUE(All<cmd::RunStage>(s).empty());
+      continue;
+    }
+    failed.error = "storing the output: fetching video.mp4 from worker d0: Connection reset by peer";
+    failed.failure = ev::Failure::kUnavailable;
+    StepResult s = h.Do(failed);
+    const Job& j = *h.core.FindJob(job);
+    EXPECT_EQ(j.state, JobState::kRunning) << j.error;
+    EXPECT_EQ(j.stages[0].state, StageState::kDone);  // the text and the latents stay where they are
+    EXPECT_EQ(j.stages[1].state, StageState::kDone);
+    EXPECT_TRUE(h.core.workers().at(first).suspect);
+    const auto again = All<cmd::RunStage>(s);
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0].kind, StageKind::kVaeDecoder);
+    EXPECT_NE(again[0].worker_id, first);  // the other decoder worker
+    ASSERT_EQ(again[0].inputs.size(), 1u);
+    EXPECT_EQ(again[0].inputs[0].worker, "enc");
+    EXPECT_GT(again[0].attempt, store.attempt);
+    s = h.Do(h.ResultOf(again[0]));
+    const auto stores = All<cmd::StoreOutput>(s);
+    ASSERT_EQ(stores.size(), 1u);
+    EXPECT_EQ(stores[0].attempt, again[0].attempt);
+    // The first attempt's answer, late or repeated, changes nothing; the second's ends the job once.
+    EXPECT_TRUE(All<cmd::Persist>(h.Do(failed)).empty());
+    h.Do(ev::OutputStored{job, stores[0].attempt, "/out/j.mp4", "", 1234, 9});
+    EXPECT_EQ(h.core.FindJob(job)->state, JobState::kSucceeded);
+    EXPECT_EQ(h.core.FindJob(job)->output_path, "/out/j.mp4");
+  }
+}
+
+// When the unreachable decoder's worker also held the latents (and the text), nothing of the job is left to keep:
+// it runs again from its first stage, off that worker.
+TEST(CoordinatorCore, AVideoUnfetchableFromTheWorkerHoldingAllItsInputsRunsTheJobAgain) {
+  Harness h;
+  const std::string w0 = h.AddWorker("w0");
+  const std::string job = h.Submit();
+  std::vector<cmd::RunStage> ran;
+  const cmd::StoreOutput store = RunUntilStored(h, h.last, &ran);
+  ASSERT_EQ(ran.size(), 3u);
+  StepResult loaded;
+  const std::string w1 = h.AddWorker("w1", &loaded);
+  EXPECT_TRUE(All<cmd::RunStage>(loaded).empty());
+  ev::OutputStored failed{job, store.attempt, "", "storing the output: fetching video.mp4: unavailable", 0, 0,
+                          ev::Failure::kUnavailable};
+  const StepResult s = h.Do(failed);
+  EXPECT_NE(h.core.FindJob(job)->state, JobState::kFailed) << h.core.FindJob(job)->error;
+  const auto again = All<cmd::RunStage>(s);
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(again[0].kind, StageKind::kTextEncoder);
+  for (const auto& r : again) EXPECT_EQ(r.worker_id, w1);
+  EXPECT_TRUE(h.core.workers().at(w0).suspect);
+  EXPECT_EQ(h.core.FindJob(job)->attempts, 2);
 }
 
 TEST(CoordinatorCore, ADrainingCoordinatorRefusesAndStartsNothingNew) {
