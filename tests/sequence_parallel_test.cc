@@ -183,6 +183,29 @@ TEST_F(SequenceParallel, TwoAndFourRanksEqualOneProcessFor5BShapes) {
   }
 }
 
+// A rank lost mid-job: its peer's next all-to-all fails at once with one line naming the rank (Unavailable, the
+// program's exit status 4), not a hang or a crash.
+TEST_F(SequenceParallel, ARankLostMidJobFailsItsPeersStepCleanly) {
+  const std::string group = fmt::format("@127.0.0.1:{}", FreePort());
+  const std::vector<std::string> job = {REEL_SP_DENOISE, "--package", (*scratch_ / "cogvideox-2b").string(),
+                                        "--frames", "9", "--height", "80", "--width", "80", "--steps", "3",
+                                        "--threads", "1", "--timeout-ms", "20000"};
+  auto r0_args = job, r1_args = job;
+  r0_args.insert(r0_args.end(), {"--group", "0/2" + group, "--out", (*scratch_ / "lost-0.pt").string()});
+  r1_args.insert(r1_args.end(), {"--group", "1/2" + group, "--die-after-step", "1"});
+  fs::remove(*scratch_ / "lost-0.log");
+  fs::remove(*scratch_ / "lost-1.log");
+  testing::Process r0(r0_args, *scratch_ / "lost-0.log"), r1(r1_args, *scratch_ / "lost-1.log");
+  const auto start = std::chrono::steady_clock::now();
+  const int s1 = r1.Wait(120), s0 = r0.Wait(120);
+  EXPECT_TRUE(s1 != -1 && WIFEXITED(s1) && WEXITSTATUS(s1) == 3) << r1.Log();
+  ASSERT_TRUE(s0 != -1 && WIFEXITED(s0)) << r0.Log();
+  EXPECT_EQ(WEXITSTATUS(s0), 4) << r0.Log();
+  EXPECT_NE(r0.Log().find("sequence-parallel rank 0 of 2: an all-to-all failed"), std::string::npos) << r0.Log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(100));
+  EXPECT_FALSE(fs::exists(*scratch_ / "lost-0.pt"));  // no latents from a failed job
+}
+
 // The command line: two `reel generate --sequence-parallel` processes write the frames one process writes.
 TEST(SequenceParallelCli, TwoGenerateProcessesWriteTheVideoOneProcessWrites) {
   testing::ScratchDir dir("sequence-parallel-cli");
