@@ -300,6 +300,7 @@ void RunServe(ServeFlags& f) {
 struct SubmitFlags {
   JobFlags job;
   int priority = 0;
+  std::string objective = "throughput";
   bool wait = false;
   int reconnect_seconds = 60;
   std::string out;
@@ -408,6 +409,7 @@ void RunSubmit(SubmitFlags& f) {
     s->set_image_name(Printable(r.image, 1024));  // for messages only; a file name need not be UTF-8, the field must
   }
   req.set_priority(f.priority);
+  s->set_objective(f.objective);  // checked by the coordinator, which names the flag
   if (f.request_id.size() > 128)
     throw InvalidArgument(fmt::format("--request-id: {} bytes; accepted at most 128", f.request_id.size()));
   req.set_request_id(f.request_id.empty() ? NewRequestId() : f.request_id);
@@ -672,6 +674,10 @@ void AddClusterCommands(CLI::App& app) {
     AddJobFlags(*c, f->job);
     c->add_option("--priority", f->priority, "Higher runs first; FIFO within a priority (-1000..1000)")
         ->default_val(0);
+    c->add_option("--objective", f->objective,
+                  "throughput: the cluster's jobs per hour (one worker, or two for guidance); latency: this job's own "
+                  "time (its denoise may take several idle workers, sequence-parallel)")
+        ->default_val(f->objective);
     c->add_flag("--wait", f->wait, "Follow the job and download its MP4 when it succeeds");
     c->add_option("--request-id", f->request_id,
                   "Retries under the same id return the same job (default: a random one per call)");

@@ -161,7 +161,7 @@ void RunPlan(const PlanFlags& f) {
   const planner::Plan plan = planner::Search(problem, objective);
   const std::vector<std::string> would_fit =
       plan.feasible ? std::vector<std::string>{} : planner::WhatWouldFit(model, machine, job, objective, po);
-  Print(f, planner::PlanReport(manifest, job, objective, problem, plan, would_fit, f.explain));
+  Print(f, planner::PlanReport(manifest, job, objective, problem, plan, would_fit, f.explain, &model));
 }
 
 }  // namespace

@@ -49,6 +49,9 @@ struct JobShape {
   std::string model;
   int frames = 0, height = 0, width = 0, steps = 0;
   double guidance = 1.0;
+  // The job's objective: its own latency (its denoise may take several workers with sequence parallelism) rather
+  // than the cluster's throughput (one worker, or two for a guided denoise's guidance split).
+  bool latency = false;
   bool guided() const { return guidance > 1.0; }
 };
 
@@ -65,6 +68,7 @@ struct StageRun {
   StageKind kind = StageKind::kTextEncoder;
   StageState state = StageState::kPending;
   std::string worker, guidance_peer;  // names
+  std::vector<std::string> sequence_peers;  // names: ranks 1.. of a sequence-parallel denoise (worker is rank 0)
   uint64_t attempt = 0;               // which run: results of any other are ignored; 0 while pending
   Micros started = 0, finished = 0, accepted = 0;
   int step = 0, steps = 0;
@@ -79,6 +83,7 @@ inline void ResetStage(StageRun& s) {
   s.state = StageState::kPending;
   s.worker.clear();
   s.guidance_peer.clear();
+  s.sequence_peers.clear();
   s.step = 0;
   s.started = s.finished = s.accepted = 0;
   s.attempt = 0;
@@ -112,6 +117,7 @@ struct Job {
 struct Worker {
   std::string id, name, address, host, device;  // device: cpu | cuda:N
   int64_t capacity_bytes = 0, host_memory_bytes = 0;
+  bool sequence_parallel = false;  // it can take a rank of a sequence-parallel denoise (built with c10d's Gloo)
   WorkerState state = WorkerState::kLoading;
   std::string job_id;                 // busy: the job it runs
   std::vector<std::string> described;  // "model/stage (strategy)" as it last reported
@@ -135,6 +141,20 @@ struct Run {
   int stage_index = 0;
   uint64_t attempt = 0;
   bool superseded = false;  // its job moved on: however it ends changes nothing but freeing its workers
+  std::vector<std::string> sequence_ids;  // ranks 1.. of a sequence-parallel denoise
+  // Every worker it occupies: its own, its guidance peer, its sequence-parallel ranks.
+  std::vector<std::string> Workers() const {
+    std::vector<std::string> ids = {worker_id};
+    if (!peer_id.empty()) ids.push_back(peer_id);
+    ids.insert(ids.end(), sequence_ids.begin(), sequence_ids.end());
+    return ids;
+  }
+  bool Involves(const std::string& id) const {
+    if (id.empty()) return false;
+    for (const std::string& w : Workers())
+      if (w == id) return true;
+    return false;
+  }
 };
 
 struct ModelInfo {
@@ -146,6 +166,9 @@ struct ModelInfo {
 struct StageEstimate {
   double seconds = 0;        // on one worker
   double split_seconds = 0;  // guided denoising split across two workers (guidance-parallel), exchange included
+  // The denoise on k = 2, 3, ... workers with sequence parallelism, exchanges included: sequence_seconds[k - 2]
+  // (absent or 0: not possible at that degree).
+  std::vector<double> sequence_seconds;
 };
 
 }  // namespace reel::core

@@ -137,6 +137,7 @@ grpc::Status Coordinator::Impl::Register(grpc::ServerContext*, const v1::Registe
   e.device = req->device();
   e.capacity_bytes = req->device_capacity_bytes();
   e.host_memory_bytes = req->host_memory_bytes();
+  e.sequence_parallel = req->sequence_parallel();
   if (!Planned()) e.static_target = StaticTarget(req->name());
   std::lock_guard lock(mu);
   const core::Reply r = Step(e);
@@ -184,7 +185,8 @@ grpc::Status Coordinator::Impl::SubmitJob(grpc::ServerContext*, const v1::Submit
     return Refuse(grpc::StatusCode::INVALID_ARGUMENT, e.what());
   }
   core::ev::Submit e;
-  e.shape = {spec.model(), spec.frames(), spec.height(), spec.width(), spec.steps(), spec.guidance()};
+  e.shape = {spec.model(), spec.frames(), spec.height(), spec.width(), spec.steps(), spec.guidance(),
+             spec.objective() == "latency"};
   e.priority = req->priority();
   e.request_id = req->request_id();
   std::lock_guard lock(mu);
@@ -363,7 +365,7 @@ grpc::Status Coordinator::Impl::ListWorkers(grpc::ServerContext*, const v1::List
     info->set_stages_run(w.stages_run);
     // What it runs now, read from the runs in flight (a worker is in at most one that is not superseded).
     for (const auto& [attempt, run] : core->runs()) {
-      if (run.worker_id != id && run.peer_id != id) continue;
+      if (!run.Involves(id)) continue;
       const core::Job* j = core->FindJob(run.job);
       if (!j || run.stage_index >= static_cast<int>(j->stages.size())) continue;
       const core::StageRun& s = j->stages[run.stage_index];
@@ -425,7 +427,7 @@ grpc::Status Coordinator::Impl::PlanReportFor(const v1::PlanJobRequest& request,
     const planner::Plan plan = planner::Search(problem, objective);
     const std::vector<std::string> would_fit =
         plan.feasible ? std::vector<std::string>{} : planner::WhatWouldFit(model, machine, job, objective, po);
-    *report = planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain()).dump();
+    *report = planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain(), &model).dump();
   } catch (const Error& e) {
     return Refuse(e.kind() == ErrorKind::kInvalidArgument ? grpc::StatusCode::INVALID_ARGUMENT
                                                           : grpc::StatusCode::INTERNAL,

@@ -362,6 +362,7 @@ void CoordinatorCore::OnRegister(Micros now, const ev::Register& e) {
   w.device = e.device;
   w.capacity_bytes = e.capacity_bytes;
   w.host_memory_bytes = e.host_memory_bytes;
+  w.sequence_parallel = e.sequence_parallel;
   w.last_heartbeat = now;
   if (!o_.planned) w.target = e.static_target;
   const std::string id = w.id;
@@ -417,7 +418,7 @@ void CoordinatorCore::OnLeave(Micros now, const ev::Leave& e) {
   w.suspect = false;
   Reindex(w);
   int running = 0;
-  for (const auto& [attempt, r] : runs_) running += r.worker_id == id || r.peer_id == id;
+  for (const auto& [attempt, r] : runs_) running += r.Involves(id);
   const int needed = TensorsNeededOn(name);
   if (e.going) {
     Log(cmd::Level::kInfo,

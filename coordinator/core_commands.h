@@ -24,7 +24,18 @@ struct RunStage {
   uint64_t attempt = 0;
   std::string worker_id, address, worker;
   std::string peer_id, peer_address, peer;
+  // A sequence-parallel denoise: the workers of ranks 1.. (this worker is rank 0 and drives them).
+  struct Rank {
+    std::string id, address, name;
+  };
+  std::vector<Rank> sequence;
   std::vector<TensorRef> inputs;
+  std::vector<std::string> Workers() const {  // every worker it occupies
+    std::vector<std::string> ids = {worker_id};
+    if (!peer_id.empty()) ids.push_back(peer_id);
+    for (const Rank& r : sequence) ids.push_back(r.id);
+    return ids;
+  }
 };
 struct CancelRun {
   uint64_t attempt = 0;

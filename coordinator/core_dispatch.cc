@@ -105,10 +105,24 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
       best.push_back(&w);
   }
   if (best.empty()) return;
+  int latency_choice = 0;  // a latency job's choice when not in sequence: 1 worker, or 2 (the guidance split)
+  if (kind == StageKind::kDenoiser && j.shape.latency && o_.estimate) {
+    // A latency job's denoise may take every idle holder of the denoiser (sequence parallelism): never sent early,
+    // which would take one worker only.
+    if (early) {
+      if (available->size() > 1) return;
+    } else {
+      std::vector<Worker*> all = local;
+      for (const auto& [key, id] : *available)
+        if (Worker& c = workers_.at(id); std::find(all.begin(), all.end(), &c) == all.end()) all.push_back(&c);
+      latency_choice = PlaceSequence(now, j, index, all);
+      if (latency_choice < 0) return;
+    }
+  }
   Worker* w = best[0];
   Worker* peer = nullptr;
   const bool split = kind == StageKind::kDenoiser && o_.guidance_parallel && j.shape.guided();
-  if (split && best.size() > 1 && WaitingFor(*best[1], j, index, early) == 0) peer = best[1];
+  if (split && best.size() > 1 && WaitingFor(*best[1], j, index, early) == 0 && latency_choice != 1) peer = best[1];
   if (early && split && !peer && WaitForSplit(now, j, index, best)) return;
   if (early) {
     // Early dispatch parks this worker until the inputs exist; it saves one handoff. Worth it only in the
@@ -128,6 +142,45 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
                  : "early: on " + w->name + " while its inputs are produced (not bounded by a cost model)";
   }
   Launch(now, j, index, w, peer, early);
+}
+
+int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vector<Worker*>& idle) {
+  const StageEstimate d = o_.estimate(j.shape, StageKind::kDenoiser);
+  if (d.seconds <= 0) return 0;
+  // The choices the idle workers allow, by the cost model: one worker, the guidance split, k workers in sequence.
+  struct Choice {
+    std::string name;
+    int workers = 1;
+    double seconds = 0;
+  };
+  std::vector<Choice> choices = {{"one worker", 1, d.seconds}};
+  if (o_.guidance_parallel && j.shape.guided() && idle.size() > 1 && d.split_seconds > 0)
+    choices.push_back({"guidance split", 2, d.split_seconds});
+  std::vector<Worker*> able;  // the sequence's ranks: workers built with sequence parallelism
+  for (Worker* w : idle)
+    if (w->sequence_parallel) able.push_back(w);
+  for (size_t k = 2; k <= able.size() && k - 2 < d.sequence_seconds.size(); ++k)
+    if (d.sequence_seconds[k - 2] > 0)
+      choices.push_back({fmt::format("{} workers in sequence", k), static_cast<int>(k), d.sequence_seconds[k - 2]});
+  const Choice* best = &choices[0];
+  for (const Choice& c : choices)
+    if (c.seconds < best->seconds) best = &c;  // ties: the fewer workers, listed first
+  std::string others;
+  for (const Choice& c : choices)
+    if (&c != best) others += fmt::format("{}{} {:.3f} s", others.empty() ? "" : ", ", c.name, c.seconds);
+  const std::string why = fmt::format(" by the cost model{}", others.empty() ? "" : "; " + others);
+  if (best->name.find("in sequence") == std::string::npos) {
+    // Today's dispatch (one worker, or the guidance split), which says what it did; the latency choice is noted.
+    latency_note_ = fmt::format("latency objective: {} {:.3f} s{}", best->name, best->seconds, why);
+    return best->workers;
+  }
+  std::vector<Worker*> ranks(able.begin(), able.begin() + best->workers);
+  std::string names;
+  for (const Worker* w : ranks) names += (names.empty() ? "" : ", ") + w->name;
+  Launch(now, j, index, ranks[0], nullptr, false, {ranks.begin() + 1, ranks.end()});
+  j.denoiser_dispatch = fmt::format("sequence_parallel: {} workers ({}), {:.3f} s{}", best->workers, names,
+                                    best->seconds, why);
+  return -1;
 }
 
 std::pair<double, double> CoordinatorCore::SplitTimes(Micros now, const Job& j, int index) const {
@@ -195,7 +248,8 @@ TensorRef CoordinatorCore::RefFor(const Job& j, const std::string& name) const {
   return ref;
 }
 
-void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early) {
+void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early,
+                             const std::vector<Worker*>& sequence) {
   if (j.state == JobState::kQueued) {
     SetState(j, JobState::kRunning);
     j.started = now;
@@ -210,6 +264,8 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
   s.attempt = (static_cast<uint64_t>(boot_) << 32) | ++runs_started_;
   s.worker = w->name;
   s.guidance_peer = peer ? peer->name : "";
+  s.sequence_peers.clear();
+  for (const Worker* r : sequence) s.sequence_peers.push_back(r->name);
   s.started = now;
   s.finished = 0;
   s.step = 0;
@@ -222,15 +278,23 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
                           : early ? "early: on " + w->name + " while its inputs are produced" + estimate
                                   : "single: no second idle worker holds the denoiser" + estimate;
   }
+  if (!latency_note_.empty()) {
+    if (s.kind == StageKind::kDenoiser)
+      j.denoiser_dispatch = (peer ? "guidance_split: on " + w->name + " and " + peer->name : "single: on " + w->name) +
+                            "; " + latency_note_;
+    latency_note_.clear();
+  }
   w->state = WorkerState::kBusy;
   w->job_id = j.id;
   Reindex(*w);
   j.touched.insert(w->address);
-  if (peer) {
-    j.touched.insert(peer->address);
-    peer->state = WorkerState::kBusy;
-    peer->job_id = j.id;
-    Reindex(*peer);
+  std::vector<Worker*> others = sequence;
+  if (peer) others.push_back(peer);
+  for (Worker* o : others) {
+    j.touched.insert(o->address);
+    o->state = WorkerState::kBusy;
+    o->job_id = j.id;
+    Reindex(*o);
   }
   cmd::RunStage run;
   run.job_id = j.id;
@@ -245,12 +309,14 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
     run.peer_address = peer->address;
     run.peer = peer->name;
   }
+  for (const Worker* r : sequence) run.sequence.push_back({r->id, r->address, r->name});
   for (const auto& name : InputsOf(s.kind, Model(j).image_conditioned)) run.inputs.push_back(RefFor(j, name));
   if (j.result_at > 0) {
     Emit(cmd::Metric{cmd::MetricKind::kDispatchSeconds, (now - j.result_at) / 1e6, {}, {}});
     j.result_at = 0;
   }
-  runs_[s.attempt] = Run{j.id, w->id, peer ? peer->id : "", index, s.attempt, false};
+  Run& r = runs_[s.attempt] = Run{j.id, w->id, peer ? peer->id : "", index, s.attempt, false, {}};
+  for (const Worker* o : sequence) r.sequence_ids.push_back(o->id);
   index_.AddRun(j.id, s.attempt);
   Touch(j);
   Emit(std::move(run));

@@ -25,7 +25,7 @@ std::vector<StageView> ViewOf(const Job& j) {
 // ---- runs ending ----
 
 void CoordinatorCore::FreeWorkers(const Run& run) {
-  for (const std::string& id : {run.worker_id, run.peer_id}) {
+  for (const std::string& id : run.Workers()) {
     auto it = workers_.find(id);
     if (it == workers_.end()) continue;
     Worker& w = it->second;
@@ -181,11 +181,10 @@ void CoordinatorCore::OnOutputStored(Micros now, const ev::OutputStored& e) {
 // heartbeats again: its own worker and guidance peer, the job's other running stages' workers and the holders of
 // its results (a stage that failed fetching its input names a dead producer, not a dead self).
 void CoordinatorCore::Suspect(const Run& run) {
-  std::set<std::string> ids = {run.worker_id, run.peer_id};
-  for (uint64_t attempt : index_.RunsOf(run.job)) {
-    const Run& r = runs_.at(attempt);
-    ids.insert({r.worker_id, r.peer_id});
-  }
+  std::set<std::string> ids;
+  for (const std::string& id : run.Workers()) ids.insert(id);
+  for (uint64_t attempt : index_.RunsOf(run.job))
+    for (const std::string& id : runs_.at(attempt).Workers()) ids.insert(id);
   std::set<std::string> names;
   if (auto j = jobs_.find(run.job); j != jobs_.end())
     for (const auto& [tensor, ref] : j->second.outputs) names.insert(ref.worker);
@@ -219,7 +218,7 @@ void CoordinatorCore::ReleaseTensors(Job& j) {
 
 void CoordinatorCore::ReleaseLate(const Job& j, const Run& run) {
   cmd::ReleaseTensors r{j.id, {}};
-  for (const std::string& id : {run.worker_id, run.peer_id})
+  for (const std::string& id : run.Workers())
     if (auto w = workers_.find(id); w != workers_.end()) r.addresses.insert(w->second.address);
   if (!r.addresses.empty()) Emit(std::move(r));
 }
@@ -308,7 +307,7 @@ void CoordinatorCore::RerunWithout(Micros now, Job& j, const std::string& worker
   std::vector<StageView> view = ViewOf(j);
   for (uint64_t attempt : index_.RunsOf(id))
     if (const Run& r = runs_.at(attempt);
-        !r.superseded && !worker_id.empty() && (r.worker_id == worker_id || r.peer_id == worker_id))
+        !r.superseded && r.Involves(worker_id))
       view[r.stage_index].runs_on_gone = true;
   for (const auto& [tensor, ref] : j.outputs)
     if (ref.worker == name)

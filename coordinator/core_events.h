@@ -30,6 +30,7 @@ struct Cancel {
 struct Register {
   std::string name, address, host, device;
   int64_t capacity_bytes = 0, host_memory_bytes = 0;
+  bool sequence_parallel = false;  // it can take a rank of a sequence-parallel denoise
   // The id of the live entry of this name at another address that the adapter found not answering: a worker
   // started again elsewhere before its old lease ran out. Empty: none, or it answered.
   std::string silent_id;

@@ -62,7 +62,7 @@ core::Job CoreJobOf(const JobRecord& r) {
   j.seq = r.seq;
   j.priority = p.priority();
   j.shape = {p.spec().model(), p.spec().frames(), p.spec().height(), p.spec().width(), p.spec().steps(),
-             p.spec().guidance()};
+             p.spec().guidance(), p.spec().objective() == "latency"};
   j.state = CoreState(p.state());
   j.submitted = p.submitted_unix_us();
   j.started = p.started_unix_us();
@@ -78,6 +78,7 @@ core::Job CoreJobOf(const JobRecord& r) {
     c.state = CoreStageState(s.state());
     c.worker = s.worker();
     c.guidance_peer = s.guidance_peer();
+    c.sequence_peers.assign(s.sequence_peers().begin(), s.sequence_peers().end());
     c.attempt = s.attempt();
     c.started = s.started_unix_us();
     c.finished = s.finished_unix_us();
@@ -105,6 +106,7 @@ v1::Job Coordinator::Impl::Public(const core::Job& j) const {
     r->set_state(core::StageStateName(s.state));
     r->set_worker(s.worker);
     r->set_guidance_peer(s.guidance_peer);
+    for (const auto& n : s.sequence_peers) r->add_sequence_peers(n);
     r->set_started_unix_us(s.started);
     r->set_finished_unix_us(s.finished);
     r->set_accepted_unix_us(s.accepted);

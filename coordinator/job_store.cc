@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "common/error.h"
@@ -120,6 +122,14 @@ JobStore::JobStore(const std::string& path) : path_(path) {
     Exec("ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT ''");
     Exec("ALTER TABLE jobs ADD COLUMN denoiser_dispatch TEXT NOT NULL DEFAULT ''");
   }
+  // A later addition: a sequence-parallel denoise's other ranks, one name a line.
+  bool has_sequence_peers = false;
+  {
+    Stmt cols(db_, "SELECT name FROM pragma_table_info('stages')");
+    while (cols.ok() && cols.Step() == SQLITE_ROW)
+      has_sequence_peers = has_sequence_peers || cols.Text(0) == "sequence_peers";
+  }
+  if (!has_sequence_peers) Exec("ALTER TABLE stages ADD COLUMN sequence_peers TEXT NOT NULL DEFAULT ''");
   Exec("CREATE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id) WHERE request_id != ''");
   Stmt v(db_, "SELECT version FROM schema_version LIMIT 1");
   if (!v.ok()) Fail("reading the schema version");
@@ -197,7 +207,11 @@ void JobStore::Write(const JobRecord& r) {
   for (int i = 0; i < j.stages_size(); ++i) {
     const auto& s = j.stages(i);
     Stmt st(db_, R"sql(INSERT INTO stages (job_id, idx, stage, state, worker, guidance_peer, started_us,
-      finished_us, step, steps, error, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12))sql");
+      finished_us, step, steps, error, profile, sequence_peers)
+      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))sql");
+    std::string peers;
+    for (const auto& n : s.sequence_peers()) peers += (peers.empty() ? "" : "\n") + n;
+    st.Bind(13, peers);
     st.Bind(1, j.id()).Bind(2, int64_t{i}).Bind(3, reel::v1::Stage_Name(s.stage())).Bind(4, s.state());
     st.Bind(5, s.worker()).Bind(6, s.guidance_peer()).Bind(7, s.started_unix_us()).Bind(8, s.finished_unix_us());
     st.Bind(9, int64_t{s.step()}).Bind(10, int64_t{s.steps()}).Bind(11, s.error());
@@ -265,7 +279,7 @@ std::vector<JobRecord> JobStore::Query(const std::string& tail,
   }
   for (auto& r : out) {
     Stmt st(db_, R"sql(SELECT stage, state, worker, guidance_peer, started_us, finished_us, step, steps, error,
-      profile FROM stages WHERE job_id = ?1 ORDER BY idx)sql");
+      profile, sequence_peers FROM stages WHERE job_id = ?1 ORDER BY idx)sql");
     st.Bind(1, r.job.id());
     while (st.Step() == SQLITE_ROW) {
       auto* s2 = r.job.add_stages();
@@ -281,6 +295,12 @@ std::vector<JobRecord> JobStore::Query(const std::string& tail,
       s2->set_steps(static_cast<int32_t>(st.Int(7)));
       s2->set_error(st.Text(8));
       r.stage_profiles.push_back(st.Text(9));
+      const std::string peers = st.Text(10);
+      for (size_t at = 0; !peers.empty() && at <= peers.size();) {
+        const size_t nl = std::min(peers.find('\n', at), peers.size());
+        s2->add_sequence_peers(peers.substr(at, nl - at));
+        at = nl + 1;
+      }
     }
   }
   return out;

@@ -72,6 +72,9 @@ const Manifest& ValidateSubmit(const std::map<std::string, Manifest>& models, co
   const Manifest& m = mit->second;
   if (req.priority() < -1000 || req.priority() > 1000)
     throw InvalidArgument(fmt::format("priority {}: accepted -1000 to 1000", req.priority()));
+  if (spec.objective().empty()) spec.set_objective("throughput");
+  if (spec.objective() != "throughput" && spec.objective() != "latency")
+    throw InvalidArgument(fmt::format("--objective '{}': accepted throughput or latency", Printable(spec.objective())));
   if (spec.frames() == 0) spec.set_frames(m.defaults.frames);
   if (spec.height() == 0) spec.set_height(m.defaults.height);
   if (spec.width() == 0) spec.set_width(m.defaults.width);

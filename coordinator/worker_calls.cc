@@ -15,6 +15,7 @@
 #include "coordinator/coordinator_service.h"
 #include "planner/plan_report.h"
 #include "planner/search.h"
+#include "planner/sequence_parallel_cost.h"
 #include "transfer/stored_name.h"
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
@@ -51,6 +52,9 @@ void Coordinator::Impl::UpdateGauges() {
 
 namespace {
 
+// The most workers one job's denoise is offered (sequence parallelism; the cost model's choice among them).
+constexpr int kMaxSequenceDegree = 8;
+
 v1::TensorRef ProtoRef(const std::string& job, const core::TensorRef& t) {
   v1::TensorRef ref;
   ref.set_job_id(job);
@@ -77,6 +81,11 @@ void Coordinator::Impl::Execute(std::vector<core::Command>& commands) {
       if (!run->peer_id.empty()) {
         req.set_guidance_peer_address(run->peer_address);
         req.set_guidance_peer(run->peer);
+      }
+      for (const auto& rank : run->sequence) {
+        auto* p = req.add_sequence_peers();
+        p->set_worker(rank.name);
+        p->set_address(rank.address);
       }
       auto ctx = std::make_shared<grpc::ClientContext>();
       calls[run->attempt] = ctx;
@@ -426,6 +435,19 @@ core::StageEstimate Coordinator::Impl::Estimate(const core::JobShape& shape, Sta
     if (kind == StageKind::kDenoiser && shape.guided()) {
       const double exchange = 2.0 * job.steps * model->OutputBytes(kind, job) / 10e9;
       e.split_seconds = option.seconds / 2 + exchange;
+    }
+    if (kind == StageKind::kDenoiser) {
+      // k workers sharing the tokens over loopback Gloo, in proportion to this one-device price.
+      const planner::Link link = planner::DefaultLink("loopback");
+      for (int k = 2; k <= kMaxSequenceDegree; ++k) {
+        try {
+          const planner::SequenceParallelPrice p =
+              planner::PriceSequenceParallel(*model, device, job, "f32", k, false, link);
+          e.sequence_seconds.push_back(p.single_seconds > 0 ? option.seconds * p.seconds() / p.single_seconds : 0);
+        } catch (const Error&) {
+          break;  // more workers than the denoiser has heads
+        }
+      }
     }
   } catch (const std::exception&) {
     e = {};  // no estimate: early dispatch, as before the cost model was asked

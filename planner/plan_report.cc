@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "planner/sequence_parallel_cost.h"
 #include "profiler/host_memory.h"
 
 namespace reel::planner {
@@ -52,7 +53,7 @@ Objective ParseObjective(const std::string& value, const std::string& flag) {
 }
 
 json PlanReport(const Manifest& manifest, const Job& job, Objective objective, const Problem& problem,
-                const Plan& plan, const std::vector<std::string>& would_fit, bool explain) {
+                const Plan& plan, const std::vector<std::string>& would_fit, bool explain, const CostModel* model) {
   const Machine& machine = problem.machine;
   json j;
   j["model"] = manifest.name;
@@ -90,6 +91,19 @@ json PlanReport(const Manifest& manifest, const Job& job, Objective objective, c
                           {"ram_bytes", machine.hosts[h].ram_bytes},
                           {"peak_bytes", h < plan.host_peak_bytes.size() ? plan.host_peak_bytes[h] : 0}});
   if (explain) j["rejected"] = plan.rejected;
+  if (explain && model && plan.feasible)
+    for (size_t si = 0; si < plan.stages.size(); ++si) {
+      if (plan.stages[si].stage != StageKind::kDenoiser || plan.stages[si].replicas.empty()) continue;
+      const Replica& rep = plan.stages[si].replicas[0];
+      const Device& device = machine.devices[rep.device];
+      const Option& option = problem.stages[si].per_device[rep.device][rep.option];
+      int like = 0;
+      for (const Device& d : machine.devices) like += d.kind == device.kind;
+      if (like > 1)
+        j["sequence_parallel"] = ChooseSequenceDegree(
+            *model, device, job, option.compute_dtype.empty() ? option.dtype : option.compute_dtype, like,
+            DefaultLink(device.kind == "cuda" ? "pcie" : "loopback"), objective);
+    }
   if (!plan.feasible) {
     j["infeasible_reason"] = plan.infeasible_reason;
     j["would_fit"] = would_fit;
@@ -144,6 +158,17 @@ std::string PlanTable(const json& r) {
   } else {
     out += fmt::format("\nNothing fits: {}\n", r.at("infeasible_reason").get<std::string>());
     for (const auto& w : r.at("would_fit")) out += fmt::format("Would fit: {}\n", w.get<std::string>());
+  }
+  if (r.contains("sequence_parallel")) {
+    const auto& sp = r.at("sequence_parallel");
+    const auto& chosen = sp.at("choices").at(sp.at("chosen").get<size_t>());
+    out += fmt::format("\nSequence parallelism for the denoiser ({} devices like {}, {} link, {} objective): {}, {}, "
+                       "{:.2f}x one device, {:.1f} jobs/h\n",
+                       sp.at("devices").get<int>(), sp.at("device").get<std::string>(),
+                       sp.at("link").get<std::string>(), sp.at("objective").get<std::string>(),
+                       chosen.at("name").get<std::string>(), Seconds(chosen.at("seconds").get<double>()),
+                       chosen.at("speedup").get<double>(), chosen.at("jobs_per_hour").get<double>());
+    for (const auto& x : sp.at("why")) out += fmt::format("  {}\n", x.get<std::string>());
   }
   if (r.contains("rejected") && !r.at("rejected").empty()) {
     out += "\nRejected alternatives:\n";

@@ -19,8 +19,12 @@ const char* ObjectiveName(Objective objective);
 // "latency" or "throughput"; throws InvalidArgument naming `flag` otherwise.
 Objective ParseObjective(const std::string& value, const std::string& flag);
 
+// With `explain` and `model`, also "sequence_parallel": the degree the objective chooses for the plan's denoiser on
+// the machine's devices of its kind, and what lost (ChooseSequenceDegree; the link: PCIe between CUDA devices,
+// loopback Gloo between CPU ones).
 nlohmann::json PlanReport(const Manifest& manifest, const Job& job, Objective objective, const Problem& problem,
-                          const Plan& plan, const std::vector<std::string>& would_fit, bool explain);
+                          const Plan& plan, const std::vector<std::string>& would_fit, bool explain,
+                          const CostModel* model = nullptr);
 
 // The report as the table `reel plan` prints.
 std::string PlanTable(const nlohmann::json& report);

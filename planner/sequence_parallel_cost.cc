@@ -77,4 +77,61 @@ SequenceParallelPrice PriceSequenceParallel(const CostModel& model, const Device
   return price;
 }
 
+nlohmann::json ChooseSequenceDegree(const CostModel& model, const Device& device, const Job& job,
+                                    const std::string& dtype, int devices, const Link& link, Objective objective) {
+  const int64_t heads = Config(model.manifest().stage(StageKind::kDenoiser), "num_heads", 48);
+  const bool latency = objective == Objective::kLatency;
+  nlohmann::json out{{"device", device.name}, {"devices", devices}, {"link", link.name}, {"dtype", dtype},
+                     {"objective", latency ? "latency" : "throughput"}, {"choices", nlohmann::json::array()}};
+  struct Choice {
+    SequenceParallelPrice price;
+    double jobs_per_hour = 0;
+  };
+  std::vector<Choice> choices;
+  for (const bool split : {false, true}) {
+    if (split && job.batch() != 2) continue;
+    for (int k = 1; k <= heads && k * (split ? 2 : 1) <= devices; ++k) {
+      Choice c{PriceSequenceParallel(model, device, job, dtype, k, split, link), 0};
+      c.jobs_per_hour = c.price.seconds() > 0 ? (devices / c.price.devices()) * 3600.0 / c.price.seconds() : 0;
+      choices.push_back(c);
+    }
+  }
+  auto name = [](const SequenceParallelPrice& p) {
+    return p.guidance_split ? fmt::format("degree {} with the guidance split ({} devices)", p.degree, p.devices())
+                            : fmt::format("degree {} ({} device{})", p.degree, p.devices(), p.devices() == 1 ? "" : "s");
+  };
+  size_t best = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const Choice& c = choices[i];
+    const bool better = latency ? c.price.seconds() < choices[best].price.seconds()
+                                : c.jobs_per_hour > choices[best].jobs_per_hour;
+    if (better) best = i;  // ties: the fewer devices, listed first
+    out["choices"].push_back({{"degree", c.price.degree}, {"guidance_split", c.price.guidance_split},
+                              {"devices", c.price.devices()}, {"seconds", c.price.seconds()},
+                              {"compute_seconds", c.price.compute_seconds}, {"comm_seconds", c.price.comm_seconds},
+                              {"bytes_sent", c.price.bytes_sent}, {"speedup", c.price.speedup()},
+                              {"efficiency", c.price.speedup() / c.price.devices()},
+                              {"jobs_per_hour", c.jobs_per_hour}, {"name", name(c.price)}});
+  }
+  out["chosen"] = best;
+  out["why"] = nlohmann::json::array();
+  const Choice& b = choices[best];
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i == best) continue;
+    const Choice& c = choices[i];
+    out["why"].push_back(
+        latency ? fmt::format("{}: {:.3f} s, {:.2f}x one device ({:.0f}% of it on the exchanges); {:.3f} s "
+                              "slower than {}",
+                              name(c.price), c.price.seconds(), c.price.speedup(),
+                              100.0 * c.price.comm_seconds / c.price.seconds(), c.price.seconds() - b.price.seconds(),
+                              name(b.price))
+                : fmt::format("{}: {:.1f} jobs/h from the {} devices ({:.2f}x one device on {}, efficiency {:.2f}); "
+                              "{:.1f} jobs/h fewer than {}",
+                              name(c.price), c.jobs_per_hour, devices, c.price.speedup(), c.price.devices(),
+                              c.price.speedup() / c.price.devices(), b.jobs_per_hour - c.jobs_per_hour,
+                              name(b.price)));
+  }
+  return out;
+}
+
 }  // namespace reel::planner

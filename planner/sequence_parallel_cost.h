@@ -6,7 +6,10 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "planner/cost_model.h"
+#include "planner/problem.h"
 
 namespace reel::planner {
 
@@ -37,5 +40,13 @@ struct SequenceParallelPrice {
 SequenceParallelPrice PriceSequenceParallel(const CostModel& model, const Device& device, const Job& job,
                                             const std::string& dtype, int degree, bool guidance_split,
                                             const Link& link);
+
+// The choice of degree for one job's denoise on up to `devices` devices like `device` (reel plan --explain and the
+// coordinator's PlanJob): every degree the devices allow, alone and with the guided batch split besides, priced as
+// above; the objective's choice ("chosen", the index into "choices") and why each other choice lost ("why"). The
+// latency objective takes the fastest; the throughput objective the most jobs per hour from the devices, where
+// degree 1 is pipelining (each device its own job) and a degree of k serves devices / k jobs at a time.
+nlohmann::json ChooseSequenceDegree(const CostModel& model, const Device& device, const Job& job,
+                                    const std::string& dtype, int devices, const Link& link, Objective objective);
 
 }  // namespace reel::planner

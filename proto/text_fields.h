@@ -23,7 +23,8 @@ class MessageLite;
 #define REEL_TEXT_CHECKED_REQUESTS(X)                                                                            \
   X(RegisterRequest) X(HeartbeatRequest) X(LeaveRequest) X(SubmitJobRequest) X(GetJobRequest) X(ListJobsRequest) \
   X(ListWorkersRequest) X(PlanJobRequest) X(TuneClusterRequest) X(LoadStagesRequest) X(UnloadStagesRequest)      \
-  X(RunStageRequest) X(BranchRequest) X(FetchTensorRequest) X(TuneRequest) X(ReleaseJobRequest)
+  X(RunStageRequest) X(BranchRequest) X(SequenceShareRequest) X(FetchTensorRequest) X(TuneRequest)             \
+  X(ReleaseJobRequest)
 
 namespace reel::v1 {
 #define REEL_DECLARE_MESSAGE(T) class T;

@@ -99,6 +99,10 @@ class Runtime {
   // The job shape of a request (batch 1).
   JobShape ShapeOf(const GenerateRequest& r) const;
 
+  // The sequence-parallel group the next denoising calls share their work with (null: none), as
+  // RunOptions::sequence_group; the caller keeps it alive while they run.
+  void SetSequenceGroup(SequenceGroup* group) { options_.sequence_group = group; }
+
   // Keeps a stage placed across several calls on this thread (a guidance branch serving step after step).
   void BeginStage(StageKind k);
   void EndStage(StageKind k);

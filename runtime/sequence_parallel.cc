@@ -94,7 +94,10 @@ struct SequenceGroup::Impl {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
 };
 
-SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec) : spec_(spec), impl_(std::make_unique<Impl>()) {
+bool SequenceParallelBuilt() { return true; }
+
+SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec, const std::function<void(const std::string&)>& listening)
+    : spec_(spec), impl_(std::make_unique<Impl>()) {
   const auto colon = spec.store.rfind(':');
   const std::string host = spec.store.substr(0, colon);
   const int port = std::stoi(spec.store.substr(colon + 1));
@@ -106,7 +109,12 @@ SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec) : spec_(spec), impl_
     o.numWorkers = spec.size;
     o.waitWorkers = false;
     o.timeout = spec.timeout;
-    impl_->store = c10::make_intrusive<c10d::TCPStore>(host, o);
+    auto store = c10::make_intrusive<c10d::TCPStore>(host, o);
+    impl_->store = store;
+    if (spec.rank == 0) {
+      spec_.store = fmt::format("{}:{}", host, store->getPort());
+      if (listening) listening(spec_.store);
+    }
     auto options = c10d::ProcessGroupGloo::Options::create();
     options->timeout = spec.timeout;
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(LocalAddressToward(host)));
@@ -164,7 +172,10 @@ std::vector<torch::Tensor> SequenceGroup::Exchange(const std::vector<torch::Tens
 
 struct SequenceGroup::Impl {};
 
-SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec) : spec_(spec) {
+bool SequenceParallelBuilt() { return false; }
+
+SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec, const std::function<void(const std::string&)>&)
+    : spec_(spec) {
   throw InvalidArgument(fmt::format("sequence-parallel rank {} of {}: this build of Reel has no sequence parallelism "
                                     "(Gloo's headers, Debian's libgloo-dev, were missing when it was configured)",
                                     spec.rank, spec.size));

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,9 +22,12 @@ struct Shares {
 };
 Shares ShareEvenly(int64_t n, int ranks);
 
+// Whether this build has sequence parallelism (it was configured with Gloo's headers).
+bool SequenceParallelBuilt();
+
 // Where a rank finds its group: rank 0 listens on `store` (HOST:PORT) for the others' rendezvous.
 struct SequenceGroupSpec {
-  std::string store;  // HOST:PORT of rank 0's rendezvous store
+  std::string store;  // HOST:PORT of rank 0's rendezvous store; rank 0 may give port 0 (any free port)
   int rank = 0;
   int size = 1;
   // How long joining, and then any one collective, may wait for a peer before failing (kUnavailable).
@@ -35,7 +39,10 @@ SequenceGroupSpec ParseSequenceGroup(const std::string& text, const std::string&
 // One rank's membership of a group, joined at construction (every rank must construct it within the timeout).
 class SequenceGroup {
  public:
-  explicit SequenceGroup(const SequenceGroupSpec& spec);
+  // Rank 0 calls `listening` with its store's HOST:PORT once it listens (the port it chose for port 0), before it
+  // waits for the other ranks: the moment to tell them where to meet.
+  explicit SequenceGroup(const SequenceGroupSpec& spec,
+                         const std::function<void(const std::string& store)>& listening = {});
   ~SequenceGroup();
   SequenceGroup(const SequenceGroup&) = delete;
   SequenceGroup& operator=(const SequenceGroup&) = delete;

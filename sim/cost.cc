@@ -20,7 +20,10 @@ StageCost CostOf(StageKind kind, const core::JobShape& shape) {
 
 core::StageEstimate EstimateOf(StageKind kind, const core::JobShape& shape) {
   const StageCost c = CostOf(kind, shape);
-  return {c.seconds, kind == StageKind::kDenoiser && shape.guided() ? c.seconds * kSplitShare : 0.0};
+  core::StageEstimate e{c.seconds, kind == StageKind::kDenoiser && shape.guided() ? c.seconds * kSplitShare : 0.0, {}};
+  if (kind == StageKind::kDenoiser)
+    for (int k = 2; k <= kMaxSequenceDegree; ++k) e.sequence_seconds.push_back(c.seconds * SequenceShare(k));
+  return e;
 }
 
 std::map<std::string, core::Assignments> SimPlan(const std::vector<core::cmd::PlanWorker>& workers,

@@ -24,6 +24,11 @@ struct StageCost {
 // step's exchange of the branch's output).
 inline constexpr double kSplitShare = 0.55;
 
+// A denoise shared by k workers with sequence parallelism takes this share of its time on one: its 1/k of the
+// compute, plus the all-to-alls, which grow with k (so the best degree is neither 1 nor the most workers).
+inline double SequenceShare(int k) { return 1.0 / k + 0.04 * (k - 1); }
+inline constexpr int kMaxSequenceDegree = 8;
+
 StageCost CostOf(StageKind kind, const core::JobShape& shape);
 // The estimate the core is given (CoreOptions::estimate): the same table, at speed 1.
 core::StageEstimate EstimateOf(StageKind kind, const core::JobShape& shape);

@@ -46,7 +46,7 @@ std::string Checker::AfterStep(const core::CoordinatorCore& c) {
 std::string Checker::AtDispatch(const core::CoordinatorCore& c, const core::cmd::RunStage& run) {
   const core::Job* j = c.FindJob(run.job_id);
   if (!j) return fmt::format("dispatch of an unknown job: {}", run.job_id);
-  for (const std::string& id : {run.worker_id, run.peer_id}) {
+  for (const std::string& id : run.Workers()) {
     if (id.empty()) continue;
     const core::Worker& w = c.workers().at(id);
     if (!Contains(w.target, j->shape.model, run.kind))

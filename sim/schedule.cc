@@ -67,6 +67,8 @@ Schedule RandomSchedule(uint64_t seed) {
   std::sort(s.faults.begin(), s.faults.end(), [](const Fault& a, const Fault& b) { return a.at < b.at; });
   s.guidance_parallel = pick(0, 3) != 0;
   s.everywhere = pick(0, 3) == 0;
+  // Drawn last, so every earlier draw of a seed is what it was before jobs had an objective.
+  for (auto& j : s.jobs) j.latency = pick(0, 2) == 0;
   return s;
 }
 
@@ -79,7 +81,8 @@ std::string Describe(const Schedule& s) {
     out += fmt::format("  worker {} on {}: {} GiB, speed {}\n", w.name, w.host, w.capacity_bytes >> 30, w.speed);
   for (const auto& j : s.jobs)
     out += fmt::format("  job at {:.3f} s: {} {} frames {} steps guidance {} priority {}{}\n", j.at, j.model, j.frames,
-                       j.steps, j.guidance, j.priority, j.request_id.empty() ? "" : " request " + j.request_id);
+                       j.steps, j.guidance, j.priority,
+                       (j.request_id.empty() ? "" : " request " + j.request_id) + (j.latency ? " latency" : ""));
   for (const auto& f : s.faults)
     out += fmt::format("  fault at {:.3f} s: {} w{} (other w{}, {:.2f} s, x{:.1f})\n", f.at, FaultName(f.kind), f.worker,
                        f.other, f.duration, f.factor);

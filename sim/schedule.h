@@ -21,6 +21,7 @@ struct JobSpec {
   double guidance = 1.0;
   int frames = 9, steps = 8;
   std::string request_id;
+  bool latency = false;  // submitted with the latency objective (its denoise may run sequence-parallel)
 };
 
 enum class FaultKind {

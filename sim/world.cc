@@ -36,6 +36,7 @@ struct WorkerRun {
   core::JobShape shape;
   std::vector<core::TensorRef> inputs;
   std::string peer_address;
+  std::vector<std::string> sequence;  // addresses of a sequence-parallel denoise's other ranks
   bool computing = false;
   double remaining = 0, end = 0, waiting_since = 0;
   uint64_t token = 0;
@@ -363,6 +364,7 @@ void World::RunOn(int i, const core::cmd::RunStage& c, const core::JobShape& sha
   r.shape = shape;
   r.inputs = c.inputs;
   r.peer_address = c.peer_address;
+  for (const auto& rank : c.sequence) r.sequence.push_back(rank.address);
   r.waiting_since = now_;
   w.runs[c.attempt] = r;
   TryStart(i, c.attempt);
@@ -411,8 +413,14 @@ void World::TryStart(int i, uint64_t attempt) {
     if (peer < 0 || Cut(i, peer))
       return FailRun(i, attempt, core::ev::Failure::kUnavailable, "guidance peer unreachable");
   }
+  for (const std::string& a : r.sequence)
+    if (const int rank = WorkerAt(a); rank < 0 || Cut(i, rank))
+      return FailRun(i, attempt, core::ev::Failure::kUnavailable, "sequence-parallel rank unreachable");
   const StageCost cost = CostOf(r.kind, r.shape);
-  double seconds = cost.seconds / w.spec.speed * w.slow * (peer >= 0 ? kSplitShare : 1.0) + fetch;
+  const double share = peer >= 0            ? kSplitShare
+                       : !r.sequence.empty() ? SequenceShare(static_cast<int>(r.sequence.size()) + 1)
+                                             : 1.0;
+  double seconds = cost.seconds / w.spec.speed * w.slow * share + fetch;
   r.activation = cost.activation;
   int64_t used = r.activation;
   for (const auto& [stage, bytes] : w.held) used += bytes;
@@ -460,6 +468,9 @@ void World::Complete(int i, int inc, uint64_t attempt, uint64_t token) {
     if (peer < 0 || Cut(i, peer))
       return FailRun(i, attempt, core::ev::Failure::kUnavailable, "guidance peer lost mid-run");
   }
+  for (const std::string& a : r.sequence)
+    if (const int rank = WorkerAt(a); rank < 0 || Cut(i, rank))
+      return FailRun(i, attempt, core::ev::Failure::kUnavailable, "sequence-parallel rank lost mid-run");
   const StageCost cost = CostOf(r.kind, r.shape);
   w.tensors[r.job][TensorKey(OutputOf(r.kind), attempt)] = {cost.output};
   core::ev::StageResult result;
@@ -551,6 +562,7 @@ void World::Register(size_t i) {
   e.address = w.address;
   e.host = w.spec.host;
   e.device = "cuda:0";
+  e.sequence_parallel = true;
   e.capacity_bytes = w.spec.capacity_bytes;
   if (const core::Worker* old = core_->LiveElsewhere(w.spec.name, w.address)) {
     const int at = WorkerAt(old->address);
@@ -570,7 +582,7 @@ void World::Submit(size_t j) {
   const JobSpec& spec = s_.jobs[j];
   if (!core_) return At(now_ + 1, [this, j] { Submit(j); });
   core::ev::Submit e;
-  e.shape = {spec.model, spec.frames, 64, 64, spec.steps, spec.guidance};
+  e.shape = {spec.model, spec.frames, 64, 64, spec.steps, spec.guidance, spec.latency};
   e.priority = spec.priority;
   e.request_id = spec.request_id;
   const core::Reply r = Step(e, fmt::format("submit #{}{}", j, spec.request_id.empty() ? "" : " " + spec.request_id));

@@ -25,6 +25,7 @@
 
 #include "reel/v1/coordinator.grpc.pb.h"
 #include "tests/child_process.h"
+#include "tests/test_util.h"
 #include "transfer/tensor_stream.h"
 
 namespace reel::testing {
@@ -168,5 +169,25 @@ class Cluster {
   std::string address_;
   std::unique_ptr<reel::v1::Coordinator::Stub> stub_;
 };
+
+// A job's record of one stage (an empty record when the job has none).
+inline const reel::v1::StageRun& StageOf(const reel::v1::Job& j, reel::v1::Stage s) {
+  for (const auto& st : j.stages())
+    if (st.stage() == s) return st;
+  static const reel::v1::StageRun none;
+  return none;
+}
+
+// The decoded RGB of an MP4 (ffmpeg), for comparing videos frame for frame; empty when it cannot be decoded.
+inline std::string DecodedRgb(const std::filesystem::path& mp4) {
+  const auto raw = mp4.string() + ".rgb";
+  const CommandResult r =
+      RunCommand("ffmpeg -v error -y -i " + Quote(mp4.string()) + " -f rawvideo -pix_fmt rgb24 " + Quote(raw));
+  if (r.exit_code != 0) return {};
+  std::ifstream in(raw, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 }  // namespace reel::testing

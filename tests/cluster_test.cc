@@ -23,6 +23,7 @@ using testing::CommandResult;
 using testing::Quote;
 using testing::RunCommand;
 using testing::ScratchDir;
+using testing::StageOf;
 using testing::WaitFor;
 namespace v1 = reel::v1;
 
@@ -71,20 +72,8 @@ class ClusterTest : public ::testing::Test {
     return id;
   }
 
-  // The decoded RGB of an MP4, for frame-exact comparison.
-  static std::string Frames(const std::filesystem::path& mp4) {
-    const auto raw = mp4.string() + ".rgb";
-    const CommandResult r =
-        RunCommand("ffmpeg -v error -y -i " + Quote(mp4.string()) + " -f rawvideo -pix_fmt rgb24 " + Quote(raw));
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    std::ifstream in(raw, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
   void ExpectSameAsGenerate(const std::filesystem::path& mp4) {
-    const std::string got = Frames(mp4), want = Frames(scratch_->path() / "ref.mp4");
+    const std::string got = testing::DecodedRgb(mp4), want = testing::DecodedRgb(scratch_->path() / "ref.mp4");
     ASSERT_FALSE(want.empty());
     EXPECT_EQ(got.size(), want.size());
     EXPECT_TRUE(got == want) << "the frames differ from reel generate's";
@@ -109,13 +98,6 @@ class ClusterTest : public ::testing::Test {
         {"name": "dit1", "stages": ["denoiser"]}]})");
     ASSERT_TRUE(cluster_->StartCoordinator({"--placement", placement}));
     for (const char* n : {"enc", "dit0", "dit1"}) cluster_->StartWorker(n);
-  }
-
-  static const v1::StageRun& StageOf(const v1::Job& j, v1::Stage s) {
-    for (const auto& st : j.stages())
-      if (st.stage() == s) return st;
-    static v1::StageRun none;
-    return none;
   }
 
   static ScratchDir* scratch_;
@@ -481,9 +463,9 @@ TEST_F(ClusterTest, DynamicGuidanceTravelsWithTheJob) {
   const CommandResult shown = Reel("job " + j.id() + " --coordinator " + cluster_->address());
   EXPECT_NE(shown.output.find("guidance 6 (dynamic)"), std::string::npos) << shown.output;
   EXPECT_FALSE(StageOf(j, v1::DENOISER).guidance_peer().empty());
-  const std::string got = Frames(out);
-  EXPECT_TRUE(got == Frames(ref)) << "the frames differ from reel generate --dynamic-cfg's";
-  EXPECT_FALSE(got == Frames(scratch_->path() / "ref.mp4")) << "--dynamic-cfg changed nothing";
+  const std::string got = testing::DecodedRgb(out);
+  EXPECT_TRUE(got == testing::DecodedRgb(ref)) << "the frames differ from reel generate --dynamic-cfg's";
+  EXPECT_FALSE(got == testing::DecodedRgb(scratch_->path() / "ref.mp4")) << "--dynamic-cfg changed nothing";
 }
 
 }  // namespace

@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <deque>
+#include <set>
+
+#include <fmt/format.h>
 
 namespace reel::core {
 namespace {
@@ -47,11 +50,13 @@ struct Harness {
     return r;
   }
   // Registers a worker holding `target` (every stage) and finishes its load; returns its id and the load's step.
-  std::string AddWorker(const std::string& name, StepResult* loaded = nullptr, Assignments target = Everything()) {
+  std::string AddWorker(const std::string& name, StepResult* loaded = nullptr, Assignments target = Everything(),
+                        bool sequence_parallel = false) {
     ev::Register r;
     r.name = name;
     r.address = name + ":1";
     r.device = "cpu";
+    r.sequence_parallel = sequence_parallel;
     r.static_target = std::move(target);
     StepResult reg = Do(r);
     EXPECT_EQ(reg.reply.code, Code::kOk) << reg.reply.message;
@@ -71,9 +76,9 @@ struct Harness {
       for (const auto& c : a) e.holds.insert({model, c.kind});
     return e;
   }
-  std::string Submit(int priority = 0, double guidance = 1.0, const std::string& request = "") {
+  std::string Submit(int priority = 0, double guidance = 1.0, const std::string& request = "", bool latency = false) {
     ev::Submit s;
-    s.shape = {"m", 9, 64, 64, 4, guidance};
+    s.shape = {"m", 9, 64, 64, 4, guidance, latency};
     s.priority = priority;
     s.request_id = request;
     last = Do(s);
@@ -303,6 +308,100 @@ TEST(CoordinatorCore, AGuidedJobOnTwoWorkersRunsSplitWhenTheCostModelSaysItIsFas
   h.AddWorker("w1");
   h.Submit(0, 6.0);
   EXPECT_EQ(All<cmd::RunStage>(h.last).size(), 2u);
+}
+
+// A job with the latency objective takes as many idle denoiser workers as the cost model finds fastest (sequence
+// parallelism), among those built for it; one rank lost fails the run, and the job runs again on the rest.
+TEST(CoordinatorCore, ALatencyJobsDenoiseTakesTheDegreeTheCostModelPrefersAndRunsAgainWhenARankIsLost) {
+  CoreOptions o = Options();
+  // One worker 10 s, guidance split 5.5 s, 2/3/4/5 workers in sequence 5.4/4.0/3.5/3.8 s.
+  o.estimate = [](const JobShape&, StageKind k) {
+    return k == StageKind::kDenoiser ? StageEstimate{10.0, 5.5, {5.4, 4.0, 3.5, 3.8}} : StageEstimate{1.0, 0, {}};
+  };
+  Harness h(o);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(h.AddWorker(fmt::format("w{}", i), nullptr, Everything(), true));
+  const std::string plain = h.AddWorker("w4", nullptr, Everything(), false);  // built without sequence parallelism
+  const std::string job = h.Submit(0, 6.0, "", true);
+  const auto text = All<cmd::RunStage>(h.last);
+  ASSERT_EQ(text.size(), 1u) << "a latency job's denoiser went early, on one worker";
+  EXPECT_EQ(text[0].kind, StageKind::kTextEncoder);
+  auto den = All<cmd::RunStage>(h.Do(h.ResultOf(text[0])));
+  ASSERT_EQ(den.size(), 1u);
+  EXPECT_EQ(den[0].kind, StageKind::kDenoiser);
+  ASSERT_EQ(den[0].sequence.size(), 3u) << h.core.FindJob(job)->denoiser_dispatch;  // 4 workers: 3.5 s
+  EXPECT_TRUE(den[0].peer_id.empty());
+  std::set<std::string> ranks = {den[0].worker_id};
+  for (const auto& r : den[0].sequence) ranks.insert(r.id);
+  EXPECT_EQ(ranks.size(), 4u);
+  EXPECT_FALSE(ranks.count(plain));
+  for (const auto& id : ranks) EXPECT_EQ(h.core.workers().at(id).state, WorkerState::kBusy);
+  const Job& j = *h.core.FindJob(job);
+  EXPECT_EQ(j.denoiser_dispatch.rfind("sequence_parallel: 4 workers", 0), 0u) << j.denoiser_dispatch;
+  EXPECT_NE(j.denoiser_dispatch.find("guidance split 5.500 s"), std::string::npos) << j.denoiser_dispatch;
+  EXPECT_EQ(j.denoiser_dispatch.find("5 workers"), std::string::npos) << "w4 cannot be a rank";
+  EXPECT_EQ(j.stages[1].sequence_peers.size(), 3u);
+
+  // The last rank is lost mid-step: rank 0's collective fails as a call to a dead peer does.
+  const std::string lost = den[0].sequence.back().id;
+  StepResult s = h.Do(ev::StageFailed{den[0].attempt, ev::Failure::kUnavailable, "sequence-parallel rank 3: gone"});
+  for (const auto& id : ranks) EXPECT_TRUE(h.core.workers().at(id).suspect) << id;
+  EXPECT_EQ(All<cmd::ReleaseTensors>(s).size(), 1u);
+  // It runs again from its first stage at once, on the one worker not suspect (w4).
+  const auto again = All<cmd::RunStage>(s);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].kind, StageKind::kTextEncoder);
+  EXPECT_EQ(again[0].worker_id, plain);
+  EXPECT_EQ(h.core.FindJob(job)->attempts, 2);
+  for (const auto& id : ranks)
+    if (id != lost) h.Do(ev::Heartbeat{id, 0, 0, 0});
+  den = All<cmd::RunStage>(h.Do(h.ResultOf(again[0])));
+  ASSERT_EQ(den.size(), 1u);
+  ASSERT_EQ(den[0].sequence.size(), 2u) << h.core.FindJob(job)->denoiser_dispatch;  // three left: 4.0 s
+  for (const auto& r : den[0].sequence) EXPECT_NE(r.id, lost);
+  EXPECT_NE(den[0].worker_id, lost);
+  // Its result frees every rank: the decoder takes one, the rest are idle.
+  s = h.Do(h.ResultOf(den[0]));
+  const auto dec = All<cmd::RunStage>(s);
+  ASSERT_EQ(dec.size(), 1u);
+  EXPECT_EQ(dec[0].kind, StageKind::kVaeDecoder);
+  for (const auto& id : ranks)
+    if (id != lost && id != dec[0].worker_id) EXPECT_EQ(h.core.workers().at(id).state, WorkerState::kIdle) << id;
+}
+
+// The throughput objective keeps today's dispatch (the guidance split), and a latency job whose cost model finds
+// one worker fastest runs on one worker, saying why.
+TEST(CoordinatorCore, SequenceParallelismOnlyForTheLatencyObjectiveAndOnlyWhenTheCostModelFindsItFaster) {
+  for (const bool latency : {false, true}) {
+    CoreOptions o = Options();
+    o.estimate = [latency](const JobShape&, StageKind k) {
+      if (k != StageKind::kDenoiser) return StageEstimate{1.0, 0, {}};
+      return latency ? StageEstimate{1.0, 1.2, {1.1, 1.3}} : StageEstimate{10.0, 5.5, {5.4, 4.0}};
+    };
+    Harness h(o);
+    for (int i = 0; i < 3; ++i) h.AddWorker(fmt::format("w{}", i), nullptr, Everything(), true);
+    const std::string job = h.Submit(0, 6.0, "", latency);
+    const auto text = All<cmd::RunStage>(h.last);
+    ASSERT_FALSE(text.empty());
+    std::vector<cmd::RunStage> den;
+    for (const auto& r : text)
+      if (r.kind == StageKind::kDenoiser) den.push_back(r);
+    if (den.empty()) den = All<cmd::RunStage>(h.Do(h.ResultOf(text[0])));
+    ASSERT_EQ(den.size(), 1u);
+    EXPECT_TRUE(den[0].sequence.empty()) << h.core.FindJob(job)->denoiser_dispatch;
+    const std::string& why = h.core.FindJob(job)->denoiser_dispatch;
+    if (latency) {
+      EXPECT_TRUE(den[0].peer_id.empty());
+      EXPECT_EQ(why.rfind("single: on w", 0), 0u) << why;
+      EXPECT_NE(why.find("latency objective: one worker 1.000 s by the cost model; guidance split 1.200 s, "
+                         "2 workers in sequence 1.100 s, 3 workers in sequence 1.300 s"),
+                std::string::npos)
+          << why;
+    } else {
+      EXPECT_FALSE(den[0].peer_id.empty()) << why;
+      EXPECT_EQ(why.find("sequence"), std::string::npos) << why;
+    }
+  }
 }
 
 // Early dispatch parks the consumer's worker until its inputs exist, so with a cost model a consumer goes early only

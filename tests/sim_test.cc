@@ -2,6 +2,8 @@
 // their fixes reverted and passing with them; and a replay that is byte for byte the same.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include "sim/world.h"
 
 namespace reel::sim {
@@ -49,6 +51,40 @@ TEST(Simulator, AGuidedJobOnTwoWorkersRunsGuidanceParallelWhenTheCostModelSaysSo
   EXPECT_LT(job.finished - job.submitted, alone.finished - alone.submitted);
 }
 
+// A latency job on four idle workers holding every stage: its denoise is shared by the degree the cost model finds
+// fastest (four: sim/cost.h's shares), and finishes sooner than the throughput objective's guidance split; a rank
+// that crashes mid-denoise fails the run, and the job runs again and succeeds.
+TEST(Simulator, ALatencyJobsDenoiseIsSharedAndALostRankRunsItAgain) {
+  Schedule s;
+  s.seed = 5;
+  for (int i = 0; i < 4; ++i) s.workers.push_back({fmt::format("w{}", i), "h0", int64_t{32} << 30, 1.0});
+  s.everywhere = true;
+  s.jobs = {{5.0, "t2v", 0, 6.0, 9, 20, ""}};
+  const Outcome split = sim::Run(s);
+  ASSERT_TRUE(split.ok()) << split.violation;
+  const core::Job& pair = split.jobs.at("job-1");
+  EXPECT_TRUE(pair.stages[1].sequence_peers.empty());
+  EXPECT_EQ(pair.denoiser_dispatch.rfind("guidance_split", 0), 0u) << pair.denoiser_dispatch;
+
+  s.jobs[0].latency = true;
+  const Outcome shared = sim::Run(s);
+  ASSERT_TRUE(shared.ok()) << shared.violation;
+  const core::Job& job = shared.jobs.at("job-1");
+  EXPECT_EQ(job.state, core::JobState::kSucceeded);
+  EXPECT_EQ(job.stages[1].sequence_peers.size(), 3u) << job.denoiser_dispatch;
+  EXPECT_EQ(job.denoiser_dispatch.rfind("sequence_parallel: 4 workers", 0), 0u) << job.denoiser_dispatch;
+  EXPECT_LT(job.finished - job.submitted, pair.finished - pair.submitted);
+
+  // The denoise runs from about 5.3 s for 3.7 s: one of its ranks crashes in the middle.
+  s.faults = {{7.0, FaultKind::kCrash, 3, 0, 3.0, 1.0}};
+  const Outcome lost = sim::Run(s);
+  ASSERT_TRUE(lost.ok()) << lost.violation;
+  const core::Job& again = lost.jobs.at("job-1");
+  EXPECT_EQ(again.state, core::JobState::kSucceeded) << again.error;
+  EXPECT_EQ(again.attempts, 2) << again.error;
+  EXPECT_EQ(again.denoiser_dispatch.rfind("sequence_parallel", 0), 0u) << again.denoiser_dispatch;
+}
+
 TEST(Simulator, ASeedReplaysByteForByte) {
   RunOptions o;
   o.trace = true;
@@ -61,7 +97,7 @@ TEST(Simulator, ASeedReplaysByteForByte) {
 
 // A schedule that breaks an invariant shrinks to one that breaks the same one, no larger.
 TEST(Simulator, AFailingScheduleShrinksToAShortOne) {
-  Schedule s = RandomSchedule(19);
+  Schedule s = RandomSchedule(21);  // (a) reverted breaks it (seed 19 did before jobs had an objective)
   s.revert_register_holds = true;
   ASSERT_FALSE(sim::Run(s).ok());
   const Schedule small = Shrink(s);

@@ -41,6 +41,8 @@
 #include "transfer/stored_name.h"
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
+#include "worker/control.h"
+#include "worker/sequence_lead.h"
 
 namespace reel {
 
@@ -389,6 +391,55 @@ class WorkerService final : public v1::Worker::Service {
     return grpc::Status::OK;
   }
 
+  // One rank of a sequence-parallel denoise that another worker (rank 0) leads: the same stage call, this rank's
+  // share of the tokens. Its result stays with rank 0; this call answers when the denoise ends.
+  grpc::Status SequenceShare(grpc::ServerContext* ctx, const v1::SequenceShareRequest* req,
+                             v1::SequenceShareResponse* resp) override {
+    const Busy busy(busy_);
+    std::lock_guard lock(run_mu_);
+    const v1::RunStageRequest& stage = req->stage();
+    const std::string what = fmt::format("job {} sequence-parallel rank {} of {}", stage.job_id(), req->rank(),
+                                         req->size());
+    auto it = models_.find(stage.spec().model());
+    if (it == models_.end() || !it->second.runtime || !it->second.strategies.count(StageKind::kDenoiser))
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              fmt::format("{}: worker {} does not hold the denoiser of model {}", what, name_, stage.spec().model())};
+    if (req->rank() < 1 || req->rank() >= req->size())
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("{}: accepted a rank from 1 to the group's size less one", what)};
+    Runtime& rt = *it->second.runtime;
+    ApplyThreads();
+    try {
+      torch::NoGradGuard no_grad;
+      const GenerateRequest r = RequestOf(stage.spec());
+      torch::Tensor text, moments;
+      std::map<std::string, std::shared_ptr<const TensorBlob>> inputs;
+      for (const auto& ref : stage.inputs()) inputs[ref.name()] = Fetch(ref, ctx);
+      {
+        DeviceScope device;
+        text = FromBlob(*Need(inputs, "text"));
+        if (rt.package().manifest().image_conditioned) moments = FromBlob(*Need(inputs, "image_moments"));
+      }
+      SequenceGroupSpec spec;
+      spec.store = req->store();
+      spec.rank = req->rank();
+      spec.size = req->size();
+      spec.timeout = kSequenceTimeout;
+      SequenceGroup group(spec);
+      GenerateHooks hooks;
+      hooks.cancelled = [ctx] { return ctx->IsCancelled(); };
+      DenoiseShared(rt, group, r, text, moments, hooks);
+      resp->set_bytes_sent(group.bytes_sent());
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kCancelled) spdlog::error("{}: {}", what, e.what());
+      return StatusOf(e);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: {}", what, e.what());
+      return {grpc::StatusCode::INTERNAL, e.what()};
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status FetchTensor(grpc::ServerContext* ctx, const v1::FetchTensorRequest* req,
                            grpc::ServerWriter<v1::TensorChunk>* writer) override {
     // A chunk is one message: it must fit under the message limit with its header.
@@ -620,6 +671,9 @@ class WorkerService final : public v1::Worker::Service {
       ev.set_steps_total(total);
       writer->Write(ev);
     };
+    if (req.sequence_peers_size() > 0)  // rank 0 of a sequence-parallel denoise
+      return LeadSequence(*ctx, req, address_.substr(0, address_.rfind(':')), kSequenceTimeout,
+                          [&](SequenceGroup& group) { return DenoiseShared(rt, group, r, text, moments, hooks); });
     if (req.guidance_peer_address().empty() || r.guidance <= 1.0) return rt.DenoiseLatents(r, text, moments, hooks);
 
     // Guidance-parallel: the peer runs the unconditional branch of every step while this worker runs the
@@ -672,6 +726,20 @@ class WorkerService final : public v1::Worker::Service {
     const grpc::Status st = stream->Finish();
     if (!st.ok()) throw Unavailable(fmt::format("guidance peer {}: {}", peer, st.error_message()));
     return z;
+  }
+
+  // How long joining a sequence-parallel group, and then any one collective, may wait for a peer.
+  static constexpr std::chrono::milliseconds kSequenceTimeout{60'000};
+
+  static torch::Tensor DenoiseShared(Runtime& rt, SequenceGroup& group, const GenerateRequest& r,
+                                     const torch::Tensor& text, const torch::Tensor& moments,
+                                     const GenerateHooks& hooks) {
+    rt.SetSequenceGroup(&group);
+    struct Leave {
+      Runtime& rt;
+      ~Leave() { rt.SetSequenceGroup(nullptr); }
+    } leave{rt};
+    return rt.DenoiseLatents(r, text, moments, hooks);
   }
 
   std::shared_ptr<const TensorBlob> EncodeMp4(const std::string& job, const Video& video, int fps) {
@@ -816,11 +884,8 @@ int RunWorker(const WorkerOptions& o) {
   std::condition_variable cv;
   std::thread control([&] {
     auto stub = v1::Coordinator::NewStub(ChannelTo(o.coordinator));
-    std::string id;
-    int interval_ms = 1000;
-    bool warned = false;
-    bool forgotten = false;  // its heartbeat was answered NOT_FOUND
-    auto leave = [&](bool going, v1::LeaveResponse* resp) {
+    worker::ControlState state;  // its registration, as worker/control.h decides it
+    auto leave = [&](const std::string& id, bool going, v1::LeaveResponse* resp) {
       v1::LeaveRequest req;
       req.set_worker_id(id);
       req.set_going(going);
@@ -828,101 +893,98 @@ int RunWorker(const WorkerOptions& o) {
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
       return stub->Leave(&ctx, req, resp);
     };
+    auto reply_of = [](const grpc::Status& st) {
+      if (st.ok()) return worker::Reply::kOk;
+      if (st.error_code() == grpc::StatusCode::NOT_FOUND) return worker::Reply::kNotFound;
+      if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+        return worker::Reply::kUnreachable;
+      return worker::Reply::kRefused;
+    };
     while (!stop) {
-      if (draining && id.empty()) {
-        // Not registered (the coordinator is away or forgot it): nothing new reaches it and nothing it holds is
-        // waited for, so it goes once its own calls are done.
-        if (service.busy() == 0) {
+      const bool was_draining = draining;  // the drain starting wakes it at once
+      worker::Outcome out;
+      switch (worker::NextCall(state, was_draining, service.busy())) {
+        case worker::Call::kNone:
           drained = true;
           break;
-        }
-      } else if (draining) {
-        // Asked until the coordinator says nothing runs on it and no job still needs a tensor it holds; each ask
-        // is also its heartbeat.
-        v1::LeaveResponse resp;
-        const grpc::Status st = leave(false, &resp);
-        if (st.ok() && resp.stages_running() == 0 && resp.tensors_needed() == 0 && service.busy() == 0) {
-          v1::LeaveResponse bye;
-          leave(true, &bye);
-          spdlog::info("worker {}: drained; left the coordinator", name);
-          id.clear();
-          drained = true;
+        case worker::Call::kWait:
+          out.wait_ms = worker::WaitMs(state, true);
+          break;
+        case worker::Call::kAskToLeave: {
+          v1::LeaveResponse resp;
+          const grpc::Status st = leave(state.id, false, &resp);
+          out = worker::OnAskToLeave(state, reply_of(st), resp.stages_running(), resp.tensors_needed(),
+                                     service.busy());
+          if (!out.leave_id.empty()) {
+            v1::LeaveResponse bye;
+            leave(out.leave_id, true, &bye);
+            spdlog::info("worker {}: drained; left the coordinator", name);
+          }
           break;
         }
-        if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
-          id.clear();
-        } else if (!st.ok() && service.busy() == 0) {
-          drained = true;  // the coordinator is away: a restarted one runs its jobs again, needing nothing of this
-          break;
-        }
-      } else if (id.empty()) {
-        if (std::exchange(forgotten, false)) {
-          // The coordinator restarted or declared it lost: the stages its tensors came from run again elsewhere.
-          if (const int n = service.DropTensors(); n > 0)
-            spdlog::info("worker {}: dropped {} tensor(s) of earlier runs", name, n);
-        }
-        v1::RegisterRequest req;
-        req.set_name(name);
-        req.set_host(HostName());
-        req.set_address(address);
-        req.set_device(o.device);
-        req.set_device_capacity_bytes(o.device_memory);
-        req.set_host_memory_bytes(MachineMemory().total_bytes);
-        req.set_pid(::getpid());
-        req.set_version("0.1.0");
-        v1::RegisterResponse resp;
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-        const grpc::Status st = stub->Register(&ctx, req, &resp);
-        if (st.ok()) {
-          id = resp.worker_id();
-          interval_ms = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 1000;
-          spdlog::info("worker {}: registered as {}", name, id);
-          warned = false;
-        } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                   st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+        case worker::Call::kRegister: {
+          if (worker::TakeForgotten(state)) {
+            // The coordinator restarted or declared it lost: the stages its tensors came from run again elsewhere.
+            if (const int n = service.DropTensors(); n > 0)
+              spdlog::info("worker {}: dropped {} tensor(s) of earlier runs", name, n);
+          }
+          v1::RegisterRequest req;
+          req.set_name(name);
+          req.set_host(HostName());
+          req.set_address(address);
+          req.set_device(o.device);
+          req.set_device_capacity_bytes(o.device_memory);
+          req.set_host_memory_bytes(MachineMemory().total_bytes);
+          req.set_pid(::getpid());
+          req.set_version("0.1.0");
+          req.set_sequence_parallel(SequenceParallelBuilt());
+          v1::RegisterResponse resp;
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+          const grpc::Status st = stub->Register(&ctx, req, &resp);
+          out = worker::OnRegister(state, reply_of(st), resp.worker_id(), resp.heartbeat_interval_ms());
+          if (st.ok()) spdlog::info("worker {}: registered as {}", name, state.id);
           // Once, with gRPC's reason (a certificate that does not name the coordinator's host shows here).
-          if (!warned)
+          if (out.warn)
             spdlog::warn("worker {}: coordinator {} unreachable ({}); retrying", name, o.coordinator,
                          Printable(st.error_message(), 400));
-          warned = true;
-          interval_ms = 500;
-        } else {
-          spdlog::error("worker {}: the coordinator refused registration: {}", name, st.error_message());
-          exit_code = 2;
-          stop = true;
-          ::kill(::getpid(), SIGTERM);
+          if (out.exit) {
+            spdlog::error("worker {}: the coordinator refused registration: {}", name, st.error_message());
+            exit_code = 2;
+            stop = true;
+            ::kill(::getpid(), SIGTERM);
+          }
           break;
         }
-      } else {
-        v1::HeartbeatRequest req;
-        req.set_worker_id(id);
-        const auto mem = worker_device->Memory();
-        req.set_device_used_bytes(mem.allocated);
-        req.set_device_peak_bytes(mem.peak);
-        req.set_host_rss_bytes(HostRssBytes());
-        req.set_tensors_held(service.tensors_held());
-        v1::HeartbeatResponse resp;
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-        const grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
-        if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
-          spdlog::info("worker {}: the coordinator no longer knows {}; registering again", name, id);
-          id.clear();
-          forgotten = true;
-          continue;
+        case worker::Call::kHeartbeat: {
+          v1::HeartbeatRequest req;
+          req.set_worker_id(state.id);
+          const auto mem = worker_device->Memory();
+          req.set_device_used_bytes(mem.allocated);
+          req.set_device_peak_bytes(mem.peak);
+          req.set_host_rss_bytes(HostRssBytes());
+          req.set_tensors_held(service.tensors_held());
+          v1::HeartbeatResponse resp;
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+          const std::string was = state.id;
+          out = worker::OnHeartbeat(state, reply_of(stub->Heartbeat(&ctx, req, &resp)));
+          if (state.id.empty()) spdlog::info("worker {}: the coordinator no longer knows {}; registering again", name, was);
+          break;
         }
       }
+      if (out.drained) drained = true;
+      if (drained || out.exit) break;
+      if (out.again_now) continue;
       std::unique_lock lock(mu);
-      const bool was_draining = draining;  // the drain starting wakes it at once
-      cv.wait_for(lock, std::chrono::milliseconds(was_draining ? 100 : interval_ms),
+      cv.wait_for(lock, std::chrono::milliseconds(out.wait_ms),
                   [&] { return stop.load() || draining.load() != was_draining; });
     }
-    if (!id.empty() && exit_code == 0) {
+    if (!state.id.empty() && exit_code == 0) {
       // Stopping before its drain finished: the coordinator hears it now rather than after the lease, and runs
       // what it still had elsewhere.
       v1::LeaveResponse bye;
-      leave(true, &bye);
+      leave(state.id, true, &bye);
     }
   });
 

@@ -1,0 +1,95 @@
+#include "worker/sequence_lead.h"
+
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "reel/v1/worker.grpc.pb.h"
+#include "transfer/tensor_stream.h"
+
+namespace reel {
+
+torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageRequest& req, const std::string& host,
+                           std::chrono::milliseconds timeout,
+                           const std::function<torch::Tensor(SequenceGroup&)>& share) {
+  const int size = req.sequence_peers_size() + 1;
+  struct Peer {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    grpc::Status status;
+    std::thread call;
+  };
+  std::vector<Peer> peers(static_cast<size_t>(size - 1));
+  // However this ends (a throw from `listening`, say), every peer's call has ended before this frame goes away.
+  struct Join {
+    std::vector<Peer>& peers;
+    ~Join() {
+      for (Peer& p : peers)
+        if (p.call.joinable()) {
+          p.ctx->TryCancel();
+          p.call.join();
+        }
+    }
+  } join{peers};
+  v1::SequenceShareRequest base;
+  *base.mutable_stage() = req;
+  base.mutable_stage()->clear_sequence_peers();
+  base.mutable_stage()->mutable_spec()->clear_image();  // the denoiser reads the image's moments, not the image
+  base.set_size(size);
+  auto listening = [&](const std::string& store) {
+    for (int rank = 1; rank < size; ++rank) {
+      Peer& p = peers[static_cast<size_t>(rank - 1)];
+      p.ctx = grpc::ClientContext::FromServerContext(parent);
+      v1::SequenceShareRequest call = base;
+      call.set_rank(rank);
+      call.set_store(store);
+      const std::string address = req.sequence_peers(rank - 1).address();
+      p.call = std::thread([&p, call = std::move(call), address] {
+        v1::SequenceShareResponse resp;
+        p.status = v1::Worker::NewStub(ChannelTo(address))->SequenceShare(p.ctx.get(), call, &resp);
+      });
+    }
+  };
+  // What a failed peer said (a call that ended with an error other than this rank's own cancellation).
+  auto peer_failure = [&](bool cancelled_too) -> std::optional<Error> {
+    for (size_t i = 0; i < peers.size(); ++i) {
+      const grpc::Status& st = peers[i].status;
+      if (st.ok() || (!cancelled_too && st.error_code() == grpc::StatusCode::CANCELLED)) continue;
+      const auto& peer = req.sequence_peers(static_cast<int>(i));
+      return Unavailable(fmt::format("sequence-parallel rank {} on worker {} ({}): {}", i + 1, peer.worker(),
+                                     peer.address(), st.error_message()));
+    }
+    return std::nullopt;
+  };
+  auto end_calls = [&](bool cancel) {
+    for (Peer& p : peers)
+      if (p.call.joinable()) {
+        if (cancel) p.ctx->TryCancel();
+        p.call.join();
+      }
+  };
+  SequenceGroupSpec spec;
+  spec.store = host + ":0";
+  spec.rank = 0;
+  spec.size = size;
+  spec.timeout = timeout;
+  torch::Tensor out;
+  try {
+    SequenceGroup group(spec, listening);
+    out = share(group);
+  } catch (const Error& e) {
+    // The peers' calls end (a lost peer's has failed; the others' collectives fail with this rank gone): the
+    // first that failed on its own is the cause to report.
+    end_calls(true);
+    if (auto cause = peer_failure(false); cause && e.kind() != ErrorKind::kCancelled) throw *cause;
+    throw;
+  }
+  end_calls(false);
+  if (auto failed = peer_failure(true)) throw *failed;
+  return out;
+}
+
+}  // namespace reel

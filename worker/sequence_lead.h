@@ -1,0 +1,26 @@
+// Rank 0 of a sequence-parallel denoise on workers (docs/SEQUENCE_PARALLEL.md): the coordinator chose the ranks
+// and sent the stage call to this worker with the others as its peers; this worker serves the group's rendezvous,
+// asks each peer to run its share, runs its own and waits for theirs.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+#include <torch/types.h>
+
+#include "reel/v1/worker.pb.h"
+#include "runtime/sequence_parallel.h"
+
+namespace reel {
+
+// `host`: the address the peers reach this worker at (its registered address's host). Each peer's SequenceShare
+// call is a child of `parent`, so cancelling the stage ends them too. Runs `share` with the joined group and
+// returns its result once every peer's call has ended; a peer that fails (or is lost mid-step) fails the run with
+// kUnavailable naming its rank and worker.
+torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageRequest& req, const std::string& host,
+                           std::chrono::milliseconds timeout,
+                           const std::function<torch::Tensor(SequenceGroup&)>& share);
+
+}  // namespace reel
