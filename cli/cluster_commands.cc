@@ -651,6 +651,10 @@ void AddClusterCommands(CLI::App& app) {
     c->add_option("--drain-seconds", o->drain_seconds,
                   "On SIGTERM: finish the running stage and hand over its tensors for at most this long, then exit")
         ->default_val(o->drain_seconds);
+    c->add_option("--sequence-parallel", o->sequence_parallel,
+                  "Offer to share denoises with other workers (latency jobs): loopback (only on a loopback address), "
+                  "network (any address; the exchanges have no TLS or token: trusted networks only), off")
+        ->default_val(o->sequence_parallel);
     c->callback([o, mem] {
       if (!mem->empty()) o->device_memory = ParseSize(*mem, "--device-memory");
       CommandExitCode() = RunWorker(*o);

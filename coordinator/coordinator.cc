@@ -363,6 +363,7 @@ grpc::Status Coordinator::Impl::ListWorkers(grpc::ServerContext*, const v1::List
     info->set_last_heartbeat_unix_us(w.last_heartbeat);
     info->set_error(w.error);
     info->set_stages_run(w.stages_run);
+    info->set_sequence_parallel(w.sequence_parallel);
     // What it runs now, read from the runs in flight (a worker is in at most one that is not superseded).
     for (const auto& [attempt, run] : core->runs()) {
       if (!run.Involves(id)) continue;

@@ -10,6 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include "common/error.h"
@@ -87,6 +90,31 @@ std::string LocalAddressToward(const std::string& host) {
   return out;
 }
 
+// Rank 0's store socket, listening on `host`'s address only (c10d's own would listen on every interface): a group of
+// workers on loopback stays on loopback. Port 0 picks a free one; `*bound` is the port it got.
+int ListenOn(const std::string& host, int port, int* bound) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res)
+    throw InvalidArgument(fmt::format("sequence-parallel store host '{}': not an address or a known host name", host));
+  sockaddr_in addr = *reinterpret_cast<const sockaddr_in*>(res->ai_addr);
+  freeaddrinfo(res);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  if (fd < 0 || ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 128) != 0) {
+    const std::string why = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    throw Unavailable(fmt::format("sequence-parallel store {}:{}: cannot listen there: {}", host, port, why));
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  *bound = ntohs(addr.sin_port);
+  return fd;
+}
+
 }  // namespace
 
 struct SequenceGroup::Impl {
@@ -105,6 +133,11 @@ SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec, const std::function<
   try {
     c10d::TCPStoreOptions o;
     o.port = static_cast<uint16_t>(port);
+    if (spec.rank == 0) {  // the store takes the socket over
+      int bound = 0;
+      o.masterListenFd = ListenOn(host, port, &bound);
+      o.port = static_cast<uint16_t>(bound);
+    }
     o.isServer = spec.rank == 0;
     o.numWorkers = spec.size;
     o.waitWorkers = false;

@@ -8,6 +8,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -69,8 +70,8 @@ class SequenceCluster : public ::testing::Test {
     cluster_.reset();
   }
 
-  // The text encoder and decoder on "enc", the denoiser on dit0..dit{n-1}.
-  void Start(int dits) {
+  // The text encoder and decoder on "enc", the denoiser on dit0..dit{n-1}; `extra`: more flags for some.
+  void Start(int dits, const std::map<std::string, std::vector<std::string>>& extra = {}) {
     std::string workers = R"({"name": "enc", "stages": ["text_encoder", "vae_decoder"]})";
     for (int i = 0; i < dits; ++i) workers += fmt::format(R"(, {{"name": "dit{}", "stages": ["denoiser"]}})", i);
     const auto placement = dir_ / "placement.json";
@@ -79,7 +80,12 @@ class SequenceCluster : public ::testing::Test {
     ASSERT_TRUE(cluster_->StartCoordinator(
         {"--placement", placement.string(), "--model", package(), "--model-root", root().string()}));
     cluster_->StartWorker("enc", {"--model-root", root().string()});
-    for (int i = 0; i < dits; ++i) cluster_->StartWorker(fmt::format("dit{}", i), {"--model-root", root().string()});
+    for (int i = 0; i < dits; ++i) {
+      const std::string name = fmt::format("dit{}", i);
+      std::vector<std::string> flags = {"--model-root", root().string()};
+      if (auto it = extra.find(name); it != extra.end()) flags.insert(flags.end(), it->second.begin(), it->second.end());
+      cluster_->StartWorker(name, flags);
+    }
     ASSERT_TRUE(cluster_->WaitIdle(static_cast<size_t>(dits) + 1, 180));
   }
 
@@ -127,7 +133,11 @@ TEST_F(SequenceCluster, ALatencyJobSharesItsDenoiseAcrossWorkersAndMakesTheVideo
 }
 
 TEST_F(SequenceCluster, ARankKilledMidDenoiseFailsTheRunAndTheJobRunsAgainOnTheWorkersLeft) {
-  ASSERT_NO_FATAL_FAILURE(Start(3));
+  // dit2 does not offer sequence parallelism: it is never a rank.
+  ASSERT_NO_FATAL_FAILURE(Start(3, {{"dit2", {"--sequence-parallel", "off"}}}));
+  const v1::ListWorkersResponse workers = cluster_->Workers();
+  for (const auto& w : workers.workers())
+    EXPECT_EQ(w.sequence_parallel(), w.name() != "dit2") << w.name();
   const CommandResult r = Reel("submit --coordinator " + cluster_->address() + " " + Job(12) +
                                " --objective latency 2>&1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -140,6 +150,8 @@ TEST_F(SequenceCluster, ARankKilledMidDenoiseFailsTheRunAndTheJobRunsAgainOnTheW
         const v1::StageRun& d = Denoiser(now);
         if (d.state() != "running" || d.sequence_peers_size() == 0 || d.step() < 1) return false;
         victim = d.sequence_peers(d.sequence_peers_size() - 1);
+        EXPECT_EQ(d.sequence_peers_size(), 1) << now.denoiser_dispatch();  // dit0 and dit1
+        EXPECT_NE(d.worker(), "dit2");
         return true;
       },
       180))
@@ -149,6 +161,7 @@ TEST_F(SequenceCluster, ARankKilledMidDenoiseFailsTheRunAndTheJobRunsAgainOnTheW
   ASSERT_EQ(j.state(), v1::SUCCEEDED) << j.error();
   EXPECT_EQ(j.attempts(), 2) << j.DebugString();
   const v1::StageRun& d = Denoiser(j);
+  EXPECT_EQ(d.sequence_peers_size(), 0) << "one worker offering ranks is left: " << j.denoiser_dispatch();
   EXPECT_NE(d.worker(), victim);
   for (const auto& p : d.sequence_peers()) EXPECT_NE(p, victim);
   // The coordinator said why it ran the job again: rank 0's call failed naming the lost rank's worker.

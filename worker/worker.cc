@@ -807,6 +807,9 @@ std::string HostName() {
 int RunWorker(const WorkerOptions& o) {
   worker_device = &OpenComputeDevice(o.device, "--device");
   if (o.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", o.threads));
+  if (o.sequence_parallel != "loopback" && o.sequence_parallel != "network" && o.sequence_parallel != "off")
+    throw InvalidArgument(fmt::format("--sequence-parallel '{}': accepted loopback, network or off",
+                                      Printable(o.sequence_parallel)));
   if (o.drain_seconds < 0 || o.drain_seconds > 3600)
     throw InvalidArgument(fmt::format("--drain-seconds {}: accepted 0 to 3600", o.drain_seconds));
   if (o.device_memory < 0)
@@ -876,6 +879,16 @@ int RunWorker(const WorkerOptions& o) {
   spdlog::info("worker {} ({}) serving on {} ({}); coordinator {}{}", name, o.device, address, security.Describe(),
                o.coordinator, metrics ? fmt::format("; metrics on port {}", metrics->port()) : "");
 
+  // Sequence parallelism's store and all-to-alls have neither TLS nor the token: offered on loopback unless told.
+  const bool offers_sequence =
+      SequenceParallelBuilt() && (o.sequence_parallel == "network" ||
+                                  (o.sequence_parallel == "loopback" &&
+                                   IsLoopbackHost(address.substr(0, address.rfind(':')))));
+  if (o.sequence_parallel == "network" && SequenceParallelBuilt())
+    spdlog::warn("worker {}: --sequence-parallel network: its sequence-parallel exchanges cross the network without "
+                 "TLS or the token",
+                 name);
+
   std::atomic<bool> stop{false};      // the control thread ends
   std::atomic<bool> draining{false};  // a stop signal came: finish, tell the coordinator, leave
   std::atomic<bool> drained{false};   // nothing keeps it any more (the coordinator was told it is going)
@@ -937,7 +950,7 @@ int RunWorker(const WorkerOptions& o) {
           req.set_host_memory_bytes(MachineMemory().total_bytes);
           req.set_pid(::getpid());
           req.set_version("0.1.0");
-          req.set_sequence_parallel(SequenceParallelBuilt());
+          req.set_sequence_parallel(offers_sequence);
           v1::RegisterResponse resp;
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));

@@ -23,6 +23,10 @@ struct WorkerOptions {
   std::vector<std::string> model_roots;      // packages load only from under these; none: the model cache
   int64_t max_message_bytes = 64 << 20;      // the largest gRPC message it receives or sends
   int drain_seconds = 30;  // on SIGTERM: how long it may take to finish its stage and hand over its tensors
+  // When it offers to take a rank of a sequence-parallel denoise: "loopback" (only when its address is a loopback
+  // one: the group's store and all-to-alls stay on this host), "network" (on any address: they cross the network
+  // without TLS or the token, for trusted networks only), "off".
+  std::string sequence_parallel = "loopback";
 };
 
 // Validates the options (InvalidArgument naming the flag), serves until SIGINT/SIGTERM, then drains: finishes the
