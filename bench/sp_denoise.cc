@@ -21,12 +21,13 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "runtime/offload.h"
 #include "runtime/pipeline.h"
 #include "runtime/sequence_parallel.h"
 
 int main(int argc, char** argv) {
   CLI::App app("One rank of a sequence-parallel denoise");
-  std::string package_dir, group, out, dtype = "f32";
+  std::string package_dir, group, out, dtype = "f32", offload = "none";
   reel::GenerateRequest r;
   r.prompt = "a red fox running through snow";
   r.frames = 9;
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", r.seed);
   app.add_option("--threads", threads, "Intra-op threads");
   app.add_option("--dtype", dtype, "Denoiser dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--offload", offload, "The denoiser's memory strategy on this rank: none, model, block:K, sequential");
   app.add_option("--out", out, "Write the latents here (torch pickle)");
   app.add_option("--die-after-step", die_after_step, "Exit abruptly after this step (tests a lost rank)");
   app.add_option("--timeout-ms", timeout_ms, "How long the group waits for a peer");
@@ -63,6 +65,7 @@ int main(int argc, char** argv) {
         reel::StagePackage::Load(package_dir, std::set<reel::StageKind>{reel::StageKind::kDenoiser});
     reel::RunOptions options;
     if (dtype == "bf16") options.dtype[reel::StageKind::kDenoiser] = reel::DType::kBF16;
+    options.offload[reel::StageKind::kDenoiser] = reel::ParseOffload(offload, "--offload");
     options.sequence_group = g ? &*g : nullptr;
     reel::Runtime runtime(package, options);
     torch::NoGradGuard no_grad;
@@ -93,7 +96,9 @@ int main(int argc, char** argv) {
                         {"size", g ? g->size() : 1},
                         {"denoise_seconds", seconds},
                         {"step_seconds", stats.step_seconds},
-                        {"bytes_sent", g ? g->bytes_sent() : 0}};
+                        {"bytes_sent", g ? g->bytes_sent() : 0},
+                        {"offload", offload},
+                        {"device_peak_bytes", runtime.device().Memory().peak}};
     std::cout << j.dump() << std::endl;
     return 0;
   } catch (const reel::Error& e) {
