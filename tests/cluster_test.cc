@@ -354,6 +354,7 @@ TEST_F(ClusterTest, BadInputIsRefusedBeforeAnythingIsQueued) {
       {"--model tiny --prompt x --steps 0", "--steps 0"},
       {"--model nope --prompt x", "model 'nope': this coordinator serves tiny"},
       {"--model tiny --prompt x --priority 5000", "priority 5000: accepted -1000 to 1000"},
+      {"--model tiny --prompt x --objective fastest", "--objective 'fastest': accepted throughput or latency"},
   };
   for (const auto& c : cases) {
     const CommandResult r = Reel("submit " + c.args + at);
