@@ -406,6 +406,10 @@ TEST_F(ClusterTest, BadInputIsRefusedBeforeAnythingIsQueued) {
   const CommandResult cuda = Reel("worker --device cuda:0" + at);
   EXPECT_EQ(cuda.exit_code, 2);
   EXPECT_NE(cuda.output.find("--device cuda:0: accepted cpu"), std::string::npos) << cuda.output;
+  const CommandResult sp = Reel("worker --sequence-parallel everywhere" + at);
+  EXPECT_EQ(sp.exit_code, 2);
+  EXPECT_NE(sp.output.find("--sequence-parallel 'everywhere': accepted loopback, network or off"), std::string::npos)
+      << sp.output;
 }
 
 TEST_F(ClusterTest, ServeWithTwoWorkersMakesTheSameVideoAsGenerate) {
