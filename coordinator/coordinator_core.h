@@ -152,8 +152,8 @@ class CoordinatorCore {
               const std::vector<Worker*>& sequence = {});
   // A latency job's denoise on k of `idle` (in preference order) with sequence parallelism, when the cost model
   // finds it faster than one worker and than the guidance split: launched, -1. Else the workers the faster of
-  // those takes (1 or 2; the comparison noted for the job's record), or 0 without an estimate.
-  int PlaceSequence(Micros now, Job& j, int index, const std::vector<Worker*>& idle);
+  // those takes (1 or 2; the comparison in `note`, for the job's record), or 0 without an estimate.
+  int PlaceSequence(Micros now, Job& j, int index, const std::vector<Worker*>& idle, std::string* note);
   // A guided denoiser's estimated finish from now: early on one worker, and split across two after its inputs
   // (0, 0 without a cost model).
   std::pair<double, double> SplitTimes(Micros now, const Job& j, int index) const;
@@ -184,7 +184,6 @@ class CoordinatorCore {
   Micros replan_due_ = 0;
   bool draining_ = false;
   bool stopping_ = false;
-  std::string latency_note_;  // PlaceSequence's comparison, for the Launch that follows it
   DispatchIndex index_;
   StepResult out_;
 };

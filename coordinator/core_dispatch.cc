@@ -106,6 +106,7 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
   }
   if (best.empty()) return;
   int latency_choice = 0;  // a latency job's choice when not in sequence: 1 worker, or 2 (the guidance split)
+  std::string latency_note;  // and the cost model's comparison, for its record
   if (kind == StageKind::kDenoiser && j.shape.latency && o_.estimate) {
     // A latency job's denoise may take every idle holder of the denoiser (sequence parallelism): never sent early,
     // which would take one worker only.
@@ -115,7 +116,7 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
       std::vector<Worker*> all = local;
       for (const auto& [key, id] : *available)
         if (Worker& c = workers_.at(id); std::find(all.begin(), all.end(), &c) == all.end()) all.push_back(&c);
-      latency_choice = PlaceSequence(now, j, index, all);
+      latency_choice = PlaceSequence(now, j, index, all, &latency_note);
       if (latency_choice < 0) return;
     }
   }
@@ -142,9 +143,13 @@ void CoordinatorCore::Place(Micros now, Job& j, int index, bool early) {
                  : "early: on " + w->name + " while its inputs are produced (not bounded by a cost model)";
   }
   Launch(now, j, index, w, peer, early);
+  if (!latency_note.empty())
+    j.denoiser_dispatch = (peer ? "guidance_split: on " + w->name + " and " + peer->name : "single: on " + w->name) +
+                          "; " + latency_note;
 }
 
-int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vector<Worker*>& idle) {
+int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vector<Worker*>& idle,
+                                   std::string* note) {
   const StageEstimate d = o_.estimate(j.shape, StageKind::kDenoiser);
   if (d.seconds <= 0) return 0;
   // The choices the idle workers allow, by the cost model: one worker, the guidance split, k workers in sequence.
@@ -171,7 +176,7 @@ int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vec
   const std::string why = fmt::format(" by the cost model{}", others.empty() ? "" : "; " + others);
   if (best->name.find("in sequence") == std::string::npos) {
     // Today's dispatch (one worker, or the guidance split), which says what it did; the latency choice is noted.
-    latency_note_ = fmt::format("latency objective: {} {:.3f} s{}", best->name, best->seconds, why);
+    *note = fmt::format("latency objective: {} {:.3f} s{}", best->name, best->seconds, why);
     return best->workers;
   }
   std::vector<Worker*> ranks(able.begin(), able.begin() + best->workers);
@@ -277,12 +282,6 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
     j.denoiser_dispatch = peer    ? "guidance_split: on " + w->name + " and " + peer->name + estimate
                           : early ? "early: on " + w->name + " while its inputs are produced" + estimate
                                   : "single: no second idle worker holds the denoiser" + estimate;
-  }
-  if (!latency_note_.empty()) {
-    if (s.kind == StageKind::kDenoiser)
-      j.denoiser_dispatch = (peer ? "guidance_split: on " + w->name + " and " + peer->name : "single: on " + w->name) +
-                            "; " + latency_note_;
-    latency_note_.clear();
   }
   w->state = WorkerState::kBusy;
   w->job_id = j.id;
