@@ -5,7 +5,8 @@
 // real processes on loopback and compares ranks with a single process; bench/sequence_parallel.sh times it.
 //   reel_sp_denoise --package DIR [--group RANK/SIZE@HOST:PORT] [--frames N --height H --width W --steps S
 //                   --guidance G --seed N --threads T --dtype f32|bf16] [--out LATENTS.pt] [--die-after-step N]
-// Prints one JSON line: {"rank", "size", "denoise_seconds", "step_seconds": [...], "bytes_sent"}.
+// Prints one JSON line: {"rank", "size", "denoise_seconds", "step_seconds": [...], "bytes_sent", "exchange_seconds",
+// "backend"}.
 #include <unistd.h>
 
 #include <chrono>
@@ -21,13 +22,14 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "runtime/compute_device.h"
 #include "runtime/offload.h"
 #include "runtime/pipeline.h"
 #include "runtime/sequence_parallel.h"
 
 int main(int argc, char** argv) {
   CLI::App app("One rank of a sequence-parallel denoise");
-  std::string package_dir, group, out, dtype = "f32", offload = "none";
+  std::string package_dir, group, out, dtype = "f32", offload = "none", device = "cpu";
   reel::GenerateRequest r;
   r.prompt = "a red fox running through snow";
   r.frames = 9;
@@ -49,21 +51,25 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Intra-op threads");
   app.add_option("--dtype", dtype, "Denoiser dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--offload", offload, "The denoiser's memory strategy on this rank: none, model, block:K, sequential");
+  app.add_option("--device", device, "cpu (the simulated device) or cuda:N (the group exchanges over NCCL where built)");
   app.add_option("--out", out, "Write the latents here (torch pickle)");
   app.add_option("--die-after-step", die_after_step, "Exit abruptly after this step (tests a lost rank)");
   app.add_option("--timeout-ms", timeout_ms, "How long the group waits for a peer");
   CLI11_PARSE(app, argc, argv);
   try {
     at::set_num_threads(threads);
+    reel::ComputeDevice& dev = reel::OpenComputeDevice(device, "--device");
     std::optional<reel::SequenceGroup> g;
     if (!group.empty()) {
       reel::SequenceGroupSpec spec = reel::ParseSequenceGroup(group, "--group");
       spec.timeout = std::chrono::milliseconds(timeout_ms);
+      spec.device = dev.device();
       g.emplace(spec);
     }
     reel::StagePackage package =
         reel::StagePackage::Load(package_dir, std::set<reel::StageKind>{reel::StageKind::kDenoiser});
     reel::RunOptions options;
+    options.device = &dev;
     if (dtype == "bf16") options.dtype[reel::StageKind::kDenoiser] = reel::DType::kBF16;
     options.offload[reel::StageKind::kDenoiser] = reel::ParseOffload(offload, "--offload");
     options.sequence_group = g ? &*g : nullptr;
@@ -86,7 +92,7 @@ int main(int argc, char** argv) {
     const torch::Tensor z = runtime.DenoiseLatents(r, text, {}, hooks);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!out.empty()) {
-      const std::vector<char> bytes = torch::pickle_save(z);
+      const std::vector<char> bytes = torch::pickle_save(z.cpu());
       reel::AtomicFile file(out, "--out");
       std::ofstream(file.temp_path(), std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
       file.Commit();
@@ -97,6 +103,8 @@ int main(int argc, char** argv) {
                         {"denoise_seconds", seconds},
                         {"step_seconds", stats.step_seconds},
                         {"bytes_sent", g ? g->bytes_sent() : 0},
+                        {"exchange_seconds", g ? g->exchange_seconds() : 0.0},
+                        {"backend", g ? g->backend() : std::string("none")},
                         {"offload", offload},
                         {"device_peak_bytes", runtime.device().Memory().peak}};
     std::cout << j.dump() << std::endl;

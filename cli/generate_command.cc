@@ -132,7 +132,8 @@ void RunGenerate(GenerateFlags& f) {
   // Sequence parallelism: every rank runs this same command with its own RANK; rank 0 writes the video.
   std::optional<SequenceGroup> group;
   if (!f.sequence_parallel.empty()) {
-    const SequenceGroupSpec spec = ParseSequenceGroup(f.sequence_parallel, "--sequence-parallel");
+    SequenceGroupSpec spec = ParseSequenceGroup(f.sequence_parallel, "--sequence-parallel");
+    spec.device = device.device();
     spdlog::info("joining sequence-parallel group {} as rank {} of {}", spec.store, spec.rank, spec.size);
     group.emplace(spec);
     options.sequence_group = &*group;

@@ -89,18 +89,31 @@ planner::Machine MachineOf(const PlanFlags& f) {
   return m;
 }
 
-std::vector<StageProfile> ProfilesOf(const PlanFlags& f) {
-  if (f.no_profiles) return {};
+// The profile store the plan reads (--profile-db, else the cache's), or none.
+std::optional<fs::path> ProfileDbOf(const PlanFlags& f) {
+  if (f.no_profiles) return std::nullopt;
   const fs::path db = f.profile_db.empty() ? ModelCacheDir() / "profiles.sqlite" : fs::path(f.profile_db);
   std::error_code ec;
   if (!fs::exists(db, ec)) {
     if (!f.profile_db.empty())
       throw NotFound(fmt::format("--profile-db {}: no such file", f.profile_db));
-    return {};
+    return std::nullopt;
   }
+  return db;
+}
+
+std::vector<StageProfile> ProfilesOf(const PlanFlags& f) {
+  const auto db = ProfileDbOf(f);
+  if (!db) return {};
   std::vector<StageProfile> out;
-  for (auto& row : ProfileStore(db.string()).All()) out.push_back(std::move(row.profile));
+  for (auto& row : ProfileStore(db->string()).All()) out.push_back(std::move(row.profile));
   return out;
+}
+
+// Sequence parallelism's measured links (a coordinator's profile store has them).
+std::vector<LinkProfile> LinksOf(const PlanFlags& f) {
+  const auto db = ProfileDbOf(f);
+  return db ? ProfileStore(db->string()).Links() : std::vector<LinkProfile>{};
 }
 
 planner::Job JobOf(const PlanFlags& f, const Manifest& manifest) {
@@ -161,7 +174,8 @@ void RunPlan(const PlanFlags& f) {
   const planner::Plan plan = planner::Search(problem, objective);
   const std::vector<std::string> would_fit =
       plan.feasible ? std::vector<std::string>{} : planner::WhatWouldFit(model, machine, job, objective, po);
-  Print(f, planner::PlanReport(manifest, job, objective, problem, plan, would_fit, f.explain, &model));
+  const std::vector<LinkProfile> links = LinksOf(f);
+  Print(f, planner::PlanReport(manifest, job, objective, problem, plan, would_fit, f.explain, &model, &links));
 }
 
 }  // namespace

@@ -428,7 +428,13 @@ grpc::Status Coordinator::Impl::PlanReportFor(const v1::PlanJobRequest& request,
     const planner::Plan plan = planner::Search(problem, objective);
     const std::vector<std::string> would_fit =
         plan.feasible ? std::vector<std::string>{} : planner::WhatWouldFit(model, machine, job, objective, po);
-    *report = planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain(), &model).dump();
+    std::vector<LinkProfile> links;
+    try {
+      if (profiles) links = profiles->Links();
+    } catch (const Error& e) {
+      spdlog::warn("planning without the measured links: {}", e.what());
+    }
+    *report = planner::PlanReport(m, job, objective, problem, plan, would_fit, req->explain(), &model, &links).dump();
   } catch (const Error& e) {
     return Refuse(e.kind() == ErrorKind::kInvalidArgument ? grpc::StatusCode::INVALID_ARGUMENT
                                                           : grpc::StatusCode::INTERNAL,

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "package/manifest.h"
 #include "planner/cost_model.h"
 #include "planner/planning.h"
+#include "planner/sequence_parallel_cost.h"
 #include "profiler/profile_store.h"
 #include "reel/v1/coordinator.grpc.pb.h"
 #include "reel/v1/worker.grpc.pb.h"
@@ -87,6 +89,12 @@ struct Coordinator::Impl final : public reel::v1::Coordinator::Service {
   core::StageEstimate Estimate(const core::JobShape& shape, StageKind kind);
   std::map<std::string, std::unique_ptr<planner::CostModel>> cost_models;  // by model, built on first use
   std::map<std::string, core::StageEstimate> estimates;                     // by shape and stage
+  // Sequence parallelism's link: what rank 0 measured (stored as a link profile; the estimates start over), and the
+  // link the estimates price (the newest measured link's median, else the loopback estimate). mu held for both.
+  void StoreLink(const reel::v1::RunStageRequest& req, const std::string& rank0,
+                 const reel::v1::SequenceLink& measured);
+  planner::Link SequenceLink();
+  std::optional<std::vector<LinkProfile>> links;  // the store's, newest first; loaded on first use
 
   // ---- the service (coordinator.cc) ----
   grpc::Status Register(grpc::ServerContext*, const reel::v1::RegisterRequest*, reel::v1::RegisterResponse*) override;

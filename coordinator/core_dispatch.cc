@@ -173,7 +173,9 @@ int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vec
   std::string others;
   for (const Choice& c : choices)
     if (&c != best) others += fmt::format("{}{} {:.3f} s", others.empty() ? "" : ", ", c.name, c.seconds);
-  const std::string why = fmt::format(" by the cost model{}", others.empty() ? "" : "; " + others);
+  const bool priced = choices.size() > 1 && !d.sequence_link.empty() && able.size() > 1;
+  const std::string why = fmt::format(" by the cost model{}{}", priced ? " (link " + d.sequence_link + ")" : "",
+                                      others.empty() ? "" : "; " + others);
   if (best->name.find("in sequence") == std::string::npos) {
     // Today's dispatch (one worker, or the guidance split), which says what it did; the latency choice is noted.
     *note = fmt::format("latency objective: {} {:.3f} s{}", best->name, best->seconds, why);

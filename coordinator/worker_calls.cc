@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -205,6 +206,7 @@ void Coordinator::Impl::RunThread(core::cmd::RunStage run, v1::RunStageRequest r
   std::string profile;
   while (reader->Read(&ev)) {
     if (ev.has_result()) {
+      if (ev.result().sequence_link().ranks() > 1) StoreLink(req, run.address, ev.result().sequence_link());
       core::ev::StageResult result;
       result.attempt = run.attempt;
       for (const auto& out : ev.result().outputs()) result.outputs.emplace_back(out.name(), out.bytes());
@@ -379,6 +381,48 @@ std::vector<StageProfile> Coordinator::Impl::StoredProfiles() {
   return out;
 }
 
+void Coordinator::Impl::StoreLink(const v1::RunStageRequest& req, const std::string& rank0,
+                                  const v1::SequenceLink& measured) {
+  auto host = [](const std::string& address) { return address.substr(0, address.rfind(':')); };
+  bool one_host = true;
+  for (const auto& peer : req.sequence_peers()) one_host = one_host && host(peer.address()) == host(rank0);
+  LinkProfile p;
+  p.link = planner::LinkName(one_host, measured.backend());
+  p.ranks = measured.ranks();
+  p.bytes_sent = measured.bytes_sent();
+  p.exchange_seconds = measured.exchange_seconds();
+  p.recorded_at = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::system_clock::now().time_since_epoch()).count();
+  try {
+    p.Validate("job " + req.job_id() + ": sequence-parallel link");
+    if (profiles) profiles->InsertLink(p);
+  } catch (const Error& e) {
+    spdlog::warn("{}", e.what());
+    return;
+  }
+  spdlog::info("job {}: sequence-parallel link {} over {} ranks: {:.1f} MB in {:.3f} s, {:.2f} GB/s", req.job_id(),
+               p.link, p.ranks, p.bytes_sent / 1e6, p.exchange_seconds, p.bytes_per_second() / 1e9);
+  std::lock_guard lock(mu);
+  SequenceLink();  // loads the store's first, so this one is not counted twice
+  links->insert(links->begin(), p);
+  estimates.clear();  // priced with the link as it was
+}
+
+planner::Link Coordinator::Impl::SequenceLink() {
+  if (!links) {
+    links.emplace();
+    try {
+      if (profiles) *links = profiles->Links();
+    } catch (const Error& e) {
+      spdlog::warn("pricing sequence parallelism without the measured links: {}", e.what());
+    }
+  }
+  std::vector<LinkProfile> newest;
+  for (const LinkProfile& l : *links)
+    if (l.link == links->front().link) newest.push_back(l);
+  return planner::MeasuredLink(newest, planner::DefaultLink("loopback"));
+}
+
 void Coordinator::Impl::StoreProfile(const std::string& text) {
   if (!profiles || text.empty()) return;
   try {
@@ -414,7 +458,8 @@ void Coordinator::Impl::Replan(core::cmd::Replan replan) {
 
 // A guided denoiser's seconds on one worker and split across two, from the planner's cost model at the package's
 // own strategy on the CPU device kind the tests run (the ratio is what the choice reads). The split halves the
-// compute and adds each step's exchange of the unconditional branch's output over loopback.
+// compute and adds each step's exchange of the unconditional branch's output over loopback; k workers in sequence
+// add their all-to-alls over SequenceLink().
 core::StageEstimate Coordinator::Impl::Estimate(const core::JobShape& shape, StageKind kind) {
   const std::string key = fmt::format("{}/{}/{}x{}x{}/{}/{}", shape.model, StageKindName(kind), shape.frames,
                                       shape.height, shape.width, shape.steps, shape.guidance);
@@ -437,8 +482,10 @@ core::StageEstimate Coordinator::Impl::Estimate(const core::JobShape& shape, Sta
       e.split_seconds = option.seconds / 2 + exchange;
     }
     if (kind == StageKind::kDenoiser) {
-      // k workers sharing the tokens over loopback Gloo, in proportion to this one-device price.
-      const planner::Link link = planner::DefaultLink("loopback");
+      // k workers sharing the tokens over the measured link (else the loopback Gloo estimate), in proportion to
+      // this one-device price.
+      const planner::Link link = SequenceLink();
+      e.sequence_link = link.Describe();
       for (int k = 2; k <= kMaxSequenceDegree; ++k) {
         try {
           const planner::SequenceParallelPrice p =

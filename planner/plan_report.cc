@@ -53,7 +53,8 @@ Objective ParseObjective(const std::string& value, const std::string& flag) {
 }
 
 json PlanReport(const Manifest& manifest, const Job& job, Objective objective, const Problem& problem,
-                const Plan& plan, const std::vector<std::string>& would_fit, bool explain, const CostModel* model) {
+                const Plan& plan, const std::vector<std::string>& would_fit, bool explain, const CostModel* model,
+                const std::vector<LinkProfile>* links) {
   const Machine& machine = problem.machine;
   json j;
   j["model"] = manifest.name;
@@ -102,7 +103,7 @@ json PlanReport(const Manifest& manifest, const Job& job, Objective objective, c
       if (like > 1)
         j["sequence_parallel"] = ChooseSequenceDegree(
             *model, device, job, option.compute_dtype.empty() ? option.dtype : option.compute_dtype, like,
-            DefaultLink(device.kind == "cuda" ? "pcie" : "loopback"), objective);
+            HostLink(device.kind, links ? *links : std::vector<LinkProfile>{}), objective);
     }
   if (!plan.feasible) {
     j["infeasible_reason"] = plan.infeasible_reason;
@@ -162,10 +163,10 @@ std::string PlanTable(const json& r) {
   if (r.contains("sequence_parallel")) {
     const auto& sp = r.at("sequence_parallel");
     const auto& chosen = sp.at("choices").at(sp.at("chosen").get<size_t>());
-    out += fmt::format("\nSequence parallelism for the denoiser ({} devices like {}, {} link, {} objective): {}, {}, "
+    out += fmt::format("\nSequence parallelism for the denoiser ({} devices like {}, link {}, {} objective): {}, {}, "
                        "{:.2f}x one device, {:.1f} jobs/h\n",
                        sp.at("devices").get<int>(), sp.at("device").get<std::string>(),
-                       sp.at("link").get<std::string>(), sp.at("objective").get<std::string>(),
+                       sp.at("link_described").get<std::string>(), sp.at("objective").get<std::string>(),
                        chosen.at("name").get<std::string>(), Seconds(chosen.at("seconds").get<double>()),
                        chosen.at("speedup").get<double>(), chosen.at("jobs_per_hour").get<double>());
     for (const auto& x : sp.at("why")) out += fmt::format("  {}\n", x.get<std::string>());

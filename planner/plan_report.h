@@ -12,6 +12,7 @@
 #include "package/manifest.h"
 #include "planner/cost_model.h"
 #include "planner/problem.h"
+#include "profiler/profile_store.h"
 
 namespace reel::planner {
 
@@ -20,11 +21,11 @@ const char* ObjectiveName(Objective objective);
 Objective ParseObjective(const std::string& value, const std::string& flag);
 
 // With `explain` and `model`, also "sequence_parallel": the degree the objective chooses for the plan's denoiser on
-// the machine's devices of its kind, and what lost (ChooseSequenceDegree; the link: PCIe between CUDA devices,
-// loopback Gloo between CPU ones).
+// the machine's devices of its kind, and what lost (ChooseSequenceDegree; the link: HostLink, measured where `links`
+// has it, else the PCIe estimate between CUDA devices and the loopback Gloo one between CPU ones).
 nlohmann::json PlanReport(const Manifest& manifest, const Job& job, Objective objective, const Problem& problem,
                           const Plan& plan, const std::vector<std::string>& would_fit, bool explain,
-                          const CostModel* model = nullptr);
+                          const CostModel* model = nullptr, const std::vector<LinkProfile>* links = nullptr);
 
 // The report as the table `reel plan` prints.
 std::string PlanTable(const nlohmann::json& report);

@@ -1,5 +1,6 @@
 #include "planner/sequence_parallel_cost.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -27,6 +28,47 @@ Link DefaultLink(const std::string& kind) {
   if (kind == "pcie") return {"pcie", 12e9, 30e-6};
   if (kind == "loopback") return {"loopback", 1.5e9, 100e-6};
   throw InvalidArgument(fmt::format("link '{}': accepted nvlink, pcie or loopback", kind));
+}
+
+std::string Link::Describe() const {
+  const std::string rate = fmt::format("{} {:.2f} GB/s", name, bytes_per_second / 1e9);
+  return measured_runs > 0 ? fmt::format("{} (measured, {} run{})", rate, measured_runs, measured_runs == 1 ? "" : "s")
+                           : rate + " (an estimate)";
+}
+
+std::string LinkName(bool one_host, const std::string& backend) {
+  // "gloo (host copies)": CUDA tensors over Gloo, timed with their copies.
+  std::string b = backend;
+  for (char& c : b)
+    if (c == ' ') c = '-';
+  b.erase(std::remove_if(b.begin(), b.end(), [](char c) { return c == '(' || c == ')'; }), b.end());
+  return (one_host ? "host/" : "network/") + b;
+}
+
+Link MeasuredLink(const std::vector<LinkProfile>& measured, const Link& fallback) {
+  std::vector<double> rates;
+  for (const LinkProfile& p : measured) {
+    if (rates.size() == 5) break;
+    if (p.bytes_per_second() > 0) rates.push_back(p.bytes_per_second());
+  }
+  if (rates.empty()) return fallback;
+  std::sort(rates.begin(), rates.end());
+  const size_t n = rates.size();
+  Link l;
+  l.name = measured.front().link;
+  l.bytes_per_second = n % 2 ? rates[n / 2] : (rates[n / 2 - 1] + rates[n / 2]) / 2;
+  l.latency_seconds = 0;
+  l.measured_runs = static_cast<int>(n);
+  return l;
+}
+
+Link HostLink(const std::string& device_kind, const std::vector<LinkProfile>& measured) {
+  const bool cuda = device_kind == "cuda";
+  const std::string name = LinkName(true, cuda ? "nccl" : "gloo");
+  std::vector<LinkProfile> mine;
+  for (const LinkProfile& p : measured)
+    if (p.link == name) mine.push_back(p);
+  return MeasuredLink(mine, DefaultLink(cuda ? "pcie" : "loopback"));
 }
 
 SequenceParallelPrice PriceSequenceParallel(const CostModel& model, const Device& device, const Job& job,
@@ -81,7 +123,9 @@ nlohmann::json ChooseSequenceDegree(const CostModel& model, const Device& device
                                     const std::string& dtype, int devices, const Link& link, Objective objective) {
   const int64_t heads = Config(model.manifest().stage(StageKind::kDenoiser), "num_heads", 48);
   const bool latency = objective == Objective::kLatency;
-  nlohmann::json out{{"device", device.name}, {"devices", devices}, {"link", link.name}, {"dtype", dtype},
+  nlohmann::json out{{"device", device.name}, {"devices", devices}, {"link", link.name},
+                     {"link_described", link.Describe()}, {"link_bytes_per_second", link.bytes_per_second},
+                     {"link_measured_runs", link.measured_runs}, {"dtype", dtype},
                      {"objective", latency ? "latency" : "throughput"}, {"choices", nlohmann::json::array()}};
   struct Choice {
     SequenceParallelPrice price;

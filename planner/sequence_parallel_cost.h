@@ -10,18 +10,31 @@
 
 #include "planner/cost_model.h"
 #include "planner/problem.h"
+#include "profiler/profile_store.h"
 
 namespace reel::planner {
 
 // The devices' interconnect as one device sees it during an all-to-all.
 struct Link {
-  std::string name;               // "nvlink", "pcie", "loopback"
+  std::string name;               // "nvlink", "pcie", "loopback"; measured: "host/gloo", "host/nccl", ...
   double bytes_per_second = 0;    // what one device sends per second while all send at once
   double latency_seconds = 0;     // per collective
+  int measured_runs = 0;          // 0: an estimate; else the median of this many measured runs
+  // "loopback 1.50 GB/s (an estimate)", "host/gloo 0.92 GB/s (measured, 3 runs)".
+  std::string Describe() const;
 };
 // Figures per link kind ("nvlink": H100 SXM NVLink 4, "pcie": PCIe 4.0 x16 through the host, "loopback": Gloo over
 // TCP between processes on one host, as measured by bench/sequence_parallel.sh); sources in docs/SEQUENCE_PARALLEL.md.
 Link DefaultLink(const std::string& kind);
+
+// What a link is called where it was measured: ranks on one host or several, and the c10d backend ("host/gloo").
+std::string LinkName(bool one_host, const std::string& backend);
+// The link as measured (the profiles of one link name, newest first): the median rate of the newest five, whose
+// time includes each collective's latency (so none is added); `fallback` when there are none.
+Link MeasuredLink(const std::vector<LinkProfile>& measured, const Link& fallback);
+// The link between devices of `device_kind` on one host: measured ("host/nccl" for cuda, "host/gloo" otherwise)
+// where `measured` has it, else the estimate (DefaultLink "pcie" for cuda, "loopback" otherwise).
+Link HostLink(const std::string& device_kind, const std::vector<LinkProfile>& measured);
 
 struct SequenceParallelPrice {
   int degree = 1;                  // devices sharing the sequence

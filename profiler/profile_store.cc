@@ -3,6 +3,7 @@
 
 #include <sqlite3.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/error.h"
@@ -43,6 +44,15 @@ CREATE TABLE IF NOT EXISTS stage_profiles (
 );
 -- Lookups by weights and device dominate; the other key fields narrow a handful of rows.
 CREATE INDEX IF NOT EXISTS stage_profiles_by_digest ON stage_profiles (stage_digest, device_kind);
+-- Sequence parallelism's exchanges (a table of its own: files of schema 2 gain it on open).
+CREATE TABLE IF NOT EXISTS link_profiles (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  link TEXT NOT NULL,
+  ranks INTEGER NOT NULL,
+  bytes_sent INTEGER NOT NULL,
+  exchange_seconds REAL NOT NULL,
+  recorded_at INTEGER NOT NULL
+);
 )sql";
 
 constexpr const char* kInsert = R"sql(
@@ -289,6 +299,48 @@ std::vector<StoredProfile> ProfileStore::Find(const ProfileKey& key) const {
 }
 
 std::vector<StoredProfile> ProfileStore::All() const { return Find(ProfileKey{}); }
+
+void LinkProfile::Validate(const std::string& what) const {
+  if (link.empty()) throw InvalidArgument(what + ": link: accepted a name such as host/gloo");
+  if (ranks < 2) throw InvalidArgument(what + ": ranks " + std::to_string(ranks) + ": accepted 2 or more");
+  if (bytes_sent <= 0)
+    throw InvalidArgument(what + ": bytes_sent " + std::to_string(bytes_sent) + ": accepted more than 0");
+  if (!(exchange_seconds > 0) || !std::isfinite(exchange_seconds))
+    throw InvalidArgument(what + ": exchange_seconds " + std::to_string(exchange_seconds) +
+                          ": accepted a finite number above 0");
+}
+
+int64_t ProfileStore::InsertLink(const LinkProfile& p) {
+  p.Validate("link profile for " + path_);
+  std::lock_guard lock(mu_);
+  Statement s(*this, "INSERT INTO link_profiles (link, ranks, bytes_sent, exchange_seconds, recorded_at) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5)");
+  s.Bind(1, p.link);
+  s.Bind(2, p.ranks);
+  s.Bind(3, p.bytes_sent);
+  s.Bind(4, p.exchange_seconds);
+  s.Bind(5, p.recorded_at);
+  s.Step("inserting a link profile");
+  return sqlite3_last_insert_rowid(db_);
+}
+
+std::vector<LinkProfile> ProfileStore::Links(const std::string& link) const {
+  std::lock_guard lock(mu_);
+  Statement s(*this, "SELECT link, ranks, bytes_sent, exchange_seconds, recorded_at FROM link_profiles "
+                     "WHERE (?1 = '' OR link = ?1) ORDER BY recorded_at DESC, id DESC");
+  s.Bind(1, link);
+  std::vector<LinkProfile> out;
+  while (s.Step("looking up link profiles")) {
+    LinkProfile p;
+    p.link = s.Text(0);
+    p.ranks = static_cast<int>(s.Int(1));
+    p.bytes_sent = s.Int(2);
+    p.exchange_seconds = s.Real(3);
+    p.recorded_at = s.Int(4);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
 
 std::vector<double> ProfileStore::ParseSeconds(const std::string& text, int64_t id, const char* column) const {
   const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);

@@ -35,6 +35,20 @@ struct StoredProfile {
   StageProfile profile;
 };
 
+// One measurement of the link between the ranks of a sequence-parallel denoise (docs/SEQUENCE_PARALLEL.md): the
+// bytes one rank sent in the group's all-to-alls and the seconds its collectives took, from the rank that waited
+// least on the others, so the time is the exchange rather than a slower peer's compute.
+struct LinkProfile {
+  std::string link;              // what it was measured on: "host/gloo", "host/nccl", "network/gloo", ...
+  int ranks = 0;
+  int64_t bytes_sent = 0;
+  double exchange_seconds = 0;
+  int64_t recorded_at = 0;       // unix seconds
+  double bytes_per_second() const { return exchange_seconds > 0 ? bytes_sent / exchange_seconds : 0; }
+  // Throws InvalidArgument naming the field for an empty link, fewer than 2 ranks, or no bytes or time measured.
+  void Validate(const std::string& what) const;
+};
+
 class ProfileStore {
  public:
   static constexpr int kSchemaVersion = 2;
@@ -52,6 +66,10 @@ class ProfileStore {
   // Matching rows, newest (recorded_at, then id) first.
   std::vector<StoredProfile> Find(const ProfileKey& key) const;
   std::vector<StoredProfile> All() const;
+
+  // Validates, then stores; returns the row id. The measurements of `link` (every link when empty), newest first.
+  int64_t InsertLink(const LinkProfile& p);
+  std::vector<LinkProfile> Links(const std::string& link = "") const;
 
   const std::string& path() const { return path_; }
 

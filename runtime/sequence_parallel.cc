@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -20,6 +22,9 @@
 #if REEL_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+#if REEL_HAVE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
 namespace reel {
@@ -119,10 +124,17 @@ int ListenOn(const std::string& host, int port, int* bound) {
 
 struct SequenceGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::Backend> group;
+  bool host_copies = false;  // CUDA tensors over Gloo: exchanged from and to the host
 };
 
 bool SequenceParallelBuilt() { return true; }
+
+#if REEL_HAVE_C10D_NCCL
+bool SequenceParallelNcclBuilt() { return true; }
+#else
+bool SequenceParallelNcclBuilt() { return false; }
+#endif
 
 SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec, const std::function<void(const std::string&)>& listening)
     : spec_(spec), impl_(std::make_unique<Impl>()) {
@@ -148,10 +160,29 @@ SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec, const std::function<
       spec_.store = fmt::format("{}:{}", host, store->getPort());
       if (listening) listening(spec_.store);
     }
-    auto options = c10d::ProcessGroupGloo::Options::create();
-    options->timeout = spec.timeout;
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(LocalAddressToward(host)));
-    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, spec.rank, spec.size, options);
+#if REEL_HAVE_C10D_NCCL
+    if (spec.device.is_cuda()) {
+      // A collective that waits past the timeout throws from wait() (blocking wait) instead of the watchdog ending
+      // the process: a lost peer fails the stage, the worker lives on. Read when the group is made.
+      ::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = spec.timeout;
+      auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, spec.rank, spec.size, options);
+      // Joins the communicator now, on this device, so a rank that never comes fails here rather than mid-step.
+      group->setBoundDeviceId(spec.device);
+      group->eagerConnectSingleDevice(spec.device);
+      impl_->group = group;
+      backend_ = "nccl";
+    }
+#endif
+    if (!impl_->group) {
+      auto options = c10d::ProcessGroupGloo::Options::create();
+      options->timeout = spec.timeout;
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(LocalAddressToward(host)));
+      impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, spec.rank, spec.size, options);
+      impl_->host_copies = spec.device.is_cuda();
+      backend_ = impl_->host_copies ? "gloo (host copies)" : "gloo";
+    }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -178,12 +209,15 @@ std::vector<torch::Tensor> SequenceGroup::Exchange(const std::vector<torch::Tens
     out_splits.push_back(n);
     total += n;
   }
+  const auto started = std::chrono::steady_clock::now();
   torch::Tensor input = torch::cat(flat);
+  const torch::Device device = input.device();
+  if (impl_->host_copies) input = input.to(torch::kCPU);
   torch::Tensor output = torch::empty({total}, input.options());
   try {
     // Copies: the backend takes the split sizes by reference and moves them away.
     std::vector<int64_t> out_sizes = out_splits, in_sizes = in_splits;
-    impl_->group->alltoall_base(output, input, out_sizes, in_sizes)->wait();
+    impl_->group->alltoall_base(output, input, out_sizes, in_sizes)->wait(spec_.timeout);
   } catch (const std::exception& e) {
     std::string m = e.what();
     if (const auto nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
@@ -192,6 +226,8 @@ std::vector<torch::Tensor> SequenceGroup::Exchange(const std::vector<torch::Tens
                                   spec_.rank, spec_.size, spec_.timeout.count(), m));
   }
   bytes_sent_ += (input.numel() - in_splits[static_cast<size_t>(spec_.rank)]) * input.element_size();
+  if (impl_->host_copies) output = output.to(device);
+  exchange_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::vector<torch::Tensor> out;
   int64_t at = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
@@ -206,6 +242,7 @@ std::vector<torch::Tensor> SequenceGroup::Exchange(const std::vector<torch::Tens
 struct SequenceGroup::Impl {};
 
 bool SequenceParallelBuilt() { return false; }
+bool SequenceParallelNcclBuilt() { return false; }
 
 SequenceGroup::SequenceGroup(const SequenceGroupSpec& spec, const std::function<void(const std::string&)>&)
     : spec_(spec) {

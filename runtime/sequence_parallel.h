@@ -1,6 +1,7 @@
 // Ulysses-style sequence parallelism for the denoiser (docs/SEQUENCE_PARALLEL.md): k processes denoise one job
 // together, each holding a contiguous share of the video tokens; around attention an all-to-all turns the token split
-// into a head split and back. The collectives go through c10d (Gloo on the CPU).
+// into a head split and back. The collectives go through c10d: Gloo on the CPU, NCCL on CUDA devices where the build
+// has LibTorch's CUDA half (its ProcessGroupNCCL), Gloo through host copies on CUDA otherwise.
 #pragma once
 
 #include <chrono>
@@ -24,6 +25,8 @@ Shares ShareEvenly(int64_t n, int ranks);
 
 // Whether this build has sequence parallelism (it was configured with Gloo's headers).
 bool SequenceParallelBuilt();
+// Whether its groups on CUDA devices exchange over NCCL (a CUDA build with c10d's NCCL backend).
+bool SequenceParallelNcclBuilt();
 
 // Where a rank finds its group: rank 0 listens on `store` (HOST:PORT) for the others' rendezvous.
 struct SequenceGroupSpec {
@@ -32,6 +35,8 @@ struct SequenceGroupSpec {
   int size = 1;
   // How long joining, and then any one collective, may wait for a peer before failing (kUnavailable).
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+  // Where the tensors it exchanges live: the CPU (Gloo) or a CUDA device (NCCL, or Gloo through host copies).
+  torch::Device device{torch::kCPU};
 };
 // Parses "RANK/SIZE@HOST:PORT" (reel generate --sequence-parallel); throws InvalidArgument naming `flag`.
 SequenceGroupSpec ParseSequenceGroup(const std::string& text, const std::string& flag);
@@ -49,6 +54,8 @@ class SequenceGroup {
 
   int rank() const { return spec_.rank; }
   int size() const { return spec_.size; }
+  // The c10d backend it exchanges over: "gloo", "nccl", or "gloo (host copies)" for CUDA tensors without NCCL.
+  const std::string& backend() const { return backend_; }
 
   // [B, H, tokens(rank), d] on each rank -> [B, heads(rank), Σ tokens, d]: this rank's heads for every token.
   torch::Tensor TokensToHeads(const torch::Tensor& x, const Shares& tokens, const Shares& heads);
@@ -60,6 +67,9 @@ class SequenceGroup {
 
   // Bytes this rank sent in collectives so far.
   int64_t bytes_sent() const { return bytes_sent_; }
+  // Seconds this rank spent in collectives so far (from the call until the exchanged tensors are ready: transfer
+  // and waiting for the slowest rank alike).
+  double exchange_seconds() const { return exchange_seconds_; }
 
  private:
   // Sends piece j of `pieces` to rank j; returns what rank i sent this rank, for each i, shaped as `shapes[i]`.
@@ -69,7 +79,9 @@ class SequenceGroup {
   struct Impl;
   SequenceGroupSpec spec_;
   std::unique_ptr<Impl> impl_;
+  std::string backend_;
   int64_t bytes_sent_ = 0;
+  double exchange_seconds_ = 0;
 };
 
 }  // namespace reel

@@ -3,6 +3,8 @@
 // out-of-memory is the runtime's DeviceOutOfMemory and leaves the device usable, and the allocator's figures
 // account the bytes placed. Cases that only mean something on CUDA say why they skip.
 #include <cstdlib>
+#include <future>
+#include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -18,6 +20,7 @@
 #include "models/synth.h"
 #include "runtime/compute_device.h"
 #include "runtime/pipeline.h"
+#include "runtime/sequence_parallel.h"
 #include "tests/test_util.h"
 
 namespace reel {
@@ -187,6 +190,54 @@ TEST_F(GpuRuntime, AllocatorFiguresAgreeWithNvml) {
       << "CUDA's total should be NVML's less the driver's reserve";
   EXPECT_GE(after - *before, 0);
 #endif
+}
+
+// Sequence parallelism's exchanges on the device under test: ranks as threads, each with its own group, on loopback.
+// [B, H, tokens(rank), d] shares of one [B, H, T, d] tensor: TokensToHeads gives each rank its heads of every token
+// and HeadsToTokens gives back its share, on whichever backend the build chose for the device.
+void ExchangeOnDevices(const std::vector<torch::Device>& devices, const std::string& backend) {
+  const int k = static_cast<int>(devices.size());
+  const int64_t B = 2, H = 6, T = 11, d = 8;
+  const torch::Tensor full = torch::randn({B, H, T, d});
+  const Shares tokens = ShareEvenly(T, k), heads = ShareEvenly(H, k);
+  std::promise<std::string> store;
+  auto where = store.get_future().share();
+  std::vector<std::future<void>> ranks;
+  for (int r = 0; r < k; ++r)
+    ranks.push_back(std::async(std::launch::async, [&, r] {
+      SequenceGroupSpec spec;
+      spec.rank = r;
+      spec.size = k;
+      spec.device = devices[static_cast<size_t>(r)];
+      spec.timeout = std::chrono::seconds(60);
+      spec.store = r == 0 ? "127.0.0.1:0" : where.get();
+      SequenceGroup g(spec, [&](const std::string& s) { store.set_value(s); });
+      EXPECT_EQ(g.backend(), backend) << "rank " << r;
+      const torch::Tensor mine = full.narrow(2, tokens.offset(r), tokens.count(r)).to(spec.device);
+      const torch::Tensor by_head = g.TokensToHeads(mine, tokens, heads);
+      EXPECT_EQ(by_head.device(), spec.device);
+      EXPECT_TRUE(torch::equal(by_head.cpu(), full.narrow(1, heads.offset(r), heads.count(r)))) << "rank " << r;
+      EXPECT_TRUE(torch::equal(g.HeadsToTokens(by_head, tokens, heads).cpu(), mine.cpu())) << "rank " << r;
+      EXPECT_GE(g.exchange_seconds(), 0.0);
+    }));
+  for (auto& f : ranks) f.get();
+}
+
+TEST(GpuRuntimeSequence, CpuGroupsExchangeOverGloo) {
+  if (!SequenceParallelBuilt()) GTEST_SKIP() << "built without sequence parallelism (no Gloo headers)";
+  ExchangeOnDevices({torch::kCPU, torch::kCPU}, "gloo");
+}
+
+// The NCCL path: on one GPU a group of one joins NCCL (eager initialisation) and runs its all-to-all; on two or more,
+// two ranks on cuda:0 and cuda:1 exchange as Gloo's ranks do on the CPU.
+TEST(GpuRuntimeSequence, CudaGroupsExchangeOverNcclWhereBuilt) {
+  if (!SequenceParallelBuilt()) GTEST_SKIP() << "built without sequence parallelism (no Gloo headers)";
+  if (CudaDeviceCount() < 1) GTEST_SKIP() << "needs a CUDA device (this build sees none)";
+  const std::string backend = SequenceParallelNcclBuilt() ? "nccl" : "gloo (host copies)";
+  ExchangeOnDevices({torch::Device(torch::kCUDA, 0)}, backend);
+  if (CudaDeviceCount() < 2) GTEST_SKIP() << "one rank on cuda:0 joined over " << backend
+                                          << "; two ranks need two CUDA devices";
+  ExchangeOnDevices({torch::Device(torch::kCUDA, 0), torch::Device(torch::kCUDA, 1)}, backend);
 }
 
 }  // namespace

@@ -157,6 +157,48 @@ TEST(ProfileStore, AVersionOneStoreIsMigratedAndKeepsItsRows) {
   EXPECT_EQ(rows[0].profile.base_device_bytes, 123);
 }
 
+// Sequence parallelism's link measurements: their own table (a schema-2 file gains it on open), newest first, one
+// link or all, and the bad ones refused with the field named and nothing stored.
+TEST(ProfileStore, LinkProfilesRoundTripAcrossReopenNewestFirst) {
+  ScratchDir dir("profile-store-links");
+  const std::string path = (dir / "p.sqlite").string();
+  auto link = [](const std::string& name, int64_t bytes, double seconds, int64_t at) {
+    LinkProfile l;
+    l.link = name;
+    l.ranks = 3;
+    l.bytes_sent = bytes;
+    l.exchange_seconds = seconds;
+    l.recorded_at = at;
+    return l;
+  };
+  {
+    ProfileStore store(path);
+    EXPECT_TRUE(store.Links().empty());
+    store.InsertLink(link("host/gloo", 3'000'000'000, 2.0, 10));
+    store.InsertLink(link("host/nccl", 9'000'000'000, 0.1, 11));
+    store.InsertLink(link("host/gloo", 1'000'000'000, 1.0, 12));
+    store.Insert(Make("d", "none", 7));  // stage profiles beside them, untouched
+  }
+  ProfileStore store(path);
+  const auto gloo = store.Links("host/gloo");
+  ASSERT_EQ(gloo.size(), 2u);
+  EXPECT_EQ(gloo[0].recorded_at, 12);
+  EXPECT_EQ(gloo[0].bytes_sent, 1'000'000'000);
+  EXPECT_DOUBLE_EQ(gloo[1].bytes_per_second(), 1.5e9);
+  EXPECT_EQ(gloo[1].ranks, 3);
+  EXPECT_EQ(store.Links().size(), 3u);
+  EXPECT_EQ(store.Links()[1].link, "host/nccl");
+  EXPECT_EQ(store.All().size(), 1u);
+  ExpectError([&] { store.InsertLink(link("", 1, 1, 1)); }, ErrorKind::kInvalidArgument, "link: accepted");
+  LinkProfile one = link("host/gloo", 1, 1, 1);
+  one.ranks = 1;
+  ExpectError([&] { store.InsertLink(one); }, ErrorKind::kInvalidArgument, "ranks 1: accepted 2 or more");
+  ExpectError([&] { store.InsertLink(link("host/gloo", 0, 1, 1)); }, ErrorKind::kInvalidArgument, "bytes_sent 0");
+  ExpectError([&] { store.InsertLink(link("host/gloo", 5, 0, 1)); }, ErrorKind::kInvalidArgument,
+              "exchange_seconds 0.000000: accepted a finite number above 0");
+  EXPECT_EQ(store.Links().size(), 3u);
+}
+
 TEST(ProfileStore, SameTimestampOrdersByInsertion) {
   ScratchDir dir("profile-store-ties");
   ProfileStore store((dir / "p.sqlite").string());

@@ -2,7 +2,8 @@
 // worker processes on loopback, a 2B-shaped package (two blocks at the real width), jobs submitted with the CLI.
 // A job with the latency objective has its denoise shared by several workers, chosen by the cost model, and its
 // video equals the same job's on one worker; a rank killed mid-denoise fails the run and the job runs again on
-// the workers left. `reel plan --explain` says which degree each objective takes and what lost.
+// the workers left. The link rank 0 measured prices the next job's ranks. `reel plan --explain` says which degree
+// each objective takes and what lost.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/synth.h"
+#include "profiler/profile_store.h"
 #include "tests/cluster_harness.h"
 #include "tests/test_util.h"
 
@@ -130,6 +132,28 @@ TEST_F(SequenceCluster, ALatencyJobSharesItsDenoiseAcrossWorkersAndMakesTheVideo
   ASSERT_FALSE(a.empty());
   EXPECT_EQ(a.size(), b.size());
   EXPECT_TRUE(a == b) << "the sequence-parallel video differs from one worker's";
+
+  // Rank 0 measured the link: the coordinator keeps it as the link's profile, and prices the next latency job's
+  // ranks with it instead of the loopback estimate; `reel plan --explain` reads it from the same store.
+  const std::string db = (cluster_->data() / "profiles.db").string();
+  const std::vector<LinkProfile> links = ProfileStore(db).Links();
+  ASSERT_EQ(links.size(), 1u);
+  EXPECT_EQ(links[0].link, "host/gloo");
+  EXPECT_EQ(links[0].ranks, d.sequence_peers_size() + 1);
+  EXPECT_GT(links[0].bytes_sent, 0);
+  EXPECT_GT(links[0].exchange_seconds, 0);
+  EXPECT_NE(fast.denoiser_dispatch().find("(link loopback 1.50 GB/s (an estimate))"), std::string::npos)
+      << fast.denoiser_dispatch();
+  const v1::Job again = Run(Job(3) + " --objective latency", dir_ / "latency-again.mp4");
+  ASSERT_EQ(again.state(), v1::SUCCEEDED) << again.error();
+  EXPECT_NE(again.denoiser_dispatch().find("(link host/gloo "), std::string::npos) << again.denoiser_dispatch();
+  EXPECT_NE(again.denoiser_dispatch().find("(measured, 1 run)"), std::string::npos) << again.denoiser_dispatch();
+  const CommandResult plan = Reel("plan --model " + Quote(package()) + " --frames 1 --height 240 --width 240 "
+                                  "--device-kind cpu --device-memory 8GiB --devices 3 --explain --profile-db " +
+                                  Quote(db) + " 2>&1");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  EXPECT_NE(plan.output.find("link host/gloo "), std::string::npos) << plan.output;
+  EXPECT_NE(plan.output.find("(measured, "), std::string::npos) << plan.output;
 }
 
 TEST_F(SequenceCluster, ARankKilledMidDenoiseFailsTheRunAndTheJobRunsAgainOnTheWorkersLeft) {

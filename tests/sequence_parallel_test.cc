@@ -202,7 +202,42 @@ TEST_F(SequenceParallel, TwoAndFourRanksEqualOneProcessFor5BShapes) {
     // What the planner prices as rank 0's traffic is what rank 0 sent.
     const auto price = planner::PriceSequenceParallel(model, cpu, job, "f32", k, false, planner::DefaultLink("loopback"));
     EXPECT_EQ(report.at("bytes_sent").get<int64_t>(), price.bytes_sent) << k << " ranks: " << report.dump();
+    EXPECT_EQ(report.at("backend").get<std::string>(), "gloo");
+    EXPECT_GT(report.at("exchange_seconds").get<double>(), 0.0) << report.dump();
+    EXPECT_LT(report.at("exchange_seconds").get<double>(), report.at("denoise_seconds").get<double>());
   }
+}
+
+// The link the planner prices: the median of the newest five measurements of one link, with no latency added (the
+// measured time includes it), else the estimate; named by where it was measured.
+TEST(SequenceLink, MeasuredIsTheMedianOfTheNewestFiveAndTheEstimateOtherwise) {
+  EXPECT_EQ(planner::LinkName(true, "gloo"), "host/gloo");
+  EXPECT_EQ(planner::LinkName(false, "nccl"), "network/nccl");
+  EXPECT_EQ(planner::LinkName(true, "gloo (host copies)"), "host/gloo-host-copies");
+  const planner::Link fallback = planner::DefaultLink("loopback");
+  EXPECT_EQ(planner::MeasuredLink({}, fallback).name, "loopback");
+  EXPECT_EQ(fallback.Describe(), "loopback 1.50 GB/s (an estimate)");
+  std::vector<LinkProfile> measured;
+  // Newest first: 1, 2, 9, 4, 5 GB/s, then an older 100 GB/s that the newest five leave out.
+  for (double gbps : {1.0, 2.0, 9.0, 4.0, 5.0, 100.0}) {
+    LinkProfile p;
+    p.link = "host/gloo";
+    p.ranks = 2;
+    p.bytes_sent = static_cast<int64_t>(gbps * 1e9);
+    p.exchange_seconds = 1.0;
+    measured.push_back(p);
+  }
+  const planner::Link l = planner::MeasuredLink(measured, fallback);
+  EXPECT_EQ(l.name, "host/gloo");
+  EXPECT_DOUBLE_EQ(l.bytes_per_second, 4e9);
+  EXPECT_EQ(l.latency_seconds, 0);
+  EXPECT_EQ(l.measured_runs, 5);
+  EXPECT_EQ(l.Describe(), "host/gloo 4.00 GB/s (measured, 5 runs)");
+  // Devices of a kind take their own backend's measurement; CUDA devices with none measured price PCIe.
+  EXPECT_EQ(planner::HostLink("cpu", measured).bytes_per_second, 4e9);
+  EXPECT_EQ(planner::HostLink("cuda", measured).name, "pcie");
+  measured[0].link = "host/nccl";
+  EXPECT_EQ(planner::HostLink("cuda", measured).Describe(), "host/nccl 1.00 GB/s (measured, 1 run)");
 }
 
 // A rank lost mid-job: its peer's next all-to-all fails at once with one line naming the rank (Unavailable, the

@@ -14,12 +14,13 @@
 namespace reel {
 
 torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageRequest& req, const std::string& host,
-                           std::chrono::milliseconds timeout,
-                           const std::function<torch::Tensor(SequenceGroup&)>& share) {
+                           torch::Device device, std::chrono::milliseconds timeout,
+                           const std::function<torch::Tensor(SequenceGroup&)>& share, v1::SequenceLink* link) {
   const int size = req.sequence_peers_size() + 1;
   struct Peer {
     std::unique_ptr<grpc::ClientContext> ctx;
     grpc::Status status;
+    v1::SequenceShareResponse resp;
     std::thread call;
   };
   std::vector<Peer> peers(static_cast<size_t>(size - 1));
@@ -48,8 +49,7 @@ torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageReques
       call.set_store(store);
       const std::string address = req.sequence_peers(rank - 1).address();
       p.call = std::thread([&p, call = std::move(call), address] {
-        v1::SequenceShareResponse resp;
-        p.status = v1::Worker::NewStub(ChannelTo(address))->SequenceShare(p.ctx.get(), call, &resp);
+        p.status = v1::Worker::NewStub(ChannelTo(address))->SequenceShare(p.ctx.get(), call, &p.resp);
       });
     }
   };
@@ -76,10 +76,15 @@ torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageReques
   spec.rank = 0;
   spec.size = size;
   spec.timeout = timeout;
+  spec.device = device;
   torch::Tensor out;
+  v1::SequenceLink mine;
   try {
     SequenceGroup group(spec, listening);
     out = share(group);
+    mine.set_backend(group.backend());
+    mine.set_bytes_sent(group.bytes_sent());
+    mine.set_exchange_seconds(group.exchange_seconds());
   } catch (const Error& e) {
     // The peers' calls end (a lost peer's has failed; the others' collectives fail with this rank gone): the
     // first that failed on its own is the cause to report.
@@ -89,7 +94,26 @@ torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageReques
   }
   end_calls(false);
   if (auto failed = peer_failure(true)) throw *failed;
+  if (link) {
+    *link = mine;
+    for (const Peer& p : peers)
+      if (p.resp.exchange_seconds() > 0 && p.resp.exchange_seconds() < link->exchange_seconds()) {
+        link->set_bytes_sent(p.resp.bytes_sent());
+        link->set_exchange_seconds(p.resp.exchange_seconds());
+      }
+    link->set_ranks(size);
+  }
   return out;
+}
+
+torch::Tensor DenoiseShare(Runtime& rt, SequenceGroup& group, const GenerateRequest& r, const torch::Tensor& text,
+                           const torch::Tensor& moments, const GenerateHooks& hooks) {
+  rt.SetSequenceGroup(&group);
+  struct Leave {
+    Runtime& rt;
+    ~Leave() { rt.SetSequenceGroup(nullptr); }
+  } leave{rt};
+  return rt.DenoiseLatents(r, text, moments, hooks);
 }
 
 }  // namespace reel

@@ -11,16 +11,24 @@
 #include <torch/types.h>
 
 #include "reel/v1/worker.pb.h"
+#include "runtime/pipeline.h"
 #include "runtime/sequence_parallel.h"
 
 namespace reel {
 
-// `host`: the address the peers reach this worker at (its registered address's host). Each peer's SequenceShare
+// `host`: the address the peers reach this worker at (its registered address's host); `device`: where its tensors
+// live (the group exchanges over NCCL on CUDA devices where built, Gloo otherwise). Each peer's SequenceShare
 // call is a child of `parent`, so cancelling the stage ends them too. Runs `share` with the joined group and
 // returns its result once every peer's call has ended; a peer that fails (or is lost mid-step) fails the run with
-// kUnavailable naming its rank and worker.
+// kUnavailable naming its rank and worker. `link`, when given, gets the exchanges of the rank that spent least time
+// in them (SequenceLink).
 torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageRequest& req, const std::string& host,
-                           std::chrono::milliseconds timeout,
-                           const std::function<torch::Tensor(SequenceGroup&)>& share);
+                           torch::Device device, std::chrono::milliseconds timeout,
+                           const std::function<torch::Tensor(SequenceGroup&)>& share,
+                           v1::SequenceLink* link = nullptr);
+
+// Any rank's share of the denoise: the runtime's denoise with `group` set for its duration.
+torch::Tensor DenoiseShare(Runtime& rt, SequenceGroup& group, const GenerateRequest& r, const torch::Tensor& text,
+                           const torch::Tensor& moments, const GenerateHooks& hooks);
 
 }  // namespace reel

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,6 +41,8 @@
 #include "transfer/tensor_stream.h"
 #include "transfer/wire.h"
 #include "worker/control.h"
+#include "worker/guidance_peer.h"
+#include "worker/stage_io.h"
 #include "worker/sequence_lead.h"
 
 namespace reel {
@@ -51,102 +52,6 @@ namespace v1 = reel::v1;
 
 namespace {
 
-
-grpc::Status StatusOf(const Error& e) {
-  switch (e.kind()) {
-    case ErrorKind::kInvalidArgument: return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
-    case ErrorKind::kNotFound: return {grpc::StatusCode::NOT_FOUND, e.what()};
-    case ErrorKind::kDeviceOutOfMemory: return {grpc::StatusCode::RESOURCE_EXHAUSTED, e.what()};
-    case ErrorKind::kCancelled: return {grpc::StatusCode::CANCELLED, e.what()};
-    case ErrorKind::kUnavailable: return {grpc::StatusCode::UNAVAILABLE, e.what()};
-    case ErrorKind::kBadPackage: return {grpc::StatusCode::FAILED_PRECONDITION, e.what()};
-    default: return {grpc::StatusCode::INTERNAL, e.what()};
-  }
-}
-
-
-
-std::string DTypeString(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32: return "f32";
-    case torch::kBFloat16: return "bf16";
-    case torch::kFloat16: return "f16";
-    case torch::kInt64: return "i64";
-    case torch::kUInt8: return "u8";
-    default: throw Internal(fmt::format("no wire dtype for {}", c10::toString(t)));
-  }
-}
-
-torch::ScalarType ScalarOf(const std::string& d) {
-  if (d == "f32") return torch::kFloat32;
-  if (d == "bf16") return torch::kBFloat16;
-  if (d == "f16") return torch::kFloat16;
-  if (d == "i64") return torch::kInt64;
-  if (d == "u8") return torch::kUInt8;
-  throw InvalidArgument(fmt::format("tensor dtype '{}': accepted f32, bf16, f16, i64 or u8", d));
-}
-
-// The device this worker process computes on (one process per device), set once by RunWorker.
-ComputeDevice* worker_device = &SimulatedDevice();
-
-std::shared_ptr<const TensorBlob> ToBlob(const torch::Tensor& t) {
-  HostScope host;
-  const torch::Tensor c = t.is_cpu() ? t.contiguous() : worker_device->Download(t).contiguous();
-  TensorBlob b;
-  b.dtype = DTypeString(c.scalar_type());
-  b.shape = c.sizes().vec();
-  b.data.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
-  return SealBlob(std::move(b));
-}
-
-// A tensor with the blob's bytes on this worker's device (on the simulated device: allocated in the caller's
-// scope, so inside a DeviceScope it counts as device bytes).
-torch::Tensor FromBlob(const TensorBlob& b) {
-  torch::Tensor t = torch::empty(b.shape, torch::TensorOptions().dtype(ScalarOf(b.dtype)));
-  if (static_cast<int64_t>(t.numel() * t.element_size()) != b.bytes())
-    throw Internal(fmt::format("tensor of shape {} and dtype {} cannot hold {} bytes", FormatShape(b.shape), b.dtype,
-                               b.bytes()));
-  std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
-  return worker_device->simulated() ? t : worker_device->Upload(t);
-}
-
-RunOptions OptionsOf(const std::map<StageKind, v1::StageStrategy>& stages) {
-  RunOptions o;
-  o.device = worker_device;
-  for (const auto& [k, s] : stages) {
-    const std::string what = fmt::format("strategy for {}", StageKindName(k));
-    o.offload[k] = ParseOffload(s.offload().empty() ? "none" : s.offload(), what + " offload");
-    if (!s.dtype().empty()) {
-      auto d = ParseDType(s.dtype());
-      if (!d || *d == DType::kI64)
-        throw InvalidArgument(fmt::format("{} dtype '{}': accepted f32, bf16 or f16", what, s.dtype()));
-      o.dtype[k] = *d;
-    }
-    o.int8[k] = s.int8_weights();
-    if (k == StageKind::kVaeDecoder) {
-      o.vae.slicing = s.vae_slicing();
-      o.vae.tile = s.vae_tile();
-      ValidateVaeDecodeOptions(o.vae);
-    }
-  }
-  return o;
-}
-
-// The inverse of OptionsOf for the stages in `held`: what CheaperAfterOom chose, as the strategies a worker reports.
-std::map<StageKind, v1::StageStrategy> StrategiesOf(const RunOptions& o,
-                                                    const std::map<StageKind, v1::StageStrategy>& held) {
-  std::map<StageKind, v1::StageStrategy> out = held;
-  for (auto& [k, s] : out) {
-    if (auto it = o.offload.find(k); it != o.offload.end()) s.set_offload(it->second.ToString());
-    if (auto it = o.dtype.find(k); it != o.dtype.end()) s.set_dtype(DTypeName(it->second));
-    if (auto it = o.int8.find(k); it != o.int8.end()) s.set_int8_weights(it->second);
-    if (k == StageKind::kVaeDecoder) {
-      s.set_vae_slicing(o.vae.slicing);
-      s.set_vae_tile(o.vae.tile);
-    }
-  }
-  return out;
-}
 
 // The stages of one model this worker holds, and the runtime that runs them.
 struct ModelHost {
@@ -425,11 +330,14 @@ class WorkerService final : public v1::Worker::Service {
       spec.rank = req->rank();
       spec.size = req->size();
       spec.timeout = kSequenceTimeout;
+      spec.device = WorkerDevice().device();
       SequenceGroup group(spec);
       GenerateHooks hooks;
       hooks.cancelled = [ctx] { return ctx->IsCancelled(); };
-      DenoiseShared(rt, group, r, text, moments, hooks);
+      DenoiseShare(rt, group, r, text, moments, hooks);
       resp->set_bytes_sent(group.bytes_sent());
+      resp->set_exchange_seconds(group.exchange_seconds());
+      resp->set_backend(group.backend());
     } catch (const Error& e) {
       if (e.kind() != ErrorKind::kCancelled) spdlog::error("{}: {}", what, e.what());
       return StatusOf(e);
@@ -500,7 +408,7 @@ class WorkerService final : public v1::Worker::Service {
           }
         }
       } restore{this, held};
-      RunTuning(dir, manifest, *worker_device, options_.device_memory, job, req->tune_steps() > 0 ? req->tune_steps() : 2,
+      RunTuning(dir, manifest, WorkerDevice(), options_.device_memory, job, req->tune_steps() > 0 ? req->tune_steps() : 2,
                 o, {}, [&](const TuneMeasurement& m) {
                   if (ctx->IsCancelled()) throw Cancelled("the tuning was cancelled");
                   writer->Write(ToProto(m));
@@ -544,7 +452,7 @@ class WorkerService final : public v1::Worker::Service {
         break;
       }
       case StageKind::kDenoiser:
-        outputs["latents"] = Denoise(ctx, writer, rt, r, req, inputs);
+        outputs["latents"] = Denoise(ctx, writer, rt, r, req, inputs, result);
         break;
       case StageKind::kVaeDecoder: {
         torch::Tensor z;
@@ -610,7 +518,7 @@ class WorkerService final : public v1::Worker::Service {
     std::string what;
     for (const auto& [k, s] : wanted) what += fmt::format(" {}({})", StageKindName(k), StrategyString(s));
     spdlog::info("worker {}: holds {}:{}; device {} in use", name_, model, what,
-                 FormatBytes(worker_device->Memory().allocated));
+                 FormatBytes(WorkerDevice().Memory().allocated));
   }
 
   void Describe(google::protobuf::RepeatedPtrField<v1::LoadedStage>* out) {
@@ -647,16 +555,10 @@ class WorkerService final : public v1::Worker::Service {
     return reel::FetchTensor(ref.address(), ref.job_id(), stored, kDefaultChunkBytes, kInputWaitMs, ctx);
   }
 
-  static std::shared_ptr<const TensorBlob> Need(const std::map<std::string, std::shared_ptr<const TensorBlob>>& in,
-                                                const std::string& name) {
-    auto it = in.find(name);
-    if (it == in.end()) throw InvalidArgument(fmt::format("inputs: the stage needs a tensor named {}", name));
-    return it->second;
-  }
-
   torch::Tensor Denoise(grpc::ServerContext* ctx, grpc::ServerWriter<v1::RunStageEvent>* writer, Runtime& rt,
                         const GenerateRequest& r, const v1::RunStageRequest& req,
-                        const std::map<std::string, std::shared_ptr<const TensorBlob>>& inputs) {
+                        const std::map<std::string, std::shared_ptr<const TensorBlob>>& inputs,
+                        v1::RunStageResult& result) {
     torch::Tensor text, moments;
     {
       DeviceScope device;
@@ -672,89 +574,17 @@ class WorkerService final : public v1::Worker::Service {
       writer->Write(ev);
     };
     if (req.sequence_peers_size() > 0)  // rank 0 of a sequence-parallel denoise
-      return LeadSequence(*ctx, req, address_.substr(0, address_.rfind(':')), kSequenceTimeout,
-                          [&](SequenceGroup& group) { return DenoiseShared(rt, group, r, text, moments, hooks); });
+      return LeadSequence(*ctx, req, address_.substr(0, address_.rfind(':')), WorkerDevice().device(),
+                          kSequenceTimeout,
+                          [&](SequenceGroup& group) { return DenoiseShare(rt, group, r, text, moments, hooks); },
+                          result.mutable_sequence_link());
     if (req.guidance_peer_address().empty() || r.guidance <= 1.0) return rt.DenoiseLatents(r, text, moments, hooks);
 
-    // Guidance-parallel: the peer runs the unconditional branch of every step while this worker runs the
-    // conditional one.
-    auto stub = v1::Worker::NewStub(ChannelTo(req.guidance_peer_address()));
-    // A child of the stage call: when the coordinator gives the stage up (this worker's peer was lost), the branch
-    // call ends too instead of waiting on a peer that does not answer.
-    const std::unique_ptr<grpc::ClientContext> peer_call = grpc::ClientContext::FromServerContext(*ctx);
-    grpc::ClientContext& peer_ctx = *peer_call;
-    auto stream = stub->GuidanceBranch(&peer_ctx);
-    const std::string peer = req.guidance_peer();
-    auto fail = [&](const std::string& what) -> Error {
-      peer_ctx.TryCancel();
-      const grpc::Status st = stream->Finish();
-      return Unavailable(fmt::format("guidance peer {} ({}): {}{}", peer, req.guidance_peer_address(), what,
-                                     st.ok() ? "" : ": " + st.error_message()));
-    };
-    v1::BranchRequest setup;
-    setup.set_job_id(req.job_id());
-    *setup.mutable_spec() = req.spec();
-    setup.mutable_spec()->clear_image();
-    for (const auto& ref : req.inputs())
-      if (ref.name() == "text") *setup.mutable_text() = ref;
-    setup.set_text_row(0);  // [negative, positive]: the peer takes the unconditional row
-    v1::BranchResponse ack;
-    if (!stream->Write(setup) || !stream->Read(&ack)) throw fail("set-up failed");
-    reel::GuidanceBranch branch = [&](const torch::Tensor& input, int64_t timestep) -> std::function<torch::Tensor()> {
-      v1::BranchRequest step;
-      ToChunk(*ToBlob(input), step.mutable_latents());
-      step.set_timestep(timestep);
-      if (!stream->Write(step)) throw fail("sending a step failed");
-      return [&]() -> torch::Tensor {
-        v1::BranchResponse resp;
-        if (!stream->Read(&resp)) throw fail("no prediction came back");
-        std::string error;
-        auto blob = FromChunk(resp.prediction(), &error);
-        if (!blob) throw fail(error);
-        return FromBlob(*blob);
-      };
-    };
-    torch::Tensor z;
-    try {
-      z = rt.DenoiseLatents(r, text, moments, hooks, branch);
-    } catch (...) {
-      peer_ctx.TryCancel();
-      stream->Finish();
-      throw;
-    }
-    stream->WritesDone();
-    const grpc::Status st = stream->Finish();
-    if (!st.ok()) throw Unavailable(fmt::format("guidance peer {}: {}", peer, st.error_message()));
-    return z;
+    return DenoiseWithGuidancePeer(*ctx, req, rt, r, text, moments, hooks);
   }
 
   // How long joining a sequence-parallel group, and then any one collective, may wait for a peer.
   static constexpr std::chrono::milliseconds kSequenceTimeout{60'000};
-
-  static torch::Tensor DenoiseShared(Runtime& rt, SequenceGroup& group, const GenerateRequest& r,
-                                     const torch::Tensor& text, const torch::Tensor& moments,
-                                     const GenerateHooks& hooks) {
-    rt.SetSequenceGroup(&group);
-    struct Leave {
-      Runtime& rt;
-      ~Leave() { rt.SetSequenceGroup(nullptr); }
-    } leave{rt};
-    return rt.DenoiseLatents(r, text, moments, hooks);
-  }
-
-  std::shared_ptr<const TensorBlob> EncodeMp4(const std::string& job, const Video& video, int fps) {
-    const fs::path tmp = fs::temp_directory_path() / fmt::format("reel-worker-{}-{}.mp4", ::getpid(), job);
-    WriteMp4(tmp, video.rgb.data(), video.frames, video.height, video.width, fps);
-    TensorBlob b;
-    {
-      std::ifstream in(tmp, std::ios::binary);
-      b.data.assign(std::istreambuf_iterator<char>(in), {});
-    }
-    fs::remove(tmp);
-    b.dtype = "u8";
-    b.shape = {b.bytes()};
-    return SealBlob(std::move(b));
-  }
 
   StageProfile Profile(ModelHost& host, StageKind k, const GenerateRequest& r) {
     ProfileContext c;
@@ -768,7 +598,7 @@ class WorkerService final : public v1::Worker::Service {
   }
 
   void Gauges() {
-    const auto mem = worker_device->Memory();
+    const auto mem = WorkerDevice().Memory();
     metrics_->SetDeviceMemory(options_.device, mem.allocated, mem.peak, options_.device_memory);
     metrics_->SetHost(HostRssBytes(), 0, 0);
   }
@@ -805,7 +635,7 @@ std::string HostName() {
 }  // namespace
 
 int RunWorker(const WorkerOptions& o) {
-  worker_device = &OpenComputeDevice(o.device, "--device");
+  SetWorkerDevice(OpenComputeDevice(o.device, "--device"));
   if (o.threads < 0) throw InvalidArgument(fmt::format("--threads {}: accepted 1 or more (0 = all cores)", o.threads));
   if (o.sequence_parallel != "loopback" && o.sequence_parallel != "network" && o.sequence_parallel != "off")
     throw InvalidArgument(fmt::format("--sequence-parallel '{}': accepted loopback, network or off",
@@ -843,7 +673,7 @@ int RunWorker(const WorkerOptions& o) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  worker_device->SetCapacity(o.device_memory);
+  WorkerDevice().SetCapacity(o.device_memory);
   std::unique_ptr<Metrics> metrics;
   if (!o.metrics.empty()) {
     metrics = std::make_unique<Metrics>();
@@ -972,7 +802,7 @@ int RunWorker(const WorkerOptions& o) {
         case worker::Call::kHeartbeat: {
           v1::HeartbeatRequest req;
           req.set_worker_id(state.id);
-          const auto mem = worker_device->Memory();
+          const auto mem = WorkerDevice().Memory();
           req.set_device_used_bytes(mem.allocated);
           req.set_device_peak_bytes(mem.peak);
           req.set_host_rss_bytes(HostRssBytes());
