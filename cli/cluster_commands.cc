@@ -134,7 +134,9 @@ std::string Activity(const v1::Job& j) {
   for (const auto& s : j.stages())
     if (s.state() == "running") {
       std::string a = fmt::format("{} on {}", StageName(s.stage()), TerminalText(s.worker()));
+      for (const auto& p : s.sequence_peers()) a += "+" + TerminalText(p);
       if (!s.guidance_peer().empty()) a += "+" + TerminalText(s.guidance_peer());
+      for (const auto& p : s.sequence_guidance_peers()) a += "+" + TerminalText(p);
       if (s.steps() > 0 && s.stage() == v1::DENOISER) a += fmt::format(" ({}/{})", s.step(), s.steps());
       return a;
     }
@@ -517,7 +519,16 @@ void RunJob(ListFlags& f) {
                 Seconds(j.started_unix_us(), j.finished_unix_us()).c_str());
     for (const auto& st2 : j.stages()) {
       std::string where = st2.worker().empty() ? "" : " on " + TerminalText(st2.worker());
-      if (!st2.guidance_peer().empty()) where += " + " + TerminalText(st2.guidance_peer()) + " (guidance-parallel)";
+      if (st2.sequence_peers_size() > 0) {
+        // Ranks in order; with the guided batch split besides, their unconditional halves' workers after them.
+        std::string ranks, uncond = TerminalText(st2.guidance_peer());
+        for (const auto& p : st2.sequence_peers()) ranks += ", " + TerminalText(p);
+        for (const auto& p : st2.sequence_guidance_peers()) uncond += ", " + TerminalText(p);
+        where += ranks + " (sequence-parallel" +
+                 (st2.guidance_peer().empty() ? ")" : "; the unconditional halves on " + uncond + ")");
+      } else if (!st2.guidance_peer().empty()) {
+        where += " + " + TerminalText(st2.guidance_peer()) + " (guidance-parallel)";
+      }
       std::printf("  %-13s %-9s%s%s\n", StageName(st2.stage()).c_str(), st2.state().c_str(), where.c_str(),
                   st2.finished_unix_us() > 0
                       ? fmt::format(" {}", Seconds(st2.started_unix_us(), st2.finished_unix_us())).c_str()

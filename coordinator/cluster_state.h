@@ -69,6 +69,8 @@ struct StageRun {
   StageState state = StageState::kPending;
   std::string worker, guidance_peer;  // names
   std::vector<std::string> sequence_peers;  // names: ranks 1.. of a sequence-parallel denoise (worker is rank 0)
+  // And with the guided batch split besides: the workers of ranks 1..'s unconditional halves (guidance_peer: rank 0's).
+  std::vector<std::string> sequence_guidance_peers;
   uint64_t attempt = 0;               // which run: results of any other are ignored; 0 while pending
   Micros started = 0, finished = 0, accepted = 0;
   int step = 0, steps = 0;
@@ -84,6 +86,7 @@ inline void ResetStage(StageRun& s) {
   s.worker.clear();
   s.guidance_peer.clear();
   s.sequence_peers.clear();
+  s.sequence_guidance_peers.clear();
   s.step = 0;
   s.started = s.finished = s.accepted = 0;
   s.attempt = 0;
@@ -141,7 +144,7 @@ struct Run {
   int stage_index = 0;
   uint64_t attempt = 0;
   bool superseded = false;  // its job moved on: however it ends changes nothing but freeing its workers
-  std::vector<std::string> sequence_ids;  // ranks 1.. of a sequence-parallel denoise
+  std::vector<std::string> sequence_ids;  // ranks 1.. of a sequence-parallel denoise, and their guidance peers
   // Every worker it occupies: its own, its guidance peer, its sequence-parallel ranks.
   std::vector<std::string> Workers() const {
     std::vector<std::string> ids = {worker_id};
@@ -169,6 +172,8 @@ struct StageEstimate {
   // The denoise on k = 2, 3, ... workers with sequence parallelism, exchanges included: sequence_seconds[k - 2]
   // (absent or 0: not possible at that degree).
   std::vector<double> sequence_seconds;
+  // The same with the guided batch split besides (2k workers): sequence_split_seconds[k - 2].
+  std::vector<double> sequence_split_seconds;
   std::string sequence_link;  // the link those are priced on, for the record ("host/gloo 0.92 GB/s (measured, 3 runs)")
 };
 

@@ -148,8 +148,10 @@ class CoordinatorCore {
   // How many ready stages worker `w` could take besides stage `index` of `j`: a guided denoise borrows a second
   // worker (and an early dispatch takes one) only when nothing else is waiting for it, so neither costs throughput.
   size_t WaitingFor(const Worker& w, const Job& j, int index, bool early) const;
+  // `sequence`: ranks 1.. of a sequence-parallel denoise; `sequence_guidance`: with the guided batch split besides,
+  // their unconditional halves' workers (`peer` is rank 0's).
   void Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early,
-              const std::vector<Worker*>& sequence = {});
+              const std::vector<Worker*>& sequence = {}, const std::vector<Worker*>& sequence_guidance = {});
   // A latency job's denoise on k of `idle` (in preference order) with sequence parallelism, when the cost model
   // finds it faster than one worker and than the guidance split: launched, -1. Else the workers the faster of
   // those takes (1 or 2; the comparison in `note`, for the job's record), or 0 without an estimate.

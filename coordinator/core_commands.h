@@ -29,11 +29,14 @@ struct RunStage {
     std::string id, address, name;
   };
   std::vector<Rank> sequence;
+  // With the guided batch split besides: ranks 1..'s unconditional halves (peer_* is rank 0's).
+  std::vector<Rank> sequence_guidance;
   std::vector<TensorRef> inputs;
   std::vector<std::string> Workers() const {  // every worker it occupies
     std::vector<std::string> ids = {worker_id};
     if (!peer_id.empty()) ids.push_back(peer_id);
     for (const Rank& r : sequence) ids.push_back(r.id);
+    for (const Rank& r : sequence_guidance) ids.push_back(r.id);
     return ids;
   }
 };

@@ -157,6 +157,7 @@ int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vec
     std::string name;
     int workers = 1;
     double seconds = 0;
+    bool split = false;  // in sequence, with the guided batch split besides: workers / 2 ranks
   };
   std::vector<Choice> choices = {{"one worker", 1, d.seconds}};
   if (o_.guidance_parallel && j.shape.guided() && idle.size() > 1 && d.split_seconds > 0)
@@ -167,6 +168,12 @@ int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vec
   for (size_t k = 2; k <= able.size() && k - 2 < d.sequence_seconds.size(); ++k)
     if (d.sequence_seconds[k - 2] > 0)
       choices.push_back({fmt::format("{} workers in sequence", k), static_cast<int>(k), d.sequence_seconds[k - 2]});
+  // With the guided batch split besides: k ranks for the conditional halves, k more for the unconditional ones.
+  if (o_.guidance_parallel && j.shape.guided())
+    for (size_t k = 2; 2 * k <= able.size() && k - 2 < d.sequence_split_seconds.size(); ++k)
+      if (d.sequence_split_seconds[k - 2] > 0)
+        choices.push_back({fmt::format("{} workers in sequence with the guidance split", 2 * k),
+                           static_cast<int>(2 * k), d.sequence_split_seconds[k - 2], true});
   const Choice* best = &choices[0];
   for (const Choice& c : choices)
     if (c.seconds < best->seconds) best = &c;  // ties: the fewer workers, listed first
@@ -181,12 +188,21 @@ int CoordinatorCore::PlaceSequence(Micros now, Job& j, int index, const std::vec
     *note = fmt::format("latency objective: {} {:.3f} s{}", best->name, best->seconds, why);
     return best->workers;
   }
-  std::vector<Worker*> ranks(able.begin(), able.begin() + best->workers);
+  const int k = best->split ? best->workers / 2 : best->workers;
+  std::vector<Worker*> ranks(able.begin(), able.begin() + k);
+  std::vector<Worker*> uncond;  // the split: rank r's unconditional half on uncond[r]
+  if (best->split) uncond.assign(able.begin() + k, able.begin() + 2 * k);
   std::string names;
   for (const Worker* w : ranks) names += (names.empty() ? "" : ", ") + w->name;
-  Launch(now, j, index, ranks[0], nullptr, false, {ranks.begin() + 1, ranks.end()});
-  j.denoiser_dispatch = fmt::format("sequence_parallel: {} workers ({}), {:.3f} s{}", best->workers, names,
-                                    best->seconds, why);
+  std::string split_names;
+  for (const Worker* w : uncond) split_names += (split_names.empty() ? "" : ", ") + w->name;
+  Launch(now, j, index, ranks[0], uncond.empty() ? nullptr : uncond[0], false, {ranks.begin() + 1, ranks.end()},
+         uncond.empty() ? std::vector<Worker*>{} : std::vector<Worker*>(uncond.begin() + 1, uncond.end()));
+  j.denoiser_dispatch =
+      uncond.empty()
+          ? fmt::format("sequence_parallel: {} workers ({}), {:.3f} s{}", best->workers, names, best->seconds, why)
+          : fmt::format("sequence_parallel: {} workers ({}) with the guidance split ({}), {:.3f} s{}", best->workers,
+                        names, split_names, best->seconds, why);
   return -1;
 }
 
@@ -256,7 +272,7 @@ TensorRef CoordinatorCore::RefFor(const Job& j, const std::string& name) const {
 }
 
 void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* peer, bool early,
-                             const std::vector<Worker*>& sequence) {
+                             const std::vector<Worker*>& sequence, const std::vector<Worker*>& sequence_guidance) {
   if (j.state == JobState::kQueued) {
     SetState(j, JobState::kRunning);
     j.started = now;
@@ -273,6 +289,8 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
   s.guidance_peer = peer ? peer->name : "";
   s.sequence_peers.clear();
   for (const Worker* r : sequence) s.sequence_peers.push_back(r->name);
+  s.sequence_guidance_peers.clear();
+  for (const Worker* r : sequence_guidance) s.sequence_guidance_peers.push_back(r->name);
   s.started = now;
   s.finished = 0;
   s.step = 0;
@@ -290,6 +308,7 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
   Reindex(*w);
   j.touched.insert(w->address);
   std::vector<Worker*> others = sequence;
+  others.insert(others.end(), sequence_guidance.begin(), sequence_guidance.end());
   if (peer) others.push_back(peer);
   for (Worker* o : others) {
     j.touched.insert(o->address);
@@ -311,6 +330,7 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
     run.peer = peer->name;
   }
   for (const Worker* r : sequence) run.sequence.push_back({r->id, r->address, r->name});
+  for (const Worker* r : sequence_guidance) run.sequence_guidance.push_back({r->id, r->address, r->name});
   for (const auto& name : InputsOf(s.kind, Model(j).image_conditioned)) run.inputs.push_back(RefFor(j, name));
   if (j.result_at > 0) {
     Emit(cmd::Metric{cmd::MetricKind::kDispatchSeconds, (now - j.result_at) / 1e6, {}, {}});
@@ -318,6 +338,7 @@ void CoordinatorCore::Launch(Micros now, Job& j, int index, Worker* w, Worker* p
   }
   Run& r = runs_[s.attempt] = Run{j.id, w->id, peer ? peer->id : "", index, s.attempt, false, {}};
   for (const Worker* o : sequence) r.sequence_ids.push_back(o->id);
+  for (const Worker* o : sequence_guidance) r.sequence_ids.push_back(o->id);
   index_.AddRun(j.id, s.attempt);
   Touch(j);
   Emit(std::move(run));

@@ -79,6 +79,7 @@ core::Job CoreJobOf(const JobRecord& r) {
     c.worker = s.worker();
     c.guidance_peer = s.guidance_peer();
     c.sequence_peers.assign(s.sequence_peers().begin(), s.sequence_peers().end());
+    c.sequence_guidance_peers.assign(s.sequence_guidance_peers().begin(), s.sequence_guidance_peers().end());
     c.attempt = s.attempt();
     c.started = s.started_unix_us();
     c.finished = s.finished_unix_us();
@@ -107,6 +108,7 @@ v1::Job Coordinator::Impl::Public(const core::Job& j) const {
     r->set_worker(s.worker);
     r->set_guidance_peer(s.guidance_peer);
     for (const auto& n : s.sequence_peers) r->add_sequence_peers(n);
+    for (const auto& n : s.sequence_guidance_peers) r->add_sequence_guidance_peers(n);
     r->set_started_unix_us(s.started);
     r->set_finished_unix_us(s.finished);
     r->set_accepted_unix_us(s.accepted);

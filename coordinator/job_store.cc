@@ -122,14 +122,18 @@ JobStore::JobStore(const std::string& path) : path_(path) {
     Exec("ALTER TABLE jobs ADD COLUMN request_id TEXT NOT NULL DEFAULT ''");
     Exec("ALTER TABLE jobs ADD COLUMN denoiser_dispatch TEXT NOT NULL DEFAULT ''");
   }
-  // A later addition: a sequence-parallel denoise's other ranks, one name a line.
-  bool has_sequence_peers = false;
+  // Later additions: a sequence-parallel denoise's other ranks, and their guidance peers, one name a line.
+  bool has_sequence_peers = false, has_sequence_guidance_peers = false;
   {
     Stmt cols(db_, "SELECT name FROM pragma_table_info('stages')");
-    while (cols.ok() && cols.Step() == SQLITE_ROW)
+    while (cols.ok() && cols.Step() == SQLITE_ROW) {
       has_sequence_peers = has_sequence_peers || cols.Text(0) == "sequence_peers";
+      has_sequence_guidance_peers = has_sequence_guidance_peers || cols.Text(0) == "sequence_guidance_peers";
+    }
   }
   if (!has_sequence_peers) Exec("ALTER TABLE stages ADD COLUMN sequence_peers TEXT NOT NULL DEFAULT ''");
+  if (!has_sequence_guidance_peers)
+    Exec("ALTER TABLE stages ADD COLUMN sequence_guidance_peers TEXT NOT NULL DEFAULT ''");
   Exec("CREATE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id) WHERE request_id != ''");
   Stmt v(db_, "SELECT version FROM schema_version LIMIT 1");
   if (!v.ok()) Fail("reading the schema version");
@@ -207,11 +211,13 @@ void JobStore::Write(const JobRecord& r) {
   for (int i = 0; i < j.stages_size(); ++i) {
     const auto& s = j.stages(i);
     Stmt st(db_, R"sql(INSERT INTO stages (job_id, idx, stage, state, worker, guidance_peer, started_us,
-      finished_us, step, steps, error, profile, sequence_peers)
-      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13))sql");
-    std::string peers;
+      finished_us, step, steps, error, profile, sequence_peers, sequence_guidance_peers)
+      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14))sql");
+    std::string peers, guidance;
     for (const auto& n : s.sequence_peers()) peers += (peers.empty() ? "" : "\n") + n;
+    for (const auto& n : s.sequence_guidance_peers()) guidance += (guidance.empty() ? "" : "\n") + n;
     st.Bind(13, peers);
+    st.Bind(14, guidance);
     st.Bind(1, j.id()).Bind(2, int64_t{i}).Bind(3, reel::v1::Stage_Name(s.stage())).Bind(4, s.state());
     st.Bind(5, s.worker()).Bind(6, s.guidance_peer()).Bind(7, s.started_unix_us()).Bind(8, s.finished_unix_us());
     st.Bind(9, int64_t{s.step()}).Bind(10, int64_t{s.steps()}).Bind(11, s.error());
@@ -279,7 +285,7 @@ std::vector<JobRecord> JobStore::Query(const std::string& tail,
   }
   for (auto& r : out) {
     Stmt st(db_, R"sql(SELECT stage, state, worker, guidance_peer, started_us, finished_us, step, steps, error,
-      profile, sequence_peers FROM stages WHERE job_id = ?1 ORDER BY idx)sql");
+      profile, sequence_peers, sequence_guidance_peers FROM stages WHERE job_id = ?1 ORDER BY idx)sql");
     st.Bind(1, r.job.id());
     while (st.Step() == SQLITE_ROW) {
       auto* s2 = r.job.add_stages();
@@ -295,12 +301,15 @@ std::vector<JobRecord> JobStore::Query(const std::string& tail,
       s2->set_steps(static_cast<int32_t>(st.Int(7)));
       s2->set_error(st.Text(8));
       r.stage_profiles.push_back(st.Text(9));
-      const std::string peers = st.Text(10);
-      for (size_t at = 0; !peers.empty() && at <= peers.size();) {
-        const size_t nl = std::min(peers.find('\n', at), peers.size());
-        s2->add_sequence_peers(peers.substr(at, nl - at));
-        at = nl + 1;
-      }
+      auto lines = [](const std::string& text, google::protobuf::RepeatedPtrField<std::string>* out) {
+        for (size_t at = 0; !text.empty() && at <= text.size();) {
+          const size_t nl = std::min(text.find('\n', at), text.size());
+          out->Add(text.substr(at, nl - at));
+          at = nl + 1;
+        }
+      };
+      lines(st.Text(10), s2->mutable_sequence_peers());
+      lines(st.Text(11), s2->mutable_sequence_guidance_peers());
     }
   }
   return out;

@@ -88,6 +88,11 @@ void Coordinator::Impl::Execute(std::vector<core::Command>& commands) {
         p->set_worker(rank.name);
         p->set_address(rank.address);
       }
+      for (const auto& rank : run->sequence_guidance) {
+        auto* p = req.add_sequence_guidance_peers();
+        p->set_worker(rank.name);
+        p->set_address(rank.address);
+      }
       auto ctx = std::make_shared<grpc::ClientContext>();
       calls[run->attempt] = ctx;
       StartThread([this, r = std::move(*run), req = std::move(req), ctx]() mutable {
@@ -491,6 +496,13 @@ core::StageEstimate Coordinator::Impl::Estimate(const core::JobShape& shape, Sta
           const planner::SequenceParallelPrice p =
               planner::PriceSequenceParallel(*model, device, job, "f32", k, false, link);
           e.sequence_seconds.push_back(p.single_seconds > 0 ? option.seconds * p.seconds() / p.single_seconds : 0);
+          if (shape.guided() && 2 * k <= kMaxSequenceDegree) {
+            const planner::SequenceParallelPrice ps =
+                planner::PriceSequenceParallel(*model, device, job, "f32", k, true, link);
+            e.sequence_split_seconds.push_back(ps.single_seconds > 0 ? option.seconds * ps.seconds() /
+                                                                           ps.single_seconds
+                                                                     : 0);
+          }
         } catch (const Error&) {
           break;  // more workers than the denoiser has heads
         }

@@ -369,6 +369,64 @@ TEST(CoordinatorCore, ALatencyJobsDenoiseTakesTheDegreeTheCostModelPrefersAndRun
     if (id != lost && id != dec[0].worker_id) EXPECT_EQ(h.core.workers().at(id).state, WorkerState::kIdle) << id;
 }
 
+// With four idle ranks a guided latency job may take two in sequence for its conditional halves and two more for
+// its unconditional ones (the guided batch split besides), when the cost model finds that fastest; a lost worker of
+// either half fails the run and suspects every worker of it.
+TEST(CoordinatorCore, ALatencyJobCombinesSequenceParallelismWithTheGuidanceSplitWhenTheCostModelSaysSo) {
+  CoreOptions o = Options();
+  // One worker 10 s, guidance split 5.5 s, 2/3/4 workers in sequence 5.4/4.0/3.5 s, 2 in sequence × split 2.9 s.
+  o.estimate = [](const JobShape&, StageKind k) {
+    if (k != StageKind::kDenoiser) return StageEstimate{1.0, 0, {}};
+    StageEstimate e{10.0, 5.5, {5.4, 4.0, 3.5}};
+    e.sequence_split_seconds = {2.9};
+    return e;
+  };
+  Harness h(o);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(h.AddWorker(fmt::format("w{}", i), nullptr, Everything(), true));
+  const std::string job = h.Submit(0, 6.0, "", true);
+  const auto text = All<cmd::RunStage>(h.last);
+  ASSERT_EQ(text.size(), 1u);
+  auto den = All<cmd::RunStage>(h.Do(h.ResultOf(text[0])));
+  ASSERT_EQ(den.size(), 1u);
+  const Job& j = *h.core.FindJob(job);
+  ASSERT_EQ(den[0].sequence.size(), 1u) << j.denoiser_dispatch;
+  ASSERT_EQ(den[0].sequence_guidance.size(), 1u) << j.denoiser_dispatch;
+  EXPECT_FALSE(den[0].peer_id.empty());
+  const std::vector<std::string> run = den[0].Workers();
+  EXPECT_EQ(std::set<std::string>(run.begin(), run.end()).size(), 4u);
+  for (const auto& id : ids) EXPECT_EQ(h.core.workers().at(id).state, WorkerState::kBusy);
+  EXPECT_EQ(j.denoiser_dispatch.rfind("sequence_parallel: 4 workers (w0, w1) with the guidance split (w2, w3), "
+                                      "2.900 s by the cost model",
+                                      0),
+            0u)
+      << j.denoiser_dispatch;
+  EXPECT_NE(j.denoiser_dispatch.find("4 workers in sequence 3.500 s"), std::string::npos) << j.denoiser_dispatch;
+  EXPECT_EQ(j.stages[1].guidance_peer, "w2");
+  EXPECT_EQ(j.stages[1].sequence_peers, std::vector<std::string>{"w1"});
+  EXPECT_EQ(j.stages[1].sequence_guidance_peers, std::vector<std::string>{"w3"});
+
+  // Rank 1's unconditional half (w3) is lost: the run fails, and every worker of it is suspect until it heartbeats.
+  h.Do(ev::StageFailed{den[0].attempt, ev::Failure::kUnavailable, "guidance peer w3: gone"});
+  for (const auto& id : ids) EXPECT_TRUE(h.core.workers().at(id).suspect) << id;
+  EXPECT_EQ(h.core.FindJob(job)->state, JobState::kQueued);
+  EXPECT_TRUE(h.core.FindJob(job)->stages[1].sequence_guidance_peers.empty());
+  std::vector<cmd::RunStage> again;
+  for (int i = 0; i < 3; ++i)
+    for (const auto& r : All<cmd::RunStage>(h.Do(ev::Heartbeat{ids[static_cast<size_t>(i)], 0, 0, 0})))
+      again.push_back(r);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].kind, StageKind::kTextEncoder);
+  // Three workers left: no room for 2 × 2, so three ranks in sequence (4.0 s) without w3.
+  den = All<cmd::RunStage>(h.Do(h.ResultOf(again[0])));
+  ASSERT_EQ(den.size(), 1u);
+  EXPECT_EQ(den[0].sequence.size(), 2u) << h.core.FindJob(job)->denoiser_dispatch;
+  EXPECT_TRUE(den[0].sequence_guidance.empty());
+  EXPECT_TRUE(den[0].peer_id.empty());
+  for (const auto& id : den[0].Workers()) EXPECT_NE(id, ids[3]);
+  EXPECT_EQ(h.core.FindJob(job)->attempts, 2);
+}
+
 // The throughput objective keeps today's dispatch (the guidance split), and a latency job whose cost model finds
 // one worker fastest runs on one worker, saying why.
 TEST(CoordinatorCore, SequenceParallelismOnlyForTheLatencyObjectiveAndOnlyWhenTheCostModelFindsItFaster) {

@@ -156,6 +156,42 @@ TEST_F(SequenceCluster, ALatencyJobSharesItsDenoiseAcrossWorkersAndMakesTheVideo
   EXPECT_NE(plan.output.find("(measured, "), std::string::npos) << plan.output;
 }
 
+// A guided latency job on four workers: two ranks in sequence for the conditional halves, two more for the
+// unconditional ones (each rank's guidance peer; they form their own group), as the cost model finds fastest here.
+TEST_F(SequenceCluster, AGuidedLatencyJobSplitsItsBatchBesidesTheSequenceAndMakesTheVideoOneWorkerMakes) {
+  ASSERT_NO_FATAL_FAILURE(Start(4));
+  const std::string guided = fmt::format("--model {} --prompt 'a red fox' --frames 1 --height 240 --width 240 "
+                                         "--steps 2 --guidance 6",
+                                         Quote(package()));
+  const v1::Job base = Run(guided, dir_ / "throughput.mp4");
+  ASSERT_EQ(base.state(), v1::SUCCEEDED) << base.error();
+  EXPECT_EQ(Denoiser(base).sequence_peers_size(), 0);
+  const v1::Job fast = Run(guided + " --objective latency", dir_ / "latency.mp4");
+  ASSERT_EQ(fast.state(), v1::SUCCEEDED) << fast.error();
+  const v1::StageRun& d = Denoiser(fast);
+  EXPECT_EQ(fast.denoiser_dispatch().rfind("sequence_parallel: 4 workers (", 0), 0u) << fast.denoiser_dispatch();
+  EXPECT_NE(fast.denoiser_dispatch().find(") with the guidance split ("), std::string::npos)
+      << fast.denoiser_dispatch();
+  ASSERT_EQ(d.sequence_peers_size(), 1) << fast.DebugString();
+  ASSERT_EQ(d.sequence_guidance_peers_size(), 1) << fast.DebugString();
+  const std::set<std::string> workers = {d.worker(), d.guidance_peer(), d.sequence_peers(0),
+                                         d.sequence_guidance_peers(0)};
+  EXPECT_EQ(workers.size(), 4u);
+  EXPECT_FALSE(workers.count("enc"));
+  const std::string a = testing::DecodedRgb(dir_ / "throughput.mp4"), b = testing::DecodedRgb(dir_ / "latency.mp4");
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_TRUE(a == b) << "the split sequence-parallel video differs from the throughput job's";
+  // `reel job` names every worker of the denoise and what each ran.
+  const CommandResult shown = Reel("job --coordinator " + cluster_->address() + " " + fast.id() + " 2>&1");
+  ASSERT_EQ(shown.exit_code, 0) << shown.output;
+  EXPECT_NE(shown.output.find(fmt::format("on {}, {} (sequence-parallel; the unconditional halves on {}, {})",
+                                          d.worker(), d.sequence_peers(0), d.guidance_peer(),
+                                          d.sequence_guidance_peers(0))),
+            std::string::npos)
+      << shown.output;
+}
+
 TEST_F(SequenceCluster, ARankKilledMidDenoiseFailsTheRunAndTheJobRunsAgainOnTheWorkersLeft) {
   // dit2 does not offer sequence parallelism: it is never a rank.
   ASSERT_NO_FATAL_FAILURE(Start(3, {{"dit2", {"--sequence-parallel", "off"}}}));

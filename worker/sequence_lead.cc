@@ -15,7 +15,8 @@ namespace reel {
 
 torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageRequest& req, const std::string& host,
                            torch::Device device, std::chrono::milliseconds timeout,
-                           const std::function<torch::Tensor(SequenceGroup&)>& share, v1::SequenceLink* link) {
+                           const std::function<torch::Tensor(SequenceGroup&)>& share, v1::SequenceLink* link,
+                           const std::string& guidance_store) {
   const int size = req.sequence_peers_size() + 1;
   struct Peer {
     std::unique_ptr<grpc::ClientContext> ctx;
@@ -38,6 +39,9 @@ torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageReques
   v1::SequenceShareRequest base;
   *base.mutable_stage() = req;
   base.mutable_stage()->clear_sequence_peers();
+  base.mutable_stage()->clear_sequence_guidance_peers();
+  base.mutable_stage()->clear_guidance_peer();
+  base.mutable_stage()->clear_guidance_peer_address();
   base.mutable_stage()->mutable_spec()->clear_image();  // the denoiser reads the image's moments, not the image
   base.set_size(size);
   auto listening = [&](const std::string& store) {
@@ -47,6 +51,12 @@ torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageReques
       v1::SequenceShareRequest call = base;
       call.set_rank(rank);
       call.set_store(store);
+      if (rank - 1 < req.sequence_guidance_peers_size()) {  // the guided batch split besides: this rank's peer
+        const auto& g = req.sequence_guidance_peers(rank - 1);
+        call.mutable_stage()->set_guidance_peer(g.worker());
+        call.mutable_stage()->set_guidance_peer_address(g.address());
+        call.set_guidance_store(guidance_store);
+      }
       const std::string address = req.sequence_peers(rank - 1).address();
       p.call = std::thread([&p, call = std::move(call), address] {
         p.status = v1::Worker::NewStub(ChannelTo(address))->SequenceShare(p.ctx.get(), call, &p.resp);
@@ -107,13 +117,13 @@ torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageReques
 }
 
 torch::Tensor DenoiseShare(Runtime& rt, SequenceGroup& group, const GenerateRequest& r, const torch::Tensor& text,
-                           const torch::Tensor& moments, const GenerateHooks& hooks) {
+                           const torch::Tensor& moments, const GenerateHooks& hooks, const GuidanceBranch& branch) {
   rt.SetSequenceGroup(&group);
   struct Leave {
     Runtime& rt;
     ~Leave() { rt.SetSequenceGroup(nullptr); }
   } leave{rt};
-  return rt.DenoiseLatents(r, text, moments, hooks);
+  return rt.DenoiseLatents(r, text, moments, hooks, branch);
 }
 
 }  // namespace reel

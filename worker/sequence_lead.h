@@ -21,14 +21,17 @@ namespace reel {
 // call is a child of `parent`, so cancelling the stage ends them too. Runs `share` with the joined group and
 // returns its result once every peer's call has ended; a peer that fails (or is lost mid-step) fails the run with
 // kUnavailable naming its rank and worker. `link`, when given, gets the exchanges of the rank that spent least time
-// in them (SequenceLink).
+// in them (SequenceLink). With `req.sequence_guidance_peers` (the guided batch split besides), rank r's call names
+// its own guidance peer and `guidance_store`, where the unconditional halves' group meets.
 torch::Tensor LeadSequence(grpc::ServerContext& parent, const v1::RunStageRequest& req, const std::string& host,
                            torch::Device device, std::chrono::milliseconds timeout,
                            const std::function<torch::Tensor(SequenceGroup&)>& share,
-                           v1::SequenceLink* link = nullptr);
+                           v1::SequenceLink* link = nullptr, const std::string& guidance_store = "");
 
-// Any rank's share of the denoise: the runtime's denoise with `group` set for its duration.
+// Any rank's share of the denoise: the runtime's denoise with `group` set for its duration (and the unconditional
+// half on `branch`, when given).
 torch::Tensor DenoiseShare(Runtime& rt, SequenceGroup& group, const GenerateRequest& r, const torch::Tensor& text,
-                           const torch::Tensor& moments, const GenerateHooks& hooks);
+                           const torch::Tensor& moments, const GenerateHooks& hooks,
+                           const GuidanceBranch& branch = nullptr);
 
 }  // namespace reel

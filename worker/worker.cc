@@ -263,8 +263,38 @@ class WorkerService final : public v1::Worker::Service {
     shape.batch = 1;
     try {
       torch::NoGradGuard no_grad;
+      const torch::Tensor text = [&] {
+        DeviceScope device;
+        return FromBlob(*Fetch(setup.text(), ctx)).narrow(0, setup.text_row(), 1).contiguous();
+      }();
+      // A rank of the unconditional halves' own sequence-parallel group (the guided batch split besides sequence
+      // parallelism): rank 0 serves the group's store and names it in its answer before the others join.
+      std::optional<SequenceGroup> group;
+      v1::BranchResponse ack;
+      if (setup.sequence_size() > 1) {
+        if (setup.sequence_rank() < 0 || setup.sequence_rank() >= setup.sequence_size() ||
+            (setup.sequence_rank() > 0 && setup.sequence_store().empty()))
+          return {grpc::StatusCode::INVALID_ARGUMENT,
+                  fmt::format("guidance branch rank {} of {} (store '{}'): accepted a rank from 0 to the size less "
+                              "one, with the store of rank 0's group from rank 1 on",
+                              setup.sequence_rank(), setup.sequence_size(), setup.sequence_store())};
+        SequenceGroupSpec spec;
+        spec.rank = setup.sequence_rank();
+        spec.size = setup.sequence_size();
+        spec.store = spec.rank == 0 ? address_.substr(0, address_.rfind(':')) + ":0" : setup.sequence_store();
+        spec.timeout = kSequenceTimeout;
+        spec.device = WorkerDevice().device();
+        group.emplace(spec, [&](const std::string& store) {
+          ack.set_sequence_store(store);
+          stream->Write(ack);
+        });
+        rt.SetSequenceGroup(&*group);
+      }
+      struct Leave {
+        Runtime& rt;
+        ~Leave() { rt.SetSequenceGroup(nullptr); }
+      } leave{rt};
       DeviceScope device;
-      const torch::Tensor text = FromBlob(*Fetch(setup.text(), ctx)).narrow(0, setup.text_row(), 1).contiguous();
       rt.executor(StageKind::kDenoiser).stats() = StageStats{};
       rt.BeginStage(StageKind::kDenoiser);
       struct End {
@@ -276,7 +306,7 @@ class WorkerService final : public v1::Worker::Service {
           }
         }
       } end{rt};
-      stream->Write(v1::BranchResponse{});
+      if (!group || group->rank() > 0) stream->Write(ack);  // rank 0 answered as soon as its store listened
       v1::BranchRequest step;
       while (stream->Read(&step)) {
         if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "guidance branch cancelled"};
@@ -334,7 +364,12 @@ class WorkerService final : public v1::Worker::Service {
       SequenceGroup group(spec);
       GenerateHooks hooks;
       hooks.cancelled = [ctx] { return ctx->IsCancelled(); };
-      DenoiseShare(rt, group, r, text, moments, hooks);
+      // The guided batch split besides: this rank's unconditional half on its own peer, rank `rank` of their group.
+      std::optional<GuidancePeer> uncond;
+      if (!stage.guidance_peer_address().empty() && r.guidance > 1.0)
+        uncond.emplace(*ctx, stage, req->rank(), req->size(), req->guidance_store());
+      DenoiseShare(rt, group, r, text, moments, hooks, uncond ? uncond->Branch() : nullptr);
+      if (uncond) uncond->Finish();
       resp->set_bytes_sent(group.bytes_sent());
       resp->set_exchange_seconds(group.exchange_seconds());
       resp->set_backend(group.backend());
@@ -573,11 +608,22 @@ class WorkerService final : public v1::Worker::Service {
       ev.set_steps_total(total);
       writer->Write(ev);
     };
-    if (req.sequence_peers_size() > 0)  // rank 0 of a sequence-parallel denoise
-      return LeadSequence(*ctx, req, address_.substr(0, address_.rfind(':')), WorkerDevice().device(),
-                          kSequenceTimeout,
-                          [&](SequenceGroup& group) { return DenoiseShare(rt, group, r, text, moments, hooks); },
-                          result.mutable_sequence_link());
+    if (req.sequence_peers_size() > 0) {  // rank 0 of a sequence-parallel denoise
+      const std::string host = address_.substr(0, address_.rfind(':'));
+      const int size = req.sequence_peers_size() + 1;
+      // With the guided batch split besides, rank 0's guidance peer is rank 0 of the unconditional halves' group:
+      // its answer names that group's store, which every other rank's peer is sent to.
+      std::optional<GuidancePeer> uncond;
+      if (!req.guidance_peer_address().empty() && r.guidance > 1.0) uncond.emplace(*ctx, req, 0, size);
+      torch::Tensor z = LeadSequence(
+          *ctx, req, host, WorkerDevice().device(), kSequenceTimeout,
+          [&](SequenceGroup& group) {
+            return DenoiseShare(rt, group, r, text, moments, hooks, uncond ? uncond->Branch() : nullptr);
+          },
+          result.mutable_sequence_link(), uncond ? uncond->store() : "");
+      if (uncond) uncond->Finish();
+      return z;
+    }
     if (req.guidance_peer_address().empty() || r.guidance <= 1.0) return rt.DenoiseLatents(r, text, moments, hooks);
 
     return DenoiseWithGuidancePeer(*ctx, req, rt, r, text, moments, hooks);
