@@ -22,7 +22,12 @@ core::StageEstimate EstimateOf(StageKind kind, const core::JobShape& shape) {
   const StageCost c = CostOf(kind, shape);
   core::StageEstimate e{c.seconds, kind == StageKind::kDenoiser && shape.guided() ? c.seconds * kSplitShare : 0.0, {}};
   if (kind == StageKind::kDenoiser)
-    for (int k = 2; k <= kMaxSequenceDegree; ++k) e.sequence_seconds.push_back(c.seconds * SequenceShare(k));
+    for (int k = 2; k <= kMaxSequenceDegree; ++k) {
+      e.sequence_seconds.push_back(c.seconds * SequenceShare(k));
+      // With the guided batch split besides: k ranks and k guidance peers.
+      if (shape.guided() && 2 * k <= kMaxSequenceDegree)
+        e.sequence_split_seconds.push_back(c.seconds * kSplitShare * SequenceShare(k));
+    }
   return e;
 }
 

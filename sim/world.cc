@@ -36,7 +36,8 @@ struct WorkerRun {
   core::JobShape shape;
   std::vector<core::TensorRef> inputs;
   std::string peer_address;
-  std::vector<std::string> sequence;  // addresses of a sequence-parallel denoise's other ranks
+  std::vector<std::string> sequence;  // addresses of a sequence-parallel denoise's other ranks (and their peers)
+  int degree = 1;                     // its ranks (its guidance peers not counted)
   bool computing = false;
   double remaining = 0, end = 0, waiting_since = 0;
   uint64_t token = 0;
@@ -365,6 +366,8 @@ void World::RunOn(int i, const core::cmd::RunStage& c, const core::JobShape& sha
   r.inputs = c.inputs;
   r.peer_address = c.peer_address;
   for (const auto& rank : c.sequence) r.sequence.push_back(rank.address);
+  for (const auto& rank : c.sequence_guidance) r.sequence.push_back(rank.address);
+  r.degree = static_cast<int>(c.sequence.size()) + 1;
   r.waiting_since = now_;
   w.runs[c.attempt] = r;
   TryStart(i, c.attempt);
@@ -417,9 +420,7 @@ void World::TryStart(int i, uint64_t attempt) {
     if (const int rank = WorkerAt(a); rank < 0 || Cut(i, rank))
       return FailRun(i, attempt, core::ev::Failure::kUnavailable, "sequence-parallel rank unreachable");
   const StageCost cost = CostOf(r.kind, r.shape);
-  const double share = peer >= 0            ? kSplitShare
-                       : !r.sequence.empty() ? SequenceShare(static_cast<int>(r.sequence.size()) + 1)
-                                             : 1.0;
+  const double share = (peer >= 0 ? kSplitShare : 1.0) * (r.degree > 1 ? SequenceShare(r.degree) : 1.0);
   double seconds = cost.seconds / w.spec.speed * w.slow * share + fetch;
   r.activation = cost.activation;
   int64_t used = r.activation;

@@ -71,11 +71,24 @@ TEST(Simulator, ALatencyJobsDenoiseIsSharedAndALostRankRunsItAgain) {
   ASSERT_TRUE(shared.ok()) << shared.violation;
   const core::Job& job = shared.jobs.at("job-1");
   EXPECT_EQ(job.state, core::JobState::kSucceeded);
-  EXPECT_EQ(job.stages[1].sequence_peers.size(), 3u) << job.denoiser_dispatch;
-  EXPECT_EQ(job.denoiser_dispatch.rfind("sequence_parallel: 4 workers", 0), 0u) << job.denoiser_dispatch;
+  // Guided: two ranks in sequence and their two guidance peers (2.97 s) beat four ranks (3.7 s).
+  EXPECT_EQ(job.stages[1].sequence_peers.size(), 1u) << job.denoiser_dispatch;
+  EXPECT_EQ(job.stages[1].sequence_guidance_peers.size(), 1u) << job.denoiser_dispatch;
+  EXPECT_FALSE(job.stages[1].guidance_peer.empty());
+  EXPECT_EQ(job.denoiser_dispatch.rfind("sequence_parallel: 4 workers (w0, w1) with the guidance split (w2, w3)", 0),
+            0u)
+      << job.denoiser_dispatch;
   EXPECT_LT(job.finished - job.submitted, pair.finished - pair.submitted);
 
-  // The denoise runs from about 5.3 s for 3.7 s: one of its ranks crashes in the middle.
+  // Unguided, there is no batch to split: four ranks in sequence.
+  Schedule plain = s;
+  plain.jobs[0].guidance = 1.0;
+  const Outcome four = sim::Run(plain);
+  ASSERT_TRUE(four.ok()) << four.violation;
+  EXPECT_EQ(four.jobs.at("job-1").stages[1].sequence_peers.size(), 3u) << four.jobs.at("job-1").denoiser_dispatch;
+  EXPECT_TRUE(four.jobs.at("job-1").stages[1].sequence_guidance_peers.empty());
+
+  // The guided denoise runs from about 5.3 s for 3 s: rank 1's guidance peer (w3) crashes in the middle.
   s.faults = {{7.0, FaultKind::kCrash, 3, 0, 3.0, 1.0}};
   const Outcome lost = sim::Run(s);
   ASSERT_TRUE(lost.ok()) << lost.violation;
