@@ -19,28 +19,18 @@ e.g. bench/denoise_step_vs_diffusers.py --checkpoint /tmp/rvd-work/2b/ckpt --dty
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+from side_by_side import DTYPES, add_common_args, compare
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a diffusers checkpoint directory with transformer/")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
-    p.add_argument("--frames", type=int, default=9, help="pixel frames, 4k+1")
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--text-tokens", type=int, default=226)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--profile", action="store_true")
-    p.add_argument("packages", nargs="+", metavar="LABEL=PACKAGE")
+    add_common_args(p, height=128, width=128, reps=7)
+    p.add_argument("--text-tokens", type=int, help="default: the transformer's max_text_seq_length (226)")
     a = p.parse_args(argv)
     if (a.frames - 1) % 4 or a.height % 16 or a.width % 16:
         p.error(f"--frames {a.frames} --height {a.height} --width {a.width}: accepted frames 4k+1 and sizes that are "
@@ -83,14 +73,14 @@ def main(argv):
     f = (a.frames - 1) // 4 + 1
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(2, f, cfg.in_channels, a.height // 8, a.width // 8, generator=g).to(dtype)
-    text = torch.randn(2, a.text_tokens, cfg.text_embed_dim, generator=g).to(dtype)
+    text = torch.randn(2, a.text_tokens or cfg.max_text_seq_length, cfg.text_embed_dim, generator=g).to(dtype)
     timestep = torch.tensor([999, 999])
     rotary = None
     if cfg.use_rotary_positional_embeddings:
         from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_3d_rotary_pos_embed, get_resize_crop_region_for_grid
         p = cfg.patch_size
         gh, gw = a.height // 8 // p, a.width // 8 // p
-        base_w, base_h = 720 // (8 * p), 480 // (8 * p)
+        base_w, base_h = cfg.sample_width // p, cfg.sample_height // p  # as the pipeline prepares them
         crops = get_resize_crop_region_for_grid((gh, gw), base_w, base_h)
         rotary = get_3d_rotary_pos_embed(cfg.attention_head_dim, crops, (gh, gw), f, device="cpu")
 
@@ -100,38 +90,7 @@ def main(argv):
         label, _, pkg = s.partition("=")
         step = reel_step(pkg)
         sides[label] = lambda st=step: st(latents, text, timestep)
-    wall = {k: [] for k in sides}
-    cpu = {k: [] for k in sides}
-    with torch.no_grad():
-        ref = sides["diffusers"]().float()
-        for label, fn in sides.items():
-            diff = (fn().float() - ref).abs().max().item()
-            fn()  # warm
-            print(f"{label}: max abs difference from diffusers {diff:.3g} (largest |value| {ref.abs().max().item():.3g})")
-        names = list(sides)
-        for r in range(a.reps):
-            for label in names if r % 2 == 0 else names[::-1]:
-                c0, t0 = time.process_time(), time.perf_counter()
-                sides[label]()
-                wall[label].append(time.perf_counter() - t0)
-                cpu[label].append(time.process_time() - c0)
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        print(f"\n{a.dtype}, latents {list(latents.shape)}, {a.threads} threads, {a.reps} reps, load average {load} "
-              "at the end")
-        print("| side | wall median (ms) | ratio | wall best (ms) | ratio | CPU median (ms) | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        dw, db, dc = (statistics.median(wall["diffusers"]), min(wall["diffusers"]), statistics.median(cpu["diffusers"]))
-        for label in names:
-            w, b, c = statistics.median(wall[label]), min(wall[label]), statistics.median(cpu[label])
-            print(f"| {label} | {w * 1e3:.1f} | {w / dw:.2f} | {b * 1e3:.1f} | {b / db:.2f} | {c * 1e3:.1f} | {c / dc:.2f} |")
-        if a.profile:
-            from torch.profiler import ProfilerActivity, profile
-            for label in names:
-                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                    for _ in range(3):
-                        sides[label]()
-                print(f"\n{label}, 3 steps:")
-                print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
+    compare(sides, a.reps, f"{a.dtype}, latents {list(latents.shape)}", a.profile, "steps")
     return 0
 
 
