@@ -3,14 +3,17 @@
 // is measured, and four ranks holding a T5 each would not fit this machine), runs the denoising loop and writes the
 // latents. tests/sequence_parallel_test.cc runs it as
 // real processes on loopback and compares ranks with a single process; bench/sequence_parallel.sh times it.
-//   reel_sp_denoise --package DIR [--group RANK/SIZE@HOST:PORT] [--frames N --height H --width W --steps S
-//                   --guidance G --seed N --threads T --dtype f32|bf16] [--out LATENTS.pt] [--die-after-step N]
+//   reel_sp_denoise --package DIR [--preset NAME --layers N] [--group RANK/SIZE@HOST:PORT] [--device cpu|cuda:N]
+//                   [--frames N --height H --width W --steps S --guidance G --seed N --threads T --dtype f32|bf16]
+//                   [--out LATENTS.pt] [--die-after-step N]
+// With --preset, a package DIR that does not exist yet is synthesized first (the GPU check has no `reel` CLI).
 // Prints one JSON line: {"rank", "size", "denoise_seconds", "step_seconds": [...], "bytes_sent", "exchange_seconds",
 // "backend"}.
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -22,6 +25,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "models/synth.h"
 #include "runtime/compute_device.h"
 #include "runtime/offload.h"
 #include "runtime/pipeline.h"
@@ -39,8 +43,11 @@ int main(int argc, char** argv) {
   r.guidance = 6.0;
   r.seed = 42;
   r.fps = 8;
-  int threads = 1, die_after_step = 0, timeout_ms = 60000;
+  std::string preset;
+  int threads = 1, die_after_step = 0, timeout_ms = 60000, layers = 0;
   app.add_option("--package", package_dir, "Stage package directory")->required();
+  app.add_option("--preset", preset, "Synthesize this preset into --package when that does not exist");
+  app.add_option("--layers", layers, "With --preset: denoiser blocks (0: the preset's)");
   app.add_option("--group", group, "RANK/SIZE@HOST:PORT of the sequence-parallel group (absent: one process)");
   app.add_option("--frames", r.frames);
   app.add_option("--height", r.height);
@@ -65,6 +72,16 @@ int main(int argc, char** argv) {
       spec.timeout = std::chrono::milliseconds(timeout_ms);
       spec.device = dev.device();
       g.emplace(spec);
+    }
+    if (!preset.empty() && !std::filesystem::exists(package_dir)) {
+      reel::SynthOptions so;
+      so.preset = preset;
+      so.out = package_dir;
+      so.seed = 7;
+      so.text_layers = 1;  // the text encoder is not run here
+      if (layers > 0) so.layers = layers;
+      std::filesystem::create_directories(so.out.parent_path());
+      reel::SynthesizePackage(so);
     }
     reel::StagePackage package =
         reel::StagePackage::Load(package_dir, std::set<reel::StageKind>{reel::StageKind::kDenoiser});

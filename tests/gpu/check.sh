@@ -293,6 +293,74 @@ else
 fi
 [ -n "$CMP_WORK" ] && rm -rf "$CMP_WORK"  # the exported package: 11 GB at 5B
 
+# --- sequence parallelism on the devices ---------------------------------------------------------------------
+# reel_sp_denoise (bench/sp_denoise.cc) on a 2B-shaped package (2 blocks, 9x80x80: uneven shares): one process, then
+# two ranks joined over loopback, on cuda:0 and cuda:1 with two GPUs or more (their all-to-alls over NCCL), or a
+# group of one on cuda:0 with one GPU (NCCL joined and its all-to-all run), or two CPU ranks (Gloo) on the fallback;
+# the ranks' latents against the one process's.
+SP_BIN=$BUILD/bench/reel_sp_denoise
+SP_RC=""
+if [ "$MODE" = gpu ]; then
+  PY_FOR_SP=$PY
+else  # the build's Python (the project venv), whose torch reads the latents
+  PY_FOR_SP=$(sed -n 's/^REEL_PYTHON:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)
+  [ -x "$PY_FOR_SP" ] || PY_FOR_SP=$ROOT/.venv/bin/python
+  [ -x "$PY_FOR_SP" ] || PY_FOR_SP=python3
+fi
+if [ -n "${REEL_GPU_SP-1}" ] && [ -x "$SP_BIN" ] && fits "sequence-parallel denoise" 60; then
+  SP_WORK=$(mktemp -d "${TMPDIR:-/tmp}/reel-sp-check.XXXXXX")
+  if [ "$MODE" = gpu ]; then
+    NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    if [ "$NGPU" -ge 2 ]; then SP_DEVICES=(cuda:0 cuda:1); else SP_DEVICES=(cuda:0); fi
+  else
+    SP_DEVICES=(cpu cpu)
+  fi
+  K=${#SP_DEVICES[@]}
+  SP_JOB=(--package "$SP_WORK/pkg" --preset cogvideox-2b --layers 2 --frames 9 --height 80 --width 80 --steps 2
+    --threads 2)
+  say "sequence parallelism: 1 process, then $K rank(s) on ${SP_DEVICES[*]}"
+  timeout "$(limit 120)" "$SP_BIN" "${SP_JOB[@]}" --device "${SP_DEVICES[0]}" --out "$SP_WORK/one.pt" \
+    >"$SP_WORK/one.json" 2>>"$LOG"
+  SP_RC=$?
+  if [ "$SP_RC" = 0 ]; then
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    PIDS=()
+    for r in $(seq 1 $((K - 1))); do
+      timeout "$(limit 120)" "$SP_BIN" "${SP_JOB[@]}" --device "${SP_DEVICES[$r]}" --group "$r/$K@127.0.0.1:$PORT" \
+        >"$SP_WORK/rank$r.json" 2>>"$LOG" &
+      PIDS+=($!)
+    done
+    timeout "$(limit 120)" "$SP_BIN" "${SP_JOB[@]}" --device "${SP_DEVICES[0]}" --group "0/$K@127.0.0.1:$PORT" \
+      --out "$SP_WORK/shared.pt" >"$SP_WORK/rank0.json" 2>>"$LOG"
+    SP_RC=$?
+    for p in "${PIDS[@]}"; do wait "$p" || SP_RC=1; done
+  fi
+  EXITS+=("reel_sp_denoise=$SP_RC:$([ -s "$SP_WORK/shared.pt" ] && echo 1 || echo 0)")
+  if [ "$SP_RC" = 0 ]; then
+    "$PY_FOR_SP" - "$SP_WORK" "${SP_DEVICES[*]}" >"$OUT_DIR/sequence.md" 2>>"$LOG" <<'PYEOF'
+import json, sys, torch
+work, devices = sys.argv[1], sys.argv[2]
+one, shared = torch.load(f"{work}/one.pt"), torch.load(f"{work}/shared.pt")
+rel = ((shared - one).abs().max() / one.abs().max()).item()
+r0, single = (json.loads(open(f"{work}/{n}.json").read().strip().splitlines()[-1]) for n in ("rank0", "one"))
+print("### Sequence parallelism (reel_sp_denoise, cogvideox-2b x2 blocks, 9x80x80, 2 guided steps)")
+print()
+print("| ranks | devices | backend | 1 process (s) | shared (s) | rank 0 sent | exchanges (s) | max relative difference |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| {r0['size']} | {devices} | {r0['backend']} | {single['denoise_seconds']:.3f} | {r0['denoise_seconds']:.3f} | "
+      f"{r0['bytes_sent'] / 2**20:.1f} MiB | {r0['exchange_seconds']:.3f} | {rel:.2e} |")
+sys.exit(0 if rel < 1e-3 else 1)
+PYEOF
+    SP_RC=$?
+    [ "$SP_RC" = 0 ] || say "FAIL: the sequence-parallel latents differ from one process's (sequence.md)"
+  else
+    say "FAIL: sequence-parallel denoise (exit $SP_RC; see $LOG)"
+  fi
+  rm -rf "$SP_WORK"
+elif [ ! -x "$SP_BIN" ]; then
+  skip "sequence parallelism: $SP_BIN was not built"
+fi
+
 # --- results -------------------------------------------------------------------------------------------------
 EXIT_ARGS=()
 if [ "$MODE" = gpu ]; then
@@ -318,6 +386,12 @@ say "$(tail -1 "$OUT_DIR/exit-status.md")"
     *) echo "- diffusers comparison: FAILED (exit $COMPARE_RC; compare.log)" ;;
   esac
   [ -f "$OUT_DIR/compare.md" ] && { echo; cat "$OUT_DIR/compare.md"; }
+  case "$SP_RC" in
+    "") echo "- sequence parallelism: not run (see Skipped)" ;;
+    0) echo "- sequence parallelism: the ranks' latents agree with one process's" ;;
+    *) echo "- sequence parallelism: FAILED (exit $SP_RC; check.log)" ;;
+  esac
+  [ -f "$OUT_DIR/sequence.md" ] && { echo; cat "$OUT_DIR/sequence.md"; }
   for f in "$OUT_DIR"/bench-*.md; do [ -f "$f" ] && { echo; cat "$f"; }; done
   echo
   echo "### Exit status of every test and benchmark process"
@@ -331,4 +405,5 @@ say "$(tail -1 "$OUT_DIR/exit-status.md")"
 } >"$RESULTS"
 cat "$RESULTS"
 say "done in $(($(date +%s) - START)) s (tests rc $TEST_RC, comparison rc ${COMPARE_RC:-not run})"
-[ "$TEST_RC" = 0 ] && [ -s "$OUT_DIR/bench-tiny.json" -o "$MODE" = gpu ] && [ "${COMPARE_RC:-0}" = 0 ]
+[ "$TEST_RC" = 0 ] && [ -s "$OUT_DIR/bench-tiny.json" -o "$MODE" = gpu ] && [ "${COMPARE_RC:-0}" = 0 ] &&
+  [ "${SP_RC:-0}" = 0 ]
