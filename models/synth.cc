@@ -2,7 +2,11 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <torch/script.h>
@@ -48,7 +52,23 @@ class PackageWriter {
   void Save(StageManifest& stage, const std::string& role, const std::string& file, torch::jit::Module m) {
     if (!ScriptBuilder::weightless()) {
       fs::create_directories((dir_ / file).parent_path());
-      m.save((dir_ / file).string());
+      // Saved to memory first, then written with checked writes: LibTorch's zip writer finishes the file in its
+      // destructor, where a full disk ("unexpected pos ...") ends the process instead of throwing.
+      std::ostringstream bytes;
+      m.save(bytes);
+      const std::string data = std::move(bytes).str();
+      const fs::path path = dir_ / file;
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(data.data(), static_cast<std::streamsize>(data.size()));
+      out.flush();
+      if (!out) {
+        const std::string why = std::strerror(errno);
+        std::error_code ec;
+        const auto space = fs::space(dir_, ec);
+        throw IoError(fmt::format("package part {}: writing {} MiB failed: {} ({} MiB free on its file system)",
+                                  path.string(), data.size() >> 20, why,
+                                  ec ? -1 : static_cast<int64_t>(space.available >> 20)));
+      }
     }
     int64_t params = 0, bytes = 0;
     for (const auto& p : m.parameters()) {

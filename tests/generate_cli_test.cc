@@ -2,6 +2,7 @@
 // and every bad input refused with one line, a non-zero exit and no output left behind.
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -136,6 +137,26 @@ TEST_F(GenerateCli, SynthWritesAPackageAndRefusesBadFlags) {
   ExpectRefused("model synth --preset tiny --out " + Quote(pkg.string()), "already exists", Tmp("s4"));
   ExpectRefused("model synth --preset tiny --out /nonexistent-dir/pkg", "parent directory /nonexistent-dir does not exist",
                 "/nonexistent-dir/pkg");
+}
+
+// A disk that fills while a package is written: one line naming the part and the error, a non-zero exit, and
+// nothing left behind (LibTorch's zip writer alone would end the process from a destructor). Needs a small tmpfs,
+// so root and a kernel that lets this process mount one.
+TEST_F(GenerateCli, SynthOnAFullDiskSaysSoAndLeavesNothing) {
+  const fs::path small = Tmp("full-disk");
+  fs::create_directories(small);
+  if (RunCommand("mount -t tmpfs -o size=3m tmpfs " + Quote(small.string()) + " 2>&1").exit_code != 0)
+    GTEST_SKIP() << "cannot mount a 3 MiB tmpfs here (not root, or not allowed in this container)";
+  struct Unmount {
+    fs::path dir;
+    ~Unmount() { RunCommand("umount " + Quote(dir.string())); }
+  } unmount{small};
+  const auto r = Reel("model synth --preset tiny --out " + Quote((small / "pkg").string()) + " 2>&1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("No space left on device"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("package part "), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_TRUE(fs::is_empty(small)) << "a partial package was left behind";
 }
 
 TEST_F(GenerateCli, BadJobFlagsAreRefusedBeforeAnyWork) {
