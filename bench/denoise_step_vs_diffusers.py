@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from side_by_side import DTYPES, add_common_args, compare
+from side_by_side import DTYPES, add_common_args, check_packages, compare, load
 
 
 def parse_args(argv):
@@ -35,10 +35,7 @@ def parse_args(argv):
     if (a.frames - 1) % 4 or a.height % 16 or a.width % 16:
         p.error(f"--frames {a.frames} --height {a.height} --width {a.width}: accepted frames 4k+1 and sizes that are "
                 "multiples of 16")
-    for s in a.packages:
-        label, _, pkg = s.partition("=")
-        if not label or not (Path(pkg) / "manifest.json").is_file():
-            p.error(f"{s}: accepted LABEL=PACKAGE, a package directory with manifest.json")
+    check_packages(p, a, "manifest.json")
     return a
 
 
@@ -65,10 +62,8 @@ def main(argv):
     a = parse_args(argv)
     from diffusers import CogVideoXTransformer3DModel
 
-    torch.set_num_threads(a.threads)
-    torch._C._set_graph_executor_optimize(False)  # as Reel's runtime on the CPU
     dtype = DTYPES[a.dtype]
-    dit = CogVideoXTransformer3DModel.from_pretrained(Path(a.checkpoint) / "transformer", torch_dtype=dtype).eval()
+    dit = load(a, CogVideoXTransformer3DModel, "transformer")
     cfg = dit.config
     f = (a.frames - 1) // 4 + 1
     g = torch.Generator().manual_seed(0)

@@ -24,6 +24,22 @@ def add_common_args(p, height, width, reps):
     p.add_argument("packages", nargs="+", metavar="LABEL=PACKAGE")
 
 
+def check_packages(p, a, inside):
+    """Every LABEL=PACKAGE argument names a package with the file `inside`; p.error otherwise."""
+    for s in a.packages:
+        label, _, pkg = s.partition("=")
+        if not label or not (Path(pkg) / inside).is_file():
+            p.error(f"{s}: accepted LABEL=PACKAGE, a package directory with {inside}")
+
+
+def load(a, cls, subfolder):
+    """Threads as asked, TorchScript's graph optimiser off (as Reel's runtime on the CPU), and diffusers' module
+    `cls` from the checkpoint's `subfolder` in the asked dtype."""
+    torch.set_num_threads(a.threads)
+    torch._C._set_graph_executor_optimize(False)
+    return cls.from_pretrained(Path(a.checkpoint) / subfolder, torch_dtype=DTYPES[a.dtype]).eval()
+
+
 def compare(sides, reps, what, profile, unit):
     """`sides`: label -> a call with no arguments returning a tensor, "diffusers" first."""
     wall = {k: [] for k in sides}

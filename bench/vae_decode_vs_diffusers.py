@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from side_by_side import DTYPES, add_common_args, compare
+from side_by_side import DTYPES, add_common_args, check_packages, compare, load
 
 
 def parse_args(argv):
@@ -31,10 +31,7 @@ def parse_args(argv):
     if (a.frames - 1) % 4 or a.height % 8 or a.width % 8:
         p.error(f"--frames {a.frames} --height {a.height} --width {a.width}: accepted frames 4k+1 and sizes that are "
                 "multiples of 8")
-    for s in a.packages:
-        label, _, pkg = s.partition("=")
-        if not label or not (Path(pkg) / "vae_decoder" / "module.pt").is_file():
-            p.error(f"{s}: accepted LABEL=PACKAGE, a package directory with vae_decoder/module.pt")
+    check_packages(p, a, "vae_decoder/module.pt")
     return a
 
 
@@ -42,10 +39,8 @@ def main(argv):
     a = parse_args(argv)
     from diffusers import AutoencoderKLCogVideoX
 
-    torch.set_num_threads(a.threads)
-    torch._C._set_graph_executor_optimize(False)  # as Reel's runtime on the CPU
     dtype = DTYPES[a.dtype]
-    vae = AutoencoderKLCogVideoX.from_pretrained(Path(a.checkpoint) / "vae", torch_dtype=dtype).eval()
+    vae = load(a, AutoencoderKLCogVideoX, "vae")
     sides = {"diffusers": lambda z: vae.decode(z).sample}
     for s in a.packages:
         label, _, pkg = s.partition("=")
