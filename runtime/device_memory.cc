@@ -1,5 +1,6 @@
 #include "runtime/device_memory.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -17,6 +18,7 @@ namespace {
 
 thread_local int device_depth = 0;
 thread_local int weights_depth = 0;
+thread_local DevicePrepayment* prepaid = nullptr;
 // Global, not per thread: an out-of-memory on the copy thread is reported by the compute thread.
 std::mutex oom_mutex;
 std::optional<OutOfMemory> last_oom;
@@ -64,8 +66,14 @@ class TrackingAllocator final : public c10::Allocator {
  private:
   c10::DataPtr Allocate(size_t n) const {
     const bool device = device_depth > 0;
-    if (device && !DeviceMemory::Get().Reserve(static_cast<int64_t>(n)))
-      TORCH_CHECK(false, "reel device out of memory: tried to allocate ", n, " bytes");
+    if (device) {
+      DevicePrepayment* paid = prepaid;
+      const int64_t drawn = paid ? paid->Take(static_cast<int64_t>(n)) : 0;
+      if (drawn < static_cast<int64_t>(n) && !DeviceMemory::Get().Reserve(static_cast<int64_t>(n) - drawn)) {
+        if (drawn > 0) paid->Return(drawn);
+        TORCH_CHECK(false, "reel device out of memory: tried to allocate ", n, " bytes");
+      }
+    }
     c10::DataPtr inner;
     try {
       inner = base_->allocate(n + sizeof(Header));
@@ -130,6 +138,24 @@ WeightsScope::~WeightsScope() { --weights_depth; }
 
 HostScope::HostScope() : saved_(device_depth) { device_depth = 0; }
 HostScope::~HostScope() { device_depth = saved_; }
+
+DevicePrepayment::DevicePrepayment(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "reel: a negative prepayment");
+  TORCH_CHECK(DeviceMemory::Get().Reserve(bytes), "reel device out of memory: tried to allocate ", bytes, " bytes");
+  left_ = bytes;
+}
+
+DevicePrepayment::~DevicePrepayment() { DeviceMemory::Get().Release(left_.exchange(0)); }
+
+int64_t DevicePrepayment::Take(int64_t n) {
+  int64_t left = left_;
+  while (!left_.compare_exchange_weak(left, left - std::min(left, n))) {
+  }
+  return std::min(left, n);
+}
+
+PrepaidScope::PrepaidScope(DevicePrepayment* paid) : saved_(prepaid) { prepaid = paid; }
+PrepaidScope::~PrepaidScope() { prepaid = saved_; }
 
 std::optional<OutOfMemory> TakeOutOfMemory() {
   std::lock_guard<std::mutex> lock(oom_mutex);

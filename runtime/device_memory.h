@@ -68,6 +68,38 @@ class HostScope {
   int saved_;
 };
 
+// Device bytes counted before the allocations that will use them. A GPU's copy stream allocates a block's
+// destination when the copy is queued (CudaCopyStream::Start runs on the compute thread), so the simulated device
+// counts a prefetched block then too, and its copy thread's allocations draw on what was counted. Without it a
+// stage's peak depended on how far the copy thread had got when the compute thread's activations peaked: up to a
+// whole block less under load.
+class DevicePrepayment {
+ public:
+  // Counts `bytes` as device bytes now; throws the device's out-of-memory error when they do not fit.
+  explicit DevicePrepayment(int64_t bytes);
+  ~DevicePrepayment();  // gives back what no allocation drew
+  DevicePrepayment(const DevicePrepayment&) = delete;
+  DevicePrepayment& operator=(const DevicePrepayment&) = delete;
+  int64_t left() const { return left_; }
+  int64_t Take(int64_t n);  // up to n of what is left
+  void Return(int64_t n) { left_ += n; }
+
+ private:
+  std::atomic<int64_t> left_{0};
+};
+
+// Device allocations on this thread inside the scope draw on `paid` first (null: no prepayment).
+class PrepaidScope {
+ public:
+  explicit PrepaidScope(DevicePrepayment* paid);
+  ~PrepaidScope();
+  PrepaidScope(const PrepaidScope&) = delete;
+  PrepaidScope& operator=(const PrepaidScope&) = delete;
+
+ private:
+  DevicePrepayment* saved_;
+};
+
 // The last device allocation that did not fit (on any thread), if any; cleared by TakeOutOfMemory.
 struct OutOfMemory {
   int64_t requested = 0;

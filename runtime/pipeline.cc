@@ -41,6 +41,7 @@ class StageUse {
       }
     }
   }
+  bool owner() const { return owner_; }  // the stage ends with this use
   void Finish() {
     if (owner_) {
       owner_ = false;
@@ -182,7 +183,7 @@ torch::Tensor Runtime::EncodeText(const torch::Tensor& ids, int batch) {
     torch::Tensor h = embedded->elements()[0].toTensor();
     const torch::Tensor bias = embedded->elements()[1].toTensor();
     e.stats().compute_seconds += Since(t0);
-    e.RunBlocks([&](torch::jit::Module& m) { h = m.forward({h, bias}).toTensor(); });
+    e.RunBlocks([&](torch::jit::Module& m) { h = m.forward({h, bias}).toTensor(); }, /*another_call=*/false);
     const auto t1 = Clock::now();
     h = e.Part(e.num_parts() - 1).forward({h}).toTensor();
     e.stats().compute_seconds += Since(t1);
@@ -210,7 +211,7 @@ torch::Tensor Runtime::EncodeImage(const torch::Tensor& image, const JobShape& s
 }
 
 torch::Tensor Runtime::DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text,
-                                   const torch::Tensor& timestep, const JobShape& shape) {
+                                   const torch::Tensor& timestep, const JobShape& shape, bool another_step) {
   const auto k = StageKind::kDenoiser;
   const auto sym = shape.symbols(package_.manifest().vae);
   package_.CheckTensor(k, false, 0, latents, sym);
@@ -226,7 +227,7 @@ torch::Tensor Runtime::DenoiseStep(const torch::Tensor& latents, const torch::Te
   e.stats().compute_seconds += Since(t0);
   const int64_t f = latents.size(1), h = latents.size(3), w = latents.size(4);
   if (options_.sequence_group && options_.sequence_group->size() > 1) {
-    torch::Tensor v = DenoiseShare(e, video, txt, emb, cos, sin, f, h, w);
+    torch::Tensor v = DenoiseShare(e, video, txt, emb, cos, sin, f, h, w, another_step);
     package_.CheckTensor(k, true, 0, v, sym);
     return v;
   }
@@ -234,7 +235,7 @@ torch::Tensor Runtime::DenoiseStep(const torch::Tensor& latents, const torch::Te
     auto r = m.forward({video, txt, emb, cos, sin}).toTuple();
     video = r->elements()[0].toTensor();
     txt = r->elements()[1].toTensor();
-  });
+  }, another_step);
   t0 = Clock::now();
   torch::Tensor v = e.Part(e.num_parts() - 1).forward({video, emb, f, h, w}).toTensor();
   e.stats().compute_seconds += Since(t0);
@@ -243,7 +244,8 @@ torch::Tensor Runtime::DenoiseStep(const torch::Tensor& latents, const torch::Te
 }
 
 torch::Tensor Runtime::DenoiseShare(StageExecutor& e, torch::Tensor video, torch::Tensor txt, const torch::Tensor& emb,
-                                    torch::Tensor cos, torch::Tensor sin, int64_t f, int64_t h, int64_t w) {
+                                    torch::Tensor cos, torch::Tensor sin, int64_t f, int64_t h, int64_t w,
+                                    bool another_step) {
   SequenceGroup& g = *options_.sequence_group;
   const int rank = g.rank();
   const int64_t B = video.size(0), T = txt.size(1), D = video.size(2);
@@ -287,7 +289,7 @@ torch::Tensor Runtime::DenoiseShare(StageExecutor& e, torch::Tensor video, torch
     auto out = method(m, "attend_out")({video, txt, emb, joined, el[3], el[4]}).toTuple();
     video = out->elements()[0].toTensor();
     txt = out->elements()[1].toTensor();
-  });
+  }, another_step);
   const auto t0 = Clock::now();
   torch::jit::Module& head = e.Part(e.num_parts() - 1);
   const torch::Tensor projected = g.Gather(method(head, "project")({video, emb}).toTensor(), 1, tokens);
@@ -301,7 +303,7 @@ torch::Tensor Runtime::Denoise(const torch::Tensor& latents, const torch::Tensor
   const auto k = StageKind::kDenoiser;
   return OnDevice(k, [&] {
     StageUse use(executor(k), stage_active[k]);
-    torch::Tensor v = DenoiseStep(latents, text, timestep, shape);
+    torch::Tensor v = DenoiseStep(latents, text, timestep, shape, /*another_step=*/!use.owner());
     use.Finish();
     return v;
   });
@@ -454,6 +456,7 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
       const auto t0 = Clock::now();
       const int t = timesteps[i];
       const double scale = GuidanceScale(r.guidance, r.dynamic_cfg, r.steps, t);
+      const bool more = i + 1 < timesteps.size();  // block:K's copy of block 0 behind the last block is for it
       torch::Tensor input = latents;
       if (image_latents.defined()) input = torch::cat({input, image_latents}, 2);
       input = input.to(torch::kFloat32);  // the denoiser's interface; it computes in its own dtype
@@ -461,13 +464,13 @@ torch::Tensor Runtime::DenoiseLatents(const GenerateRequest& r, const torch::Ten
       if (split) {
         auto uncond = branch(input, t);
         const torch::Tensor cond =
-            DenoiseStep(input, local_text, torch::full({1}, t, on_device.dtype(torch::kInt64)), denoise_shape);
+            DenoiseStep(input, local_text, torch::full({1}, t, on_device.dtype(torch::kInt64)), denoise_shape, more);
         const torch::Tensor u = uncond();
         v = u + scale * (cond - u);
       } else {
         if (cfg) input = torch::cat({input, input}, 0);
         const torch::Tensor timestep = torch::full({batch}, t, on_device.dtype(torch::kInt64));
-        v = DenoiseStep(input, local_text, timestep, denoise_shape);
+        v = DenoiseStep(input, local_text, timestep, denoise_shape, more);
         if (cfg) {
           const auto parts = v.chunk(2, 0);
           v = parts[0] + scale * (parts[1] - parts[0]);

@@ -125,11 +125,13 @@ class Runtime {
   std::optional<StageKind> failed_stage() const { return failed_stage_; }
 
  private:
+  // `another_step`: the loop calls it again before the stage ends (block:K then copies block 0 in behind the last).
   torch::Tensor DenoiseStep(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
-                            const JobShape& shape);
+                            const JobShape& shape, bool another_step);
   // The blocks and head of one step on this rank's share of the tokens (options_.sequence_group).
   torch::Tensor DenoiseShare(StageExecutor& e, torch::Tensor video, torch::Tensor txt, const torch::Tensor& emb,
-                             torch::Tensor cos, torch::Tensor sin, int64_t f, int64_t h, int64_t w);
+                             torch::Tensor cos, torch::Tensor sin, int64_t f, int64_t h, int64_t w,
+                             bool another_step);
   template <typename Fn>
   auto OnDevice(StageKind k, Fn&& fn);
 

@@ -129,6 +129,13 @@ StageExecutor::~StageExecutor() {
   for (auto& p : parts_) p.ToHost();  // the package outlives the run: leave no device bytes behind
 }
 
+int64_t PlacedPart::placed_bytes() const {
+  int64_t n = 0;
+  for (const auto& w : host_)
+    n += w.value.numel() * static_cast<int64_t>(w.scale.defined() ? c10::elementSize(w.compute) : w.value.element_size());
+  return n;
+}
+
 int64_t StageExecutor::weight_bytes() const {
   int64_t n = 0;
   for (const auto& p : parts_) n += p.bytes();
@@ -208,7 +215,13 @@ void StageExecutor::Load(size_t block) {
 
 void StageExecutor::Prefetch(size_t block) {
   PlacedPart& p = parts_[blocks_[block]];
-  copier_->Start([this, &p, block] {
+  // A GPU allocates the copy's destination now, as the copy is queued (CudaCopyStream::Start runs on this thread);
+  // the simulated device counts the block now too, and its copy thread draws on what was counted. A block that
+  // does not fit fails here on both.
+  std::shared_ptr<DevicePrepayment> paid;
+  if (device_.simulated()) paid = std::make_shared<DevicePrepayment>(p.placed_bytes());
+  copier_->Start([this, &p, block, paid] {
+    PrepaidScope prepaid(paid.get());
     const auto start = Clock::now();
     auto made = p.ToDevice(device_);
     // On the simulated device this runs on the copy thread and spans the copy; on CUDA it only queues the copy,
@@ -231,7 +244,7 @@ void StageExecutor::AwaitPrefetch() {
   stats_.copied_bytes += parts_[blocks_[inflight_block_]].bytes();
 }
 
-void StageExecutor::RunBlocks(const std::function<void(torch::jit::Module&)>& body) {
+void StageExecutor::RunBlocks(const std::function<void(torch::jit::Module&)>& body, bool another_call) {
   const size_t n = blocks_.size();
   if (stats_.block_seconds.size() < n) {
     stats_.block_seconds.resize(n, 0.0);
@@ -247,8 +260,8 @@ void StageExecutor::RunBlocks(const std::function<void(torch::jit::Module&)>& bo
       for (size_t j = b; j < n && j < b + window; ++j) Load(j);
       if (offload_.mode == OffloadMode::kBlock) {
         // block:K keeps K blocks resident and copies one more in while this one computes; after the last
-        // block, block 0 of the next step is copied in while the head and the next embed run.
-        const size_t next = b + window < n ? b + window : (b + 1 == n && window < n ? 0 : n);
+        // block, block 0 of the next call (the next step) is copied in while the head and the next embed run.
+        const size_t next = b + window < n ? b + window : (b + 1 == n && window < n && another_call ? 0 : n);
         if (next < n && !parts_[blocks_[next]].on_device()) Prefetch(next);
       }
     }

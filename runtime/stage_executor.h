@@ -59,6 +59,7 @@ class PlacedPart {
   bool on_device() const { return on_device_; }
   int64_t device_bytes() const { return device_bytes_; }  // bytes of its device copies (0 when on the host)
   int64_t bytes() const { return bytes_; }
+  int64_t placed_bytes() const;  // what its device copies will take (int8 weights expanded to their compute dtype)
   torch::jit::Module& module() { return module_; }
   const std::string& file() const { return file_; }
   void ConvertHost(torch::Dtype dtype);
@@ -98,7 +99,9 @@ class StageExecutor {
   void End();
   // Runs `body` for the embed/module part (index 0), each block, and the head, placing blocks per strategy.
   torch::jit::Module& Part(size_t i);
-  void RunBlocks(const std::function<void(torch::jit::Module&)>& body);
+  // `another_call`: the stage runs its blocks again before End() (the denoiser's next step), so block:K copies
+  // block 0 in behind the last block; false for the last call, whose copy would only be thrown away.
+  void RunBlocks(const std::function<void(torch::jit::Module&)>& body, bool another_call);
   size_t num_parts() const { return parts_.size(); }
   size_t num_blocks() const { return blocks_.size(); }
   StageStats& stats() { return stats_; }

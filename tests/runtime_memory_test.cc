@@ -2,6 +2,8 @@
 // accounting is exact for a module counted by hand and fails where a device of that size would; block:1 runs
 // under a capacity that `none` cannot.
 #include <cmath>
+#include <numeric>
+#include <set>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -14,6 +16,7 @@
 #include "runtime/device_memory.h"
 #include "runtime/pipeline.h"
 #include "runtime/recovery.h"
+#include "runtime/stage_executor.h"
 #include "tests/test_util.h"
 
 namespace reel {
@@ -210,6 +213,91 @@ TEST_F(RuntimeMemory, AccountingIsExactForAHandCountedModule) {
     EXPECT_NO_THROW(part.module().forward({x}));
   }
   part.ToHost();
+}
+
+// A prefetched block is counted from the moment its copy is queued, as a GPU's copy stream allocates the copy's
+// destination then: while block b computes under block:1 the device holds the edges, block b and block b + 1
+// whole, however far the copy thread has got (before, the count depended on it, and a loaded machine saw peaks a
+// block lower). A call with none after it copies nothing in behind its last block.
+TEST_F(RuntimeMemory, APrefetchedBlockIsCountedWhenItsCopyIsQueued) {
+  const auto k = StageKind::kTextEncoder;
+  StagePackage pkg = StagePackage::Load(*scratch_ / "tiny", std::set<StageKind>{k});
+  const LoadedStage& stage = pkg.stage(k);
+  const auto bytes_of = [](const torch::jit::Module& m) {
+    int64_t n = 0;
+    for (const auto& p : m.named_parameters(/*recurse=*/false)) n += p.value.nbytes();
+    return n;
+  };
+  std::vector<int64_t> block, edges_each;
+  for (size_t i = 0; i < stage.parts.size(); ++i)
+    (stage.manifest->parts[i].role == "block" ? block : edges_each).push_back(bytes_of(stage.parts[i]));
+  ASSERT_GE(block.size(), 2u);
+  int64_t edges = 0;
+  for (int64_t b : edges_each) edges += b;
+  const int64_t all_blocks = std::accumulate(block.begin(), block.end(), int64_t{0});
+  auto& mem = DeviceMemory::Get();
+  const int64_t base = mem.used();
+  {
+    StageExecutor e(k, stage, ParseOffload("block:1", "--offload"), SimulatedDevice(), nullptr);
+    e.PlaceResident();
+    e.Begin();
+    EXPECT_EQ(mem.used() - base, edges);
+    for (const bool another : {true, false}) {
+      SCOPED_TRACE(another ? "a call with another after it" : "the last call");
+      std::vector<int64_t> seen;
+      e.RunBlocks([&](torch::jit::Module&) { seen.push_back(mem.used() - base); }, another);
+      ASSERT_EQ(seen.size(), block.size());
+      for (size_t b = 0; b < block.size(); ++b) {
+        // After the last block, block 0 of the next call is copied in behind it, if there is a next call.
+        const int64_t next = b + 1 < block.size() ? block[b + 1] : (another ? block[0] : 0);
+        EXPECT_EQ(seen[b], edges + block[b] + next) << "block " << b;
+      }
+    }
+    e.End();
+    // Every block was copied once per call, and nothing behind the last call.
+    EXPECT_EQ(e.stats().copied_bytes, 2 * all_blocks);
+    EXPECT_EQ(mem.peak() - base, edges + block[0] + block[1]);
+  }
+  EXPECT_EQ(mem.used(), base);
+}
+
+// A prefetch that does not fit fails when it is queued, as on a GPU, naming the bytes; the device keeps nothing.
+TEST_F(RuntimeMemory, APrepaymentThatDoesNotFitFailsAtOnceAndLeavesNothing) {
+  auto& mem = DeviceMemory::Get();
+  const int64_t base = mem.used();
+  mem.SetCapacity(base + (1 << 20));
+  EXPECT_THROW(DevicePrepayment((1 << 20) + 1), std::exception);
+  const auto oom = TakeOutOfMemory();
+  ASSERT_TRUE(oom.has_value());
+  EXPECT_EQ(oom->requested, (1 << 20) + 1);
+  EXPECT_EQ(mem.used(), base);
+  torch::Tensor b;
+  {
+    // What fits is counted at once; allocations in its scope draw on it (the count does not move), what goes
+    // beyond it is counted as usual, and what is left is given back.
+    DevicePrepayment paid(4096);
+    EXPECT_EQ(mem.used(), base + 4096);
+    torch::Tensor a;
+    {
+      DeviceScope device;
+      PrepaidScope scope(&paid);
+      a = torch::empty({512}, torch::kFloat32);  // 2048 bytes
+      EXPECT_EQ(mem.used(), base + 4096);
+      EXPECT_EQ(paid.left(), 2048);
+      b = torch::empty({1024}, torch::kFloat32);  // 4096: 2048 drawn, 2048 more counted
+      EXPECT_EQ(mem.used(), base + 6144);
+      EXPECT_EQ(paid.left(), 0);
+    }
+    a = torch::Tensor();
+    EXPECT_EQ(mem.used(), base + 4096);
+  }
+  EXPECT_EQ(mem.used(), base + 4096);  // b lives on
+  {
+    DevicePrepayment unused(1000);
+  }
+  EXPECT_EQ(mem.used(), base + 4096);
+  b = torch::Tensor();
+  EXPECT_EQ(mem.used(), base);
 }
 
 TEST_F(RuntimeMemory, NoneRunsOutJustUnderItsPeakWhereBlockOffloadFits) {
