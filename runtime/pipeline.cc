@@ -299,11 +299,11 @@ torch::Tensor Runtime::DenoiseShare(StageExecutor& e, torch::Tensor video, torch
 }
 
 torch::Tensor Runtime::Denoise(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
-                               const JobShape& shape) {
+                               const JobShape& shape, bool last_step) {
   const auto k = StageKind::kDenoiser;
   return OnDevice(k, [&] {
     StageUse use(executor(k), stage_active[k]);
-    torch::Tensor v = DenoiseStep(latents, text, timestep, shape, /*another_step=*/!use.owner());
+    torch::Tensor v = DenoiseStep(latents, text, timestep, shape, /*another_step=*/!use.owner() && !last_step);
     use.Finish();
     return v;
   });

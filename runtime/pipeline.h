@@ -110,8 +110,10 @@ class Runtime {
   // Individual stages, each placed and released per its strategy around the call.
   torch::Tensor EncodeText(const torch::Tensor& ids, int batch);
   torch::Tensor EncodeImage(const torch::Tensor& image, const JobShape& shape);
+  // `last_step`: no step follows in this stage use (a guidance branch's last), so block:K copies nothing in
+  // behind the last block; a call that begins and ends the stage itself never does.
   torch::Tensor Denoise(const torch::Tensor& latents, const torch::Tensor& text, const torch::Tensor& timestep,
-                        const JobShape& shape);
+                        const JobShape& shape, bool last_step = false);
   torch::Tensor DecodeLatents(const torch::Tensor& latents, const JobShape& shape);
 
   const StagePackage& package() const { return package_; }

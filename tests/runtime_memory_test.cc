@@ -261,6 +261,41 @@ TEST_F(RuntimeMemory, APrefetchedBlockIsCountedWhenItsCopyIsQueued) {
   EXPECT_EQ(mem.used(), base);
 }
 
+// A guidance branch holds the denoiser across steps and calls Denoise once a step: under block:1 each step streams
+// every block once, block 0 of the next step is copied in behind the last block, and nothing behind the last step.
+TEST_F(RuntimeMemory, ABranchCopiesEachBlockOncePerStepAndNothingBehindItsLastStep) {
+  const auto k = StageKind::kDenoiser;
+  StagePackage pkg = StagePackage::Load(*scratch_ / "tiny", std::set<StageKind>{k});
+  int64_t blocks = 0;
+  const LoadedStage& stage = pkg.stage(k);
+  for (size_t i = 0; i < stage.parts.size(); ++i)
+    if (stage.manifest->parts[i].role == "block")
+      for (const auto& p : stage.parts[i].named_parameters(/*recurse=*/false)) blocks += p.value.nbytes();
+  RunOptions o;
+  o.offload[k] = ParseOffload("block:1", "--offload");
+  Runtime rt(pkg, o);
+  const GenerateRequest r = Request();
+  JobShape shape = rt.ShapeOf(r);
+  shape.batch = 1;
+  const Manifest& m = pkg.manifest();
+  torch::NoGradGuard no_grad;
+  DeviceScope device;
+  const auto& latent_spec = m.stage(k).inputs.at(0);
+  const int64_t f = (r.frames - 1) / m.vae.temporal_compression + 1;
+  const torch::Tensor latents = torch::randn({1, f, std::get<int64_t>(latent_spec.shape[2]),
+                                              r.height / m.vae.spatial_compression, r.width / m.vae.spatial_compression});
+  const auto& text_spec = m.stage(k).inputs.at(1);
+  const torch::Tensor text =
+      torch::randn({1, m.tokenizer.max_length, std::get<int64_t>(text_spec.shape[2])}).to(ToTorch(text_spec.dtype));
+  const int steps = 3;
+  rt.executor(k).stats() = StageStats{};
+  rt.BeginStage(k);
+  for (int i = 0; i < steps; ++i)
+    rt.Denoise(latents, text, torch::full({1}, 999 - 300 * i, torch::kInt64), shape, /*last_step=*/i + 1 == steps);
+  rt.EndStage(k);
+  EXPECT_EQ(rt.executor(k).stats().copied_bytes, steps * blocks);
+}
+
 // A prefetch that does not fit fails when it is queued, as on a GPU, naming the bytes; the device keeps nothing.
 TEST_F(RuntimeMemory, APrepaymentThatDoesNotFitFailsAtOnceAndLeavesNothing) {
   auto& mem = DeviceMemory::Get();

@@ -308,13 +308,16 @@ class WorkerService final : public v1::Worker::Service {
       } end{rt};
       if (!group || group->rank() > 0) stream->Write(ack);  // rank 0 answered as soon as its store listened
       v1::BranchRequest step;
+      int served = 0;
       while (stream->Read(&step)) {
         if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "guidance branch cancelled"};
         std::string error;
         auto blob = FromChunk(step.latents(), &error);
         if (!blob) return {grpc::StatusCode::DATA_LOSS, error};
         const torch::Tensor input = FromBlob(*blob);
-        const torch::Tensor v = rt.Denoise(input, text, torch::full({1}, step.timestep(), torch::kInt64), shape);
+        const bool last = r.steps > 0 && ++served == r.steps;  // block:K then copies nothing in behind it
+        const torch::Tensor v =
+            rt.Denoise(input, text, torch::full({1}, step.timestep(), torch::kInt64), shape, last);
         v1::BranchResponse resp;
         ToChunk(*ToBlob(v), resp.mutable_prediction());
         if (!stream->Write(resp)) break;
