@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from side_by_side import DTYPES, add_common_args, check_packages, compare, load
+from side_by_side import DTYPES, add_common_args, check_args, compare, load
 
 
 def parse_args(argv):
@@ -32,10 +32,7 @@ def parse_args(argv):
     add_common_args(p, height=128, width=128, reps=7)
     p.add_argument("--text-tokens", type=int, help="default: the transformer's max_text_seq_length (226)")
     a = p.parse_args(argv)
-    if (a.frames - 1) % 4 or a.height % 16 or a.width % 16:
-        p.error(f"--frames {a.frames} --height {a.height} --width {a.width}: accepted frames 4k+1 and sizes that are "
-                "multiples of 16")
-    check_packages(p, a, "manifest.json")
+    check_args(p, a, 16, "manifest.json")
     return a
 
 

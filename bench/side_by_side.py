@@ -24,8 +24,12 @@ def add_common_args(p, height, width, reps):
     p.add_argument("packages", nargs="+", metavar="LABEL=PACKAGE")
 
 
-def check_packages(p, a, inside):
-    """Every LABEL=PACKAGE argument names a package with the file `inside`; p.error otherwise."""
+def check_args(p, a, multiple, inside):
+    """Frames 4k+1 and sizes that are multiples of `multiple`, and every LABEL=PACKAGE argument naming a package
+    with the file `inside`; p.error otherwise."""
+    if (a.frames - 1) % 4 or a.height % multiple or a.width % multiple:
+        p.error(f"--frames {a.frames} --height {a.height} --width {a.width}: accepted frames 4k+1 and sizes that are "
+                f"multiples of {multiple}")
     for s in a.packages:
         label, _, pkg = s.partition("=")
         if not label or not (Path(pkg) / inside).is_file():

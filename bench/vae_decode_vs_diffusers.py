@@ -21,17 +21,14 @@ from pathlib import Path
 
 import torch
 
-from side_by_side import DTYPES, add_common_args, check_packages, compare, load
+from side_by_side import DTYPES, add_common_args, check_args, compare, load
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(p, height=64, width=64, reps=9)
     a = p.parse_args(argv)
-    if (a.frames - 1) % 4 or a.height % 8 or a.width % 8:
-        p.error(f"--frames {a.frames} --height {a.height} --width {a.width}: accepted frames 4k+1 and sizes that are "
-                "multiples of 8")
-    check_packages(p, a, "vae_decoder/module.pt")
+    check_args(p, a, 8, "vae_decoder/module.pt")
     return a
 
 
