@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -51,10 +52,12 @@ class ThreadCopyStream : public CopyStream {
     cv_.notify_all();
     thread_.join();
   }
-  void Start(std::function<std::vector<torch::Tensor>()> copy) override {
-    std::packaged_task<double()> task([copy = std::move(copy)] {
+  void Start(int64_t bytes, std::function<std::vector<torch::Tensor>()> copy) override {
+    auto paid = std::make_shared<DevicePrepayment>(bytes);
+    std::packaged_task<double()> task([copy = std::move(copy), paid] {
       const auto t0 = Clock::now();
       DeviceScope device;
+      PrepaidScope prepaid(paid.get());
       copy();
       return std::chrono::duration<double>(Clock::now() - t0).count();
     });

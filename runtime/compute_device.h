@@ -27,8 +27,11 @@ struct DeviceMemoryStats {
 class CopyStream {
  public:
   virtual ~CopyStream() = default;
-  // Starts `copy`, which places one block on the device and returns the device tensors it made.
-  virtual void Start(std::function<std::vector<torch::Tensor>()> copy) = 0;
+  // Starts `copy`, which places one block on the device and returns the device tensors it made. `bytes`: what
+  // those take. A GPU allocates them now, as the copy is queued on this thread; the simulated device counts them
+  // now too (DevicePrepayment) and its copy thread's allocations draw on that, so a stage's peak does not depend
+  // on how far the copy thread has got. A copy that does not fit fails here on both.
+  virtual void Start(int64_t bytes, std::function<std::vector<torch::Tensor>()> copy) = 0;
   // Makes the compute that follows wait for the started copy (on CUDA without blocking the host), rethrowing
   // its failure. Returns the copy's seconds when known now (the simulated device's copy thread), else 0 and the
   // time is collected by Drain.

@@ -55,7 +55,8 @@ class CudaCopyStream : public CopyStream {
   explicit CudaCopyStream(c10::DeviceIndex index)
       : index_(index), side_(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index)) {}
 
-  void Start(std::function<std::vector<torch::Tensor>()> copy) override {
+  // The bytes are allocated by `copy` itself, now, on this thread.
+  void Start(int64_t /*bytes*/, std::function<std::vector<torch::Tensor>()> copy) override {
     c10::cuda::CUDAGuard guard(index_);
     const c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(index_);
     // The copy may land in memory the compute stream freed but has not finished reading: start after what the

@@ -68,11 +68,10 @@ class HostScope {
   int saved_;
 };
 
-// Device bytes counted before the allocations that will use them. A GPU's copy stream allocates a block's
-// destination when the copy is queued (CudaCopyStream::Start runs on the compute thread), so the simulated device
-// counts a prefetched block then too, and its copy thread's allocations draw on what was counted. Without it a
-// stage's peak depended on how far the copy thread had got when the compute thread's activations peaked: up to a
-// whole block less under load.
+// Device bytes counted before the allocations that will use them: the simulated device's copy stream counts a
+// prefetched block when the copy is queued, as a GPU allocates it then (CopyStream::Start), and its copy thread's
+// allocations draw on what was counted. Without it a stage's peak depended on how far the copy thread had got when
+// the compute thread's activations peaked: up to a whole block less under load.
 class DevicePrepayment {
  public:
   // Counts `bytes` as device bytes now; throws the device's out-of-memory error when they do not fit.

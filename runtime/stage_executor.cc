@@ -215,13 +215,7 @@ void StageExecutor::Load(size_t block) {
 
 void StageExecutor::Prefetch(size_t block) {
   PlacedPart& p = parts_[blocks_[block]];
-  // A GPU allocates the copy's destination now, as the copy is queued (CudaCopyStream::Start runs on this thread);
-  // the simulated device counts the block now too, and its copy thread draws on what was counted. A block that
-  // does not fit fails here on both.
-  std::shared_ptr<DevicePrepayment> paid;
-  if (device_.simulated()) paid = std::make_shared<DevicePrepayment>(p.placed_bytes());
-  copier_->Start([this, &p, block, paid] {
-    PrepaidScope prepaid(paid.get());
+  copier_->Start(p.placed_bytes(), [this, &p, block] {
     const auto start = Clock::now();
     auto made = p.ToDevice(device_);
     // On the simulated device this runs on the copy thread and spans the copy; on CUDA it only queues the copy,

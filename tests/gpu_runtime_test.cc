@@ -153,7 +153,7 @@ TEST_F(GpuRuntime, CudaCopiesOverlapOnASideStream) {
   const torch::Tensor host = dev.HostCopy(torch::arange(1 << 22, torch::kFloat32));
   EXPECT_TRUE(host.is_pinned());
   torch::Tensor placed;
-  stream->Start([&] {
+  stream->Start(host.nbytes(), [&] {
     placed = dev.Upload(host);
     return std::vector<torch::Tensor>{placed};
   });
